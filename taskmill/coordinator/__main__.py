@@ -1,0 +1,161 @@
+"""Entry point of the coordinator process: ``python -m taskmill.coordinator``.
+
+Start-up order is the safety argument: read the config from stdin, create the
+shared-memory segment, start the fork server (registry preloaded) and only
+then open DuckDB. The result goes back on the handshake fd as one pickled
+tuple; stdin stays open as the host's lifeline (EOF: the host is gone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pickle
+import signal
+import struct
+import sys
+import time
+from multiprocessing.connection import Listener
+from typing import Any
+
+from taskmill import protocol
+from taskmill.errors import StartupError, StoreLocked, TaskmillError
+
+
+def _read_config() -> dict[str, Any]:
+    head = sys.stdin.buffer.read(8)
+    (n,) = struct.unpack("<Q", head)
+    return pickle.loads(sys.stdin.buffer.read(n))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _check_state_file(path: str | None) -> None:
+    if path is None or not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            pid = int(json.load(f).get("pid", 0))
+    except (OSError, ValueError):
+        return
+    if pid and pid != os.getpid() and _pid_alive(pid):
+        raise StoreLocked(f"a coordinator (pid {pid}) is already running on this store (state file {path})")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m taskmill.coordinator")
+    parser.add_argument("--handshake-fd", type=int, required=True)
+    args = parser.parse_args()
+    handshake = os.fdopen(args.handshake_fd, "wb")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the host decides; Ctrl-C reaches it, not us
+
+    config = _read_config()
+    sys.path[:] = config["sys_path"]
+    os.chdir(config["cwd"])
+    logging.basicConfig(level=config.get("log_level", logging.WARNING), stream=sys.stderr,
+                        format="taskmill coordinator: %(message)s")
+
+    from taskmill.coordinator.loop import Coordinator
+    from taskmill.shm import SharedState
+    from taskmill.store import Store
+    from taskmill.store.store import state_file_for
+    from taskmill.workers.pool import WorkerPool
+
+    store_path: str = config["store_path"]
+    state_file = state_file_for(store_path)
+    shm = pool = store = listener = coord = None
+    wrote_state = False
+    registry_path = os.path.join(config["runtime_dir"], "registry.pkl")
+
+    def cleanup() -> None:
+        if coord is not None:
+            for w in coord.workers:
+                if w is not None:
+                    w.kill("coordinator exiting")
+        if listener is not None:
+            listener.close()
+        if store is not None:
+            store.close()
+        if pool is not None:
+            pool.close()
+        if shm is not None:
+            shm.close()
+        if state_file and wrote_state:
+            try:
+                os.unlink(state_file)
+            except FileNotFoundError:
+                pass
+        try:
+            os.unlink(registry_path)
+        except FileNotFoundError:
+            pass
+        WorkerPool.stop_resource_tracker()
+
+    try:
+        _check_state_file(state_file)
+        with open(registry_path, "wb") as f:
+            f.write(config["registry"])
+        shm = SharedState(config["max_concurrency"])
+        pool = WorkerPool(registry_path, shm.name)  # fork server starts here, before DuckDB
+        store = Store(store_path)
+        coord = Coordinator(
+            store=store, pool=pool, shm=shm, max_concurrency=config["max_concurrency"],
+            domain_caps=config["domain_caps"], type_retry=config["type_retry"],
+            default_retry=config["default_retry"], shutdown_mode=config["shutdown"].mode,
+            shutdown_timeout=config["shutdown"].timeout, poll_interval=config["poll_interval"],
+            host_lifeline=sys.stdin.fileno() if config.get("embedded", True) else None)
+        try:
+            coord.start_workers()
+        except RuntimeError as e:
+            raise StartupError(f"workers cannot start: {e}") from e
+        recovered = coord.recover()
+        listener = Listener(config["socket_path"], family="AF_UNIX", authkey=config["authkey"])
+        if state_file:
+            tmp = state_file + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"pid": os.getpid(), "socket": config["socket_path"], "shm": shm.name,
+                           "started_at": time.time()}, f)
+            os.replace(tmp, state_file)
+            wrote_state = True
+        coord.serve(listener)
+        signal.signal(signal.SIGTERM, lambda *_: coord.request_stop())
+        handshake.write(pickle.dumps(("ok", {"pid": os.getpid(), "shm": shm.name, "recovered": recovered})))
+        handshake.close()
+    except BaseException as e:  # noqa: BLE001 - every start-up failure goes back to the host
+        if not isinstance(e, TaskmillError):
+            e = StartupError(f"{type(e).__name__}: {e}")
+        try:
+            handshake.write(pickle.dumps(("error", protocol.ErrorReply.of(e))))
+            handshake.close()
+        except OSError:
+            pass
+        cleanup()
+        return 1
+
+    try:
+        coord.run()
+    except BaseException:
+        logging.getLogger("taskmill").exception("coordinator loop failed")
+        cleanup()
+        return 1
+    cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything is closed explicitly above; skipping interpreter teardown avoids
+    # DuckDB's extension-module finalizers printing leak reports at exit.
+    os._exit(code)

@@ -1,0 +1,953 @@
+"""The coordinator loop: one thread owns all scheduling state.
+
+    clients ──requests──▶ ┌──────────── one iteration ─────────────┐
+    workers ──results───▶ │ 1 drain every ready connection/sentinel │
+    stdin EOF (host died) │ 2 fire due timers (delays, timeouts)    │
+    acceptor thread ─────▶│ 3 group commit (one DuckDB transaction) │──▶ store
+                          │ 4 answer: acks, queries, waiters        │──▶ clients
+                          │ 5 dispatch ready tasks to idle workers  │──▶ workers
+                          │ 6 publish counters to shared memory     │──▶ shm
+                          └─────────────────────────────────────────┘
+
+Invariants: a submission is answered only after the commit that stored it;
+every other write (running marks, finished tasks) is written behind, at the
+latest ``FLUSH_MAX_DELAY`` later or before any query reads the store, so a
+crash re-runs at most the unflushed work (at-least-once, never a duplicate
+history row). Blocks only in ``multiprocessing.connection.wait``.
+Imports the store, the worker pool and leaves; never the host API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+from datetime import datetime, timezone
+import random
+import threading
+import time
+from multiprocessing.connection import Connection, Listener, wait
+from typing import Any, Callable
+
+import structlog
+
+from taskmill import protocol
+from taskmill.coordinator.queues import Entry, ReadyQueues, Timers
+from taskmill.domain import dedup_key
+from taskmill.errors import (
+    InvalidSubmission,
+    SchedulerBroken,
+    StoreError,
+    TaskNotFound,
+    WaitTimeout,
+)
+from taskmill.records import (
+    DuplicateStrategy,
+    HistoryStatus,
+    ModuleSnapshot,
+    RetryPolicy,
+    SchedulerSnapshot,
+    TaskProgress,
+    TaskRecord,
+    TaskStatus,
+)
+from taskmill.shm import SharedState
+from taskmill.store import FinishedRow, Store, WriteBatch
+from taskmill.store.store import utc
+from taskmill.workers.pool import WorkerHandle, WorkerPool, describe_exit
+
+__all__ = ["Coordinator"]
+
+log = structlog.get_logger("taskmill.coordinator")
+
+#: Most buffered write-behind operations before a commit is forced.
+FLUSH_MAX_OPS = 4000
+#: Longest a finished task waits in memory before its commit (seconds).
+FLUSH_MAX_DELAY = 0.05
+#: Seconds a cancelled running task gets to notice ``ctx.cancelled`` before its worker is killed.
+CANCEL_GRACE = 5.0
+#: Payload bytes kept in memory for queued tasks; beyond it payloads are read back at dispatch.
+PAYLOAD_CACHE_BYTES = 256 * 1024 * 1024
+#: Payloads fetched per query when a recovered (uncached) task is dispatched.
+PAYLOAD_FETCH_CHUNK = 2000
+#: Longest the coordinator waits for a new worker's ``Ready``.
+WORKER_READY_TIMEOUT = 60.0
+
+# Store methods a client may call by name (seed query API); each reads only.
+STORE_QUERIES = frozenset({
+    "running_tasks", "running_count", "pending_tasks", "pending_count", "pending_by_type", "paused_tasks",
+    "paused_count", "task_by_id", "task_by_key", "running_io_totals", "history", "history_by_type",
+    "history_by_key", "failed_tasks", "history_stats", "avg_throughput", "dead_letter_tasks", "sql",
+})
+STORE_WRITES = frozenset({"prune_history_by_count", "prune_history_by_age"})
+
+
+class Coordinator:
+    """All scheduling state and the loop that drives it.
+
+    ``step()`` runs one iteration and is usable from tests with an injected
+    clock; ``run()`` loops until shutdown.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        pool: WorkerPool,
+        shm: SharedState,
+        max_concurrency: int,
+        domain_caps: dict[str, int | None],
+        type_retry: dict[str, RetryPolicy],
+        default_retry: RetryPolicy,
+        shutdown_mode: str,
+        shutdown_timeout: float,
+        poll_interval: float = 0.5,
+        host_lifeline: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.pool = pool
+        self.shm = shm
+        self.max_concurrency = max_concurrency
+        self.domain_caps = domain_caps
+        self.type_retry = type_retry
+        self.default_retry = default_retry
+        self.shutdown_mode = shutdown_mode
+        self.shutdown_timeout = shutdown_timeout
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self.rng = random.Random()
+
+        self.tasks: dict[int, Entry] = {}
+        self.by_key: dict[str, Entry] = {}
+        self.ready = ReadyQueues()
+        self.timers = Timers()
+        self.delayed = 0
+        self.running_total = 0
+        self.running_by_domain: dict[str, int] = {}
+        self.status_counts = {s.value: 0 for s in TaskStatus}
+        self.next_id = 1
+        self.payload_bytes = 0
+        self.payload_missing: list[int] = []
+
+        self.workers: list[WorkerHandle | None] = [None] * max_concurrency
+        self.idle: list[WorkerHandle] = []
+        self.by_conn: dict[Any, WorkerHandle] = {}
+        self.by_sentinel: dict[int, WorkerHandle] = {}
+
+        self.batch = WriteBatch()
+        self.batch_since: float | None = None
+        self.must_commit = False
+        self.acks: list[tuple[Connection, Any]] = []
+        self.deferred: list[tuple[Connection, Callable[[], Any]]] = []
+        self.waiters: dict[int, list[Connection]] = {}
+        self.wait_deadlines: list[tuple[float, int, Connection]] = []
+        self.idle_waiters: list[tuple[Connection, float | None]] = []
+        self.finished_ids: list[int] = []
+
+        self.clients: list[Connection] = []
+        self.accepted: queue.SimpleQueue[Connection] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self.host_lifeline = host_lifeline
+        self.listener: Listener | None = None
+
+        self.counters: dict[str, int] = {k: 0 for k in (
+            "submitted", "dispatched", "completed", "failed", "retried", "dead_lettered", "cancelled",
+            "superseded", "commits")}
+        self.stopping = False  # no more dispatch
+        self.stop_deadline: float | None = None
+        self.stop_waiters: list[Connection] = []
+        self.exited = False
+        self._stop_requested = False
+
+    # ================================================================== startup
+
+    def recover(self) -> int:
+        """Load active tasks from the store into memory; returns how many."""
+        next_id, rows = self.store.recover()
+        self.next_id = next_id
+        now = self.clock()
+        for (tid, ttype, domain, key, label, prio, status, created, run_after, retries, max_retries, retry_json,
+             timeout, cpus, memory, group, requeue, requeue_prio) in rows:
+            e = Entry(id=tid, task_type=ttype, domain=domain, key=key, label=label, priority=prio,
+                      status=TaskStatus(status).value, created_at=created, retry_count=retries, max_retries=max_retries,
+                      retry=RetryPolicy.from_dict(json.loads(retry_json)) if retry_json else None, timeout=timeout,
+                      cpus=cpus, memory=memory, group=group)
+            e.requeue = bool(requeue)
+            e.requeue_priority = requeue_prio
+            self.tasks[tid] = e
+            self.by_key[key] = e
+            self.status_counts[e.status] += 1
+            if e.status == TaskStatus.PENDING:
+                self._make_ready(e, run_after if run_after and run_after > now else None)
+        self.payload_missing = sorted((e.id for e in self.tasks.values()), key=lambda i: (self.tasks[i].priority, i))
+        return len(rows)
+
+    def start_workers(self) -> None:
+        """Spawn the first worker and wait for it: a registry that cannot load fails startup."""
+        first = self._spawn(0)
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT
+        while not first.ready:
+            left = deadline - time.monotonic()
+            if left <= 0 or not wait([first.conn, first.sentinel], timeout=left):
+                raise RuntimeError("the first worker did not start in time")
+            if first.conn.poll():
+                try:
+                    msg = first.conn.recv()
+                except (EOFError, OSError):
+                    msg = None
+                if isinstance(msg, protocol.Ready):
+                    if msg.error:
+                        raise RuntimeError(msg.error)
+                    first.ready = True
+                    self.idle.append(first)
+                    continue
+            if not first.process.is_alive() or msg is None:
+                raise RuntimeError(f"the first worker died while starting: {describe_exit(first.exitcode())}")
+        for i in range(1, self.max_concurrency):
+            self._spawn(i)
+
+    def _spawn(self, index: int) -> WorkerHandle:
+        w = self.pool.spawn(index)
+        self.workers[index] = w
+        self.by_conn[w.conn] = w
+        self.by_sentinel[w.sentinel] = w
+        return w
+
+    def serve(self, listener: Listener) -> None:
+        """Accept authenticated clients on a thread; the loop only sees accepted connections."""
+        self.listener = listener
+
+        def accept_loop() -> None:
+            while True:
+                try:
+                    conn = listener.accept()
+                except OSError as e:
+                    if self.stopping or self.exited:
+                        return  # listener closed
+                    log.warning("client dropped during the handshake", error=str(e))
+                    continue
+                except Exception as e:  # noqa: BLE001 - AuthenticationError and friends: drop that peer
+                    log.warning("client refused", error=str(e))
+                    continue
+                self.accepted.put(conn)
+                try:
+                    os.write(self._wake_w, b"x")
+                except BlockingIOError:
+                    pass
+
+        threading.Thread(target=accept_loop, daemon=True, name="taskmill-accept").start()
+
+    # ================================================================== the loop
+
+    def request_stop(self) -> None:
+        """Ask the loop to shut down (safe from a signal handler)."""
+        self._stop_requested = True
+        try:
+            os.write(self._wake_w, b"s")
+        except OSError:
+            pass
+
+    def run(self) -> None:
+        while not self.exited:
+            self.step()
+
+    def step(self) -> None:
+        waitables: list[Any] = [self._wake_r, *self.clients, *self.by_conn.keys(), *self.by_sentinel.keys()]
+        if self.host_lifeline is not None:
+            waitables.append(self.host_lifeline)
+        for obj in wait(waitables, self._timeout()):
+            self._on_ready(obj)
+        if self._stop_requested and not self.stopping:
+            self._begin_shutdown(None)
+        now = self.clock()
+        self._fire_timers(now)
+        if (self.must_commit or self.acks or self.deferred or self._batch_due(now)
+                or (self.idle_waiters and not self.tasks)
+                or (self.waiters and any(t in self.waiters for t in self.finished_ids))):
+            self._commit()
+        self._answer()
+        if not self.stopping:
+            self._dispatch(now)
+        elif self.running_total == 0 or (self.stop_deadline is not None and now >= self.stop_deadline):
+            self._finish_shutdown()
+        self._publish()
+
+    def _timeout(self) -> float:
+        now = self.clock()
+        t = self.poll_interval
+        due = self.timers.next_due()
+        if due is not None:
+            t = min(t, due - now)
+        if self.batch_since is not None:
+            t = min(t, self.batch_since + FLUSH_MAX_DELAY - now)
+        if self.wait_deadlines or any(d is not None for _, d in self.idle_waiters):
+            soonest = min([d for d, _, _ in self.wait_deadlines] + [d for _, d in self.idle_waiters if d is not None])
+            t = min(t, soonest - now)
+        if self.stop_deadline is not None:
+            t = min(t, self.stop_deadline - now)
+        return max(t, 0.0)
+
+    def _batch_due(self, now: float) -> bool:
+        return self.batch_since is not None and (len(self.batch) >= FLUSH_MAX_OPS or now - self.batch_since >= FLUSH_MAX_DELAY)
+
+    def _touch_batch(self) -> None:
+        if self.batch_since is None:
+            self.batch_since = self.clock()
+
+    # ================================================================== inputs
+
+    def _on_ready(self, obj: Any) -> None:
+        if obj == self._wake_r:
+            os.read(self._wake_r, 4096)
+            while True:
+                try:
+                    self.clients.append(self.accepted.get_nowait())
+                except queue.Empty:
+                    break
+        elif obj == self.host_lifeline:
+            if not os.read(self.host_lifeline, 4096):
+                log.info("host went away; shutting down")
+                self.host_lifeline = None
+                self.shutdown_mode = "hard"
+                self._begin_shutdown(None)
+        elif obj in self.by_conn:
+            self._drain_worker(self.by_conn[obj])
+        elif obj in self.by_sentinel:
+            self._on_worker_exit(self.by_sentinel[obj])
+        else:
+            self._on_client(obj)
+
+    def _on_client(self, conn: Connection) -> None:
+        try:
+            req = conn.recv()
+        except (EOFError, OSError):
+            self._drop_client(conn)
+            return
+        try:
+            self._handle(conn, req)
+        except Exception as e:  # noqa: BLE001 - every error goes back to the caller
+            self._reply(conn, protocol.ErrorReply.of(e))
+
+    def _drop_client(self, conn: Connection) -> None:
+        if conn in self.clients:
+            self.clients.remove(conn)
+        for lst in self.waiters.values():
+            while conn in lst:
+                lst.remove(conn)
+        self.idle_waiters = [(c, d) for c, d in self.idle_waiters if c is not conn]
+        self.wait_deadlines = [w for w in self.wait_deadlines if w[2] is not conn]
+        try:
+            conn.close()
+        except OSError:
+            pass
+
+    def _reply(self, conn: Connection, msg: Any) -> None:
+        try:
+            conn.send(msg)
+        except (OSError, ValueError):
+            self._drop_client(conn)
+
+    def _handle(self, conn: Connection, req: Any) -> None:
+        if self.stopping and not isinstance(req, (protocol.Stop, protocol.Call)):
+            raise SchedulerBroken("the scheduler is shutting down")
+        if isinstance(req, protocol.Submit):
+            outcomes = self.submit(req.items)
+            self.acks.append((conn, protocol.Reply(outcomes)))
+            self.must_commit = True
+        elif isinstance(req, protocol.Call):
+            self._call(conn, req.name, req.args)
+        elif isinstance(req, protocol.Wait):
+            self._wait(conn, req.task_id, req.timeout)
+        elif isinstance(req, protocol.WaitIdle):
+            deadline = None if req.timeout is None else self.clock() + req.timeout
+            self.idle_waiters.append((conn, deadline))
+        elif isinstance(req, protocol.Stop):
+            self._begin_shutdown(conn)
+        else:
+            raise TypeError(f"unknown request {type(req).__name__}")
+
+    def _call(self, conn: Connection, name: str, args: tuple) -> None:
+        if name in STORE_QUERIES or name in STORE_WRITES:
+            method = getattr(self.store, name)
+            self.deferred.append((conn, lambda: method(*args)))
+        elif name == "task_lookup":
+            task_type, key = args
+            self.deferred.append((conn, lambda: self.store.task_lookup_by_dedup_key(dedup_key(task_type, key))))
+        elif name == "lookup_key":
+            self.deferred.append((conn, lambda: self.store.task_lookup_by_dedup_key(args[0])))
+        elif name == "cancel":
+            self.acks.append((conn, protocol.Reply(self.cancel(args[0], domain=args[1] if len(args) > 1 else None))))
+            self.must_commit = True
+        elif name == "retry_dead_letter":
+            self.deferred.append((conn, lambda: self.retry_dead_letter(args[0], args[1] if len(args) > 1 else None)))
+        elif name == "snapshot":
+            self._reply(conn, protocol.Reply(self.snapshot(args[0] if args else None)))
+        elif name == "active_tasks":
+            self._reply(conn, protocol.Reply(self.active_tasks(args[0] if args else None)))
+        elif name == "task":
+            self.deferred.append((conn, lambda: self.store.task_by_id(args[0])))
+        elif name == "ping":
+            self._reply(conn, protocol.Reply({"pid": os.getpid(), "shm": self.shm.name}))
+        else:
+            raise ValueError(f"unknown call {name!r}")
+
+    # ================================================================== submission (F3, F4, F6)
+
+    def submit(self, items: list[protocol.SubmitItem]) -> list[tuple]:
+        """Apply a batch of resolved submissions in memory; the caller commits before answering.
+
+        Dedup also applies inside the batch. Returns compact outcome tuples in input order.
+        """
+        for i, it in enumerate(items):
+            if not isinstance(it, protocol.SubmitItem):
+                raise InvalidSubmission(f"item {i} is not a resolved submission", index=i)
+        now = self.clock()
+        created = utc(now)
+        out: list[tuple] = []
+        inserts = self.batch.inserts
+        for it in items:
+            existing = self.by_key.get(it.key)
+            if existing is not None:
+                strategy = it.duplicate
+                if strategy == DuplicateStrategy.REJECT:
+                    out.append(("r", existing.id))
+                    continue
+                if strategy == DuplicateStrategy.SUPERSEDE:
+                    replaced = existing.id
+                    self._cancel_entry(existing, HistoryStatus.SUPERSEDED, "superseded by a newer submission")
+                    new = self._insert(it, now, created, inserts)
+                    out.append(("s", new.id, replaced))
+                    continue
+                out.append(self._skip_duplicate(existing, it.priority))
+                continue
+            out.append(("i", self._insert(it, now, created, inserts).id, False))
+        self.counters["submitted"] += len(items)
+        self.batch.next_id = self.next_id
+        self._touch_batch()
+        return out
+
+    def _skip_duplicate(self, e: Entry, priority: int) -> tuple:
+        if e.status in (TaskStatus.PENDING, TaskStatus.PAUSED) and not e.cancelled:
+            if priority < e.priority:
+                e.priority = priority
+                self.batch.priorities[e.id] = priority
+                if e.queued:
+                    self.ready.push(e)  # re-key the heap item
+                return ("u", e.id)
+            return ("d", e.id)
+        if e.status == TaskStatus.RUNNING and not e.cancelled:
+            if not e.requeue:
+                e.requeue = True
+                e.requeue_priority = min(priority, e.priority)
+                self.batch.requeue_marks[e.id] = e.requeue_priority
+                return ("q", e.id)
+        return ("d", e.id)
+
+    def _insert(self, it: protocol.SubmitItem, now: float, created: Any, inserts: list) -> Entry:
+        tid = self.next_id
+        self.next_id += 1
+        e = Entry(id=tid, task_type=it.task_type, domain=it.domain, key=it.key, label=it.label, priority=it.priority,
+                  status=TaskStatus.PENDING.value, created_at=now, retry_count=0, max_retries=it.max_retries,
+                  retry=RetryPolicy.from_dict(json.loads(it.retry)) if it.retry else None, timeout=it.timeout,
+                  cpus=it.cpus, memory=it.memory, group=it.group)
+        if self.payload_bytes < PAYLOAD_CACHE_BYTES:
+            e.payload = it.payload
+            self.payload_bytes += len(it.payload)
+        inserts.append((tid, it.task_type, it.domain, it.key, it.label, it.priority, "pending", it.payload, it.tags,
+                        it.group, created, None, None, 0, it.max_retries, it.retry, None, it.timeout, it.cpus,
+                        it.memory, it.io_read, it.io_write, it.io_rx, it.io_tx, False, None, None))
+        self.tasks[tid] = e
+        self.by_key[it.key] = e
+        self.status_counts["pending"] += 1
+        self.ready.push(e)
+        return e
+
+    # ================================================================== dispatch (the hot path)
+
+    def _make_ready(self, e: Entry, run_after: float | None) -> None:
+        e.status = TaskStatus.PENDING.value
+        e.run_after = run_after
+        if run_after is None:
+            self.ready.push(e)
+        else:
+            self.delayed += 1
+            self.timers.add(run_after, "due", (e, e.qver))
+
+    def _domain_blocked(self, domain: str) -> bool:
+        cap = self.domain_caps.get(domain)
+        return cap is not None and self.running_by_domain.get(domain, 0) >= cap
+
+    def _dispatch(self, now: float) -> None:
+        idle = self.idle
+        started = utc(now)
+        while idle and self.running_total < self.max_concurrency:
+            e = self.ready.pop_best(self._domain_blocked)
+            if e is None:
+                return
+            if e.payload is None:
+                self._fetch_payloads(e)
+            w = idle.pop()
+            e.status = TaskStatus.RUNNING.value
+            e.started_at = now
+            e.worker = w
+            w.task = e
+            self.status_counts["pending"] -= 1
+            self.status_counts["running"] += 1
+            self.running_total += 1
+            self.running_by_domain[e.domain] = self.running_by_domain.get(e.domain, 0) + 1
+            self.batch.running[e.id] = started
+            self._touch_batch()
+            self.shm.set_cancel(w.index, False)
+            payload = e.payload
+            if payload is not None:
+                self.payload_bytes -= len(payload)
+                e.payload = None
+            try:
+                w.conn.send(protocol.Run(e.id, e.task_type, payload or "{}", e.retry_count, e.key, e.label, e.priority))
+            except (OSError, ValueError):
+                pass  # its sentinel fires next: handled as a worker death
+            self.counters["dispatched"] += 1
+            if e.timeout:
+                self.timers.add(now + e.timeout, "timeout", (w, e))
+
+    def _fetch_payloads(self, e: Entry) -> None:
+        """Read payloads of queued tasks that are not cached, the wanted one first, in one query."""
+        ids = [e.id]
+        keep = []
+        for tid in self.payload_missing:
+            other = self.tasks.get(tid)
+            if other is None or other.payload is not None or other is e:
+                continue
+            if len(ids) < PAYLOAD_FETCH_CHUNK:
+                ids.append(tid)
+            else:
+                keep.append(tid)
+        self.payload_missing = keep
+        for tid, payload in self.store.fetch_payloads(ids).items():
+            entry = self.tasks.get(tid)
+            if entry is not None and entry.payload is None:
+                entry.payload = payload
+                self.payload_bytes += len(payload)
+        if e.payload is None:
+            e.payload = "{}"
+
+    # ================================================================== results
+
+    def _drain_worker(self, w: WorkerHandle) -> None:
+        conn = w.conn
+        try:
+            while conn.poll():
+                msg = conn.recv()
+                if isinstance(msg, protocol.Done):
+                    self._on_done(w, msg)
+                elif isinstance(msg, protocol.Ready):
+                    if msg.error:
+                        log.error("worker could not start", pid=msg.pid, error=msg.error)
+                        w.kill("registry failed to load")
+                    else:
+                        w.ready = True
+                        self.idle.append(w)
+                        self.pool.crashes.pop(w.index, None)
+                elif isinstance(msg, protocol.Goodbye):
+                    w.stopping = True
+                elif isinstance(msg, protocol.Progress):
+                    pass  # text progress feeds the event stream (a later issue); numbers are in shm
+        except (EOFError, OSError):
+            pass  # the sentinel reports the death
+
+    def _release_worker(self, w: WorkerHandle, e: Entry) -> None:
+        w.task = None
+        e.worker = None
+        self.running_total -= 1
+        self.running_by_domain[e.domain] -= 1
+        if e.status == TaskStatus.RUNNING:
+            self.status_counts["running"] -= 1
+
+    def _on_done(self, w: WorkerHandle, msg: protocol.Done) -> None:
+        e = w.task
+        if e is None or e.id != msg.task_id:
+            return
+        self._release_worker(w, e)
+        if w.ready and not w.stopping and w.kill_reason is None:
+            self.idle.append(w)
+        if e.cancelled:
+            return  # already in history as cancelled/superseded
+        io = (msg.read_bytes, msg.write_bytes, msg.net_rx_bytes, msg.net_tx_bytes)
+        if msg.error_kind is None:
+            self._finish(e, HistoryStatus.COMPLETED, result=msg.result, started=msg.started_at,
+                         finished=msg.finished_at, io=io)
+        elif msg.error_kind == "permanent":
+            self._finish(e, HistoryStatus.FAILED, error=msg.error, started=msg.started_at, finished=msg.finished_at, io=io)
+        else:
+            self._retry_or_dead(e, msg.error or "", msg.retry_after, started=msg.started_at, finished=msg.finished_at,
+                                io=io)
+
+    def _policy(self, e: Entry) -> RetryPolicy:
+        return e.retry or self.type_retry.get(e.task_type) or self.default_retry
+
+    def _retry_or_dead(self, e: Entry, error: str, retry_after: float | None, *, started: float | None,
+                       finished: float, io: tuple = (0, 0, 0, 0)) -> None:
+        if e.retry_count < e.max_retries:
+            e.retry_count += 1
+            delay = retry_after if retry_after is not None else self._policy(e).delay(e.retry_count, self.rng)
+            now = self.clock()
+            run_after = now + delay if delay > 0 else None
+            self.batch.forget_running(e.id)
+            self.batch.retries[e.id] = (e.retry_count, utc(run_after) if run_after else None, error[:20_000])
+            self._touch_batch()
+            self.status_counts["pending"] += 1
+            self.counters["retried"] += 1
+            self._make_ready(e, run_after)
+            return
+        self._finish(e, HistoryStatus.DEAD_LETTER, error=error, started=started, finished=finished, io=io)
+
+    def _finish(self, e: Entry, status: HistoryStatus, *, result: str | None = None, error: str | None = None,
+                started: float | None = None, finished: float | None = None, io: tuple = (0, 0, 0, 0)) -> None:
+        """Record a terminal outcome: a history row now, and the task leaves memory (unless requeued)."""
+        finished = finished if finished is not None else self.clock()
+        if started is None:
+            started = e.started_at
+        duration = (finished - started) * 1000.0 if started is not None else None
+        keep = status == HistoryStatus.COMPLETED and e.requeue
+        self.batch.forget_running(e.id)
+        self.batch.finished.append(FinishedRow(
+            e.id, status.value, result, error, e.retry_count, utc(started) if started is not None else None,
+            utc(finished), duration, io[0], io[1], io[2], io[3], keep_active=keep))
+        self._touch_batch()
+        self.counters[_COUNTER_OF[status]] += 1
+        if keep:
+            e.requeue = False
+            prio = e.requeue_priority if e.requeue_priority is not None else e.priority
+            e.priority = prio
+            e.requeue_priority = None
+            e.retry_count = 0
+            self.batch.requeued_runs[e.id] = prio
+            self.status_counts["pending"] += 1
+            self._make_ready(e, None)
+            return
+        del self.tasks[e.id]
+        if self.by_key.get(e.key) is e:
+            del self.by_key[e.key]
+        self.finished_ids.append(e.id)
+
+    def _on_worker_exit(self, w: WorkerHandle) -> None:
+        self._drain_worker(w)  # a result sent just before the exit still counts
+        code = w.exitcode()
+        self.by_conn.pop(w.conn, None)
+        self.by_sentinel.pop(w.sentinel, None)
+        if w in self.idle:
+            self.idle.remove(w)
+        try:
+            w.conn.close()
+        except OSError:
+            pass
+        if self.workers[w.index] is w:
+            self.workers[w.index] = None
+        e = w.task
+        planned = w.stopping and e is None
+        if e is not None:
+            self._release_worker(w, e)
+            if not e.cancelled and not self.stopping:
+                reason = w.kill_reason or f"worker process {w.pid} died: {describe_exit(code)}"
+                if w.kill_reason and w.kill_reason.startswith("timed out"):
+                    reason = f"{w.kill_reason}; worker process {w.pid} {describe_exit(code)}"
+                self._retry_or_dead(e, reason, None, started=e.started_at, finished=self.clock())
+            elif not e.cancelled:
+                self._interrupt(e)
+        if not planned and not self.stopping:
+            if w.kill_reason is None:
+                self.pool.crashes[w.index] = self.pool.crashes.get(w.index, 0) + 1
+                log.warning("worker died", pid=w.pid, cause=describe_exit(code))
+            delay = self.pool.respawn_delay(w.index)
+            if delay:
+                self.timers.add(self.clock() + delay, "respawn", w.index)
+            else:
+                self._spawn(w.index)
+
+    def _interrupt(self, e: Entry) -> None:
+        """A running task stopped by shutdown: back to pending, no retry counted (F11)."""
+        self.batch.forget_running(e.id)
+        self.batch.to_pending.add(e.id)
+        self._touch_batch()
+        e.status = TaskStatus.PENDING.value
+        self.status_counts["pending"] += 1
+
+    # ================================================================== timers
+
+    def _fire_timers(self, now: float) -> None:
+        for kind, payload in self.timers.pop_due(now):
+            if kind == "due":
+                e, ver = payload
+                if e.qver == ver and e.id in self.tasks and e.status == TaskStatus.PENDING and e.worker is None:
+                    self.delayed -= 1
+                    e.run_after = None
+                    self.ready.push(e)
+            elif kind == "timeout":
+                w, e = payload
+                if w.task is e and not e.cancelled:
+                    w.kill(f"timed out after {e.timeout:g}s")
+            elif kind == "kill":
+                w, e = payload
+                if w.task is e:
+                    w.kill("did not stop within the cancel grace period")
+            elif kind == "respawn":
+                if self.workers[payload] is None and not self.stopping:
+                    self._spawn(payload)
+        if self.wait_deadlines:
+            keep = []
+            for d, tid, conn in self.wait_deadlines:
+                if d <= now and conn in self.waiters.get(tid, ()):
+                    self.waiters[tid].remove(conn)
+                    self._reply(conn, protocol.ErrorReply.of(WaitTimeout(f"task {tid} did not finish in time")))
+                elif d > now:
+                    keep.append((d, tid, conn))
+            self.wait_deadlines = keep
+        if self.idle_waiters:
+            keep2 = []
+            for conn, d in self.idle_waiters:
+                if d is not None and d <= now and not self._is_idle():
+                    self._reply(conn, protocol.ErrorReply.of(WaitTimeout("the scheduler did not become idle in time")))
+                else:
+                    keep2.append((conn, d))
+            self.idle_waiters = keep2
+
+    # ================================================================== commit and answers
+
+    def _commit(self) -> None:
+        if len(self.batch):
+            batch, self.batch = self.batch, WriteBatch()
+            try:
+                self.store.apply(batch)
+            except StoreError as e:
+                log.error("commit failed; coordinator stops", error=str(e))
+                broken = SchedulerBroken(f"the store failed: {e}")
+                for conn, _ in self.acks:
+                    self._reply(conn, protocol.ErrorReply.of(broken))
+                self.acks.clear()
+                raise
+            self.counters["commits"] += 1
+        self.batch_since = None
+        self.must_commit = False
+
+    def _answer(self) -> None:
+        for conn, reply in self.acks:
+            self._reply(conn, reply)
+        self.acks.clear()
+        deferred, self.deferred = self.deferred, []
+        for conn, fn in deferred:
+            try:
+                value = fn()
+            except Exception as e:  # noqa: BLE001
+                self._reply(conn, protocol.ErrorReply.of(e))
+            else:
+                self._reply(conn, protocol.Reply(value))
+        if self.finished_ids:
+            done = [t for t in self.finished_ids if t in self.waiters]
+            self.finished_ids = []
+            if done:
+                rows = self.store.history_rows(done)
+                for tid in done:
+                    for conn in self.waiters.pop(tid, []):
+                        self._reply(conn, protocol.Reply(rows.get(tid)))
+        if self.idle_waiters and self._is_idle():
+            for conn, _ in self.idle_waiters:
+                self._reply(conn, protocol.Reply(True))
+            self.idle_waiters = []
+
+    def _is_idle(self) -> bool:
+        return not self.tasks and self.batch_since is None
+
+    def _wait(self, conn: Connection, task_id: int, timeout: float | None) -> None:
+        if task_id in self.tasks:
+            self.waiters.setdefault(task_id, []).append(conn)
+            if timeout is not None:
+                self.wait_deadlines.append((self.clock() + timeout, task_id, conn))
+            return
+
+        def finished() -> Any:
+            row = self.store.history_row(task_id)
+            if row is None:
+                raise TaskNotFound(f"no task with id {task_id}")
+            return row
+
+        self.deferred.append((conn, finished))
+
+    # ================================================================== control
+
+    def cancel(self, task_id: int, domain: str | None = None) -> bool:
+        """Cancel one active task (F23 subset); True if it was found and cancelled."""
+        e = self.tasks.get(task_id)
+        if e is None or e.cancelled or (domain is not None and e.domain != domain):
+            return False
+        self._cancel_entry(e, HistoryStatus.CANCELLED, "cancelled")
+        return True
+
+    def _cancel_entry(self, e: Entry, status: HistoryStatus, why: str) -> None:
+        w = e.worker
+        if w is not None:
+            e.cancelled = True
+            self.shm.set_cancel(w.index, True)
+            self.timers.add(self.clock() + CANCEL_GRACE, "kill", (w, e))
+            self._finish(e, status, error=why, started=e.started_at)
+            self.status_counts["running"] -= 1
+            e.status = "cancelling"
+            return
+        if e.queued:
+            self.ready.discard(e)
+        elif e.run_after is not None:
+            self.delayed -= 1
+            e.qver += 1  # the timer item goes stale
+        self.status_counts[e.status] -= 1
+        e.cancelled = True
+        if e.payload is not None:
+            self.payload_bytes -= len(e.payload)
+            e.payload = None
+        e.requeue = False
+        self._finish(e, status, error=why)
+
+    def retry_dead_letter(self, task_id: int, domain: str | None) -> tuple:
+        """Resubmit the newest dead-letter execution of ``task_id`` as a new task."""
+        row = self.store.dead_letter_row(task_id)
+        if row is None:
+            raise TaskNotFound(f"no dead-letter task with id {task_id}")
+        (task_type, dom, key, label, prio, payload, tags, group, cpus, memory, rb, wb, rx, tx, _parent) = row
+        if domain is not None and dom != domain:
+            raise TaskNotFound(f"dead-letter task {task_id} belongs to domain {dom!r}, not {domain!r}")
+        policy = self.type_retry.get(task_type) or self.default_retry
+        item = protocol.SubmitItem(task_type, dom, key, label, prio, payload, policy.max_retries, None, None, cpus,
+                                   memory, rb, wb, rx, tx, group, tags, DuplicateStrategy.SKIP.value)
+        out = self.submit([item])[0]
+        self._commit()
+        return out
+
+    # ================================================================== snapshots
+
+    def _record(self, e: Entry) -> TaskRecord:
+        return TaskRecord(id=e.id, task_type=e.task_type, domain=e.domain, key=e.key, label=e.label,
+                          priority=e.priority, status=TaskStatus(e.status) if e.status != "cancelling" else TaskStatus.RUNNING,
+                          group=e.group, created_at=_dt(e.created_at), started_at=_dt(e.started_at),
+                          retry_count=e.retry_count, max_retries=e.max_retries, timeout=e.timeout, cpus=e.cpus,
+                          memory=e.memory, requeue=e.requeue)
+
+    def active_tasks(self, domain: str | None = None) -> list[TaskRecord]:
+        out = [self._record(w.task) for w in self.workers
+               if w is not None and w.task is not None and not w.task.cancelled
+               and (domain is None or w.task.domain == domain)]
+        return sorted(out, key=lambda r: (r.priority, r.id))
+
+    def progress(self, domain: str | None = None) -> list[TaskProgress]:
+        out = []
+        now = self.clock()
+        for w in self.workers:
+            if w is None or w.task is None or w.task.cancelled or (domain and w.task.domain != domain):
+                continue
+            s = self.shm.read_slot(w.index)
+            if s.task_id != w.task.id:
+                continue
+            out.append(TaskProgress(task_id=w.task.id, task_type=w.task.task_type,
+                                    fraction=max(s.progress, 0.0), bytes_done=s.bytes_done, bytes_total=s.bytes_total,
+                                    read_bytes=s.read_bytes, write_bytes=s.write_bytes,
+                                    elapsed_s=now - (w.task.started_at or now)))
+        return out
+
+    def snapshot(self, domain: str | None = None) -> SchedulerSnapshot | ModuleSnapshot:
+        if domain is None:
+            c = self.status_counts
+            return SchedulerSnapshot(
+                running=self.active_tasks(), running_count=self.running_total, pending_count=c["pending"],
+                paused_count=c["paused"], blocked_count=c["blocked"], waiting_count=c["waiting"], pressure=0.0,
+                progress=self.progress(), max_concurrency=self.max_concurrency,
+                workers=sum(1 for w in self.workers if w is not None))
+        counts = {s.value: 0 for s in TaskStatus}
+        for e in self.tasks.values():
+            if e.domain == domain and e.status in counts:
+                counts[e.status] += 1
+        return ModuleSnapshot(domain=domain, running=self.active_tasks(domain), pending_count=counts["pending"],
+                              paused_count=counts["paused"], blocked_count=counts["blocked"],
+                              waiting_count=counts["waiting"], progress=self.progress(domain))
+
+    def _publish(self) -> None:
+        c = dict(self.counters)
+        c.update(self.status_counts)
+        c["running"] = self.running_total
+        c["workers"] = sum(1 for w in self.workers if w is not None)
+        c["max_concurrency"] = self.max_concurrency
+        self.shm.publish(c)
+
+    # ================================================================== shutdown (F11)
+
+    def _begin_shutdown(self, conn: Connection | None) -> None:
+        if conn is not None:
+            self.stop_waiters.append(conn)
+        if self.stopping:
+            return
+        self.stopping = True
+        if self.shutdown_mode == "graceful" and self.running_total:
+            self.stop_deadline = self.clock() + self.shutdown_timeout
+        else:
+            self.stop_deadline = self.clock()
+
+    def _finish_shutdown(self) -> None:
+        """Cancel what still runs (re-queued, not failed), stop workers, commit, answer, exit."""
+        for w in list(self.workers):
+            if w is None:
+                continue
+            e = w.task
+            if e is not None:
+                if not e.cancelled:
+                    self.shm.set_cancel(w.index, True)
+                    self._release_worker(w, e)
+                    self._interrupt(e)
+                w.kill("shutdown")
+            else:
+                w.stopping = True
+                try:
+                    w.conn.send(protocol.Stop())
+                except (OSError, ValueError):
+                    w.kill("shutdown")
+        deadline = time.monotonic() + 5.0
+        for w in self.workers:
+            if w is None:
+                continue
+            w.process.join(timeout=max(deadline - time.monotonic(), 0.0))
+            if w.process.exitcode is None:
+                w.kill("shutdown")
+                w.process.join(timeout=2.0)
+        for w in self.workers:
+            if w is not None:
+                try:
+                    w.conn.close()
+                except OSError:
+                    pass
+        self.workers = [None] * len(self.workers)
+        self.by_conn.clear()
+        self.by_sentinel.clear()
+        self.idle.clear()
+        self._commit()
+        for conn, _ in self.idle_waiters:
+            self._reply(conn, protocol.ErrorReply.of(SchedulerBroken("the scheduler shut down")))
+        self.idle_waiters = []
+        for lst in self.waiters.values():
+            for conn in lst:
+                self._reply(conn, protocol.ErrorReply.of(SchedulerBroken("the scheduler shut down")))
+        self.waiters.clear()
+        for conn in self.stop_waiters:
+            self._reply(conn, protocol.Reply(None))
+        self.exited = True
+
+
+_COUNTER_OF = {
+    HistoryStatus.COMPLETED: "completed",
+    HistoryStatus.FAILED: "failed",
+    HistoryStatus.DEAD_LETTER: "dead_lettered",
+    HistoryStatus.CANCELLED: "cancelled",
+    HistoryStatus.SUPERSEDED: "superseded",
+    HistoryStatus.EXPIRED: "cancelled",
+    HistoryStatus.DEPENDENCY_FAILED: "failed",
+}
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc)

@@ -1,0 +1,139 @@
+"""In-memory ready queues and timers: the hot path never asks DuckDB what is next.
+
+Invariant: a task entry is in at most one place — a domain heap (ready now),
+the timer heap (due later) or a worker (running). Heaps use lazy deletion: an
+item is live only while its version matches the entry's. Cost per pick is
+O(domains · log n), so dispatch does not slow down as the queue grows.
+Imports nothing from taskmill but leaves.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Any, Callable, Iterable
+
+__all__ = ["Entry", "ReadyQueues", "Timers"]
+
+
+class Entry:
+    """What the coordinator keeps in memory for one active task (no payload unless cached)."""
+
+    __slots__ = (
+        "id", "task_type", "domain", "key", "label", "priority", "status", "created_at", "run_after",
+        "retry_count", "max_retries", "retry", "timeout", "cpus", "memory", "group", "payload", "requeue",
+        "requeue_priority", "started_at", "worker", "qver", "queued", "cancelled", "tags", "io",
+    )
+
+    def __init__(self, **kw: Any) -> None:
+        self.payload = None
+        self.requeue = False
+        self.requeue_priority = None
+        self.started_at = None
+        self.worker = None
+        self.qver = 0
+        self.queued = False
+        self.cancelled = False
+        self.run_after = None
+        self.tags = None
+        self.io = (0, 0, 0, 0)
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+    def __repr__(self) -> str:
+        return f"<Entry {self.id} {self.task_type} p={self.priority} {self.status}>"
+
+
+class _DomainHeap:
+    __slots__ = ("heap", "live")
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[int, int, int, Entry]] = []
+        self.live = 0
+
+
+class ReadyQueues:
+    """Per-domain heaps ordered by (priority, id): most urgent first, FIFO within a level."""
+
+    def __init__(self) -> None:
+        self._domains: dict[str, _DomainHeap] = {}
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def push(self, e: Entry) -> None:
+        if e.queued:
+            self.discard(e)
+        e.qver += 1
+        d = self._domains.get(e.domain)
+        if d is None:
+            d = self._domains[e.domain] = _DomainHeap()
+        heapq.heappush(d.heap, (e.priority, e.id, e.qver, e))
+        e.queued = True
+        d.live += 1
+        self._len += 1
+
+    def discard(self, e: Entry) -> None:
+        """Remove ``e`` if queued (lazy: its heap item goes stale)."""
+        if e.queued:
+            e.queued = False
+            e.qver += 1
+            self._domains[e.domain].live -= 1
+            self._len -= 1
+
+    def _head(self, d: _DomainHeap) -> Entry | None:
+        heap = d.heap
+        while heap:
+            prio, tid, ver, e = heap[0]
+            if ver == e.qver:
+                return e
+            heapq.heappop(heap)
+        return None
+
+    def pop_best(self, blocked: Callable[[str], bool]) -> Entry | None:
+        """Pop the most urgent ready entry whose domain is not blocked."""
+        best: Entry | None = None
+        best_d: _DomainHeap | None = None
+        for name, d in self._domains.items():
+            if d.live == 0 or blocked(name):
+                continue
+            e = self._head(d)
+            if e is not None and (best is None or (e.priority, e.id) < (best.priority, best.id)):
+                best, best_d = e, d
+        if best is None or best_d is None:
+            return None
+        heapq.heappop(best_d.heap)
+        best.queued = False
+        best.qver += 1
+        best_d.live -= 1
+        self._len -= 1
+        return best
+
+    def iter_domains(self) -> Iterable[str]:
+        return self._domains.keys()
+
+
+class Timers:
+    """A heap of (due time, kind, payload) with a tie-breaking counter."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, str, Any]] = []
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, due: float, kind: str, payload: Any) -> None:
+        heapq.heappush(self._heap, (due, next(self._seq), kind, payload))
+
+    def next_due(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def pop_due(self, now: float) -> list[tuple[str, Any]]:
+        out = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, kind, payload = heapq.heappop(heap)
+            out.append((kind, payload))
+        return out

@@ -1,0 +1,189 @@
+"""Every exception taskmill raises, under one root.
+
+Leaf module: imports nothing from taskmill.
+
+    TaskmillError
+    ├── SchedulerClosed        you closed the scheduler (or never started it)
+    ├── SchedulerBroken        the coordinator or its store died; cause chained
+    ├── StartupError           the coordinator could not start (message says why)
+    ├── ConfigError            (also ValueError) inconsistent domains / task types
+    ├── UnknownDomain          (also LookupError) no domain of that name
+    ├── UnknownTaskType        (also LookupError) task not registered in that domain
+    ├── InvalidPayload         (also ValueError) not JSON, or over the size limit
+    ├── InvalidSubmission      (also ValueError) one item of a batch is bad; names it
+    ├── TaskNotFound           (also LookupError) no task with that id
+    ├── WaitTimeout            (also TimeoutError) a wait ran out of time
+    ├── TaskFailed             a task ended in a state other than completed
+    │   └── WorkerCrashed      its worker process died (exit code, signal name)
+    ├── StoreError             a DuckDB error, raised ``from`` the duckdb.Error
+    │   ├── NotATaskmillStore  the file is not a DuckDB file or holds other tables
+    │   ├── SchemaTooNew       written by a newer taskmill
+    │   ├── StoreLocked        another coordinator owns the store
+    │   └── QueryRefused       (also ValueError) ``sql()`` got a write or several statements
+    └── TaskError              raised *inside* task functions to steer retries
+        ├── Retryable          retry under the policy (optionally after a delay)
+        └── Permanent          fail now, no retry
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "InvalidPayload",
+    "InvalidSubmission",
+    "NotATaskmillStore",
+    "Permanent",
+    "QueryRefused",
+    "Retryable",
+    "SchedulerBroken",
+    "SchedulerClosed",
+    "SchemaTooNew",
+    "StartupError",
+    "StoreError",
+    "StoreLocked",
+    "TaskError",
+    "TaskFailed",
+    "TaskNotFound",
+    "TaskmillError",
+    "UnknownDomain",
+    "UnknownTaskType",
+    "WaitTimeout",
+    "WorkerCrashed",
+]
+
+
+class TaskmillError(Exception):
+    """Root of every taskmill exception."""
+
+
+class SchedulerClosed(TaskmillError):
+    """The scheduler was closed (or not started) when the call was made."""
+
+
+class SchedulerBroken(TaskmillError):
+    """The coordinator process or its store died; the scheduler is unusable."""
+
+
+class StartupError(TaskmillError):
+    """The coordinator could not start; the message carries its reason."""
+
+
+class ConfigError(TaskmillError, ValueError):
+    """Domains or task types are configured inconsistently."""
+
+
+class UnknownDomain(TaskmillError, LookupError):
+    """No domain of that name is registered with the scheduler."""
+
+    def __str__(self) -> str:  # LookupError would quote the message
+        return str(self.args[0]) if self.args else "unknown domain"
+
+
+class UnknownTaskType(TaskmillError, LookupError):
+    """The task function is not registered in the domain used to submit it."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown task type"
+
+
+class InvalidPayload(TaskmillError, ValueError):
+    """The payload is not JSON-serializable or exceeds the size limit."""
+
+
+class InvalidSubmission(TaskmillError, ValueError):
+    """A submission is invalid; in a batch, ``index`` names the bad item."""
+
+    def __init__(self, message: str, *, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+class TaskNotFound(TaskmillError, LookupError):
+    """No active or finished task has that id."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "task not found"
+
+
+class WaitTimeout(TaskmillError, TimeoutError):
+    """A ``wait`` or ``wait_idle`` call ran out of time."""
+
+
+class TaskFailed(TaskmillError):
+    """A task finished in a state other than ``completed``."""
+
+    def __init__(self, message: str, *, task_id: int | None = None, status: str | None = None) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.status = status
+
+
+class WorkerCrashed(TaskFailed):
+    """The worker process running the task died.
+
+    ``exitcode`` is the process exit code (negative for a signal) and
+    ``signal_name`` the signal's name when it was killed by one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task_id: int | None = None,
+        exitcode: int | None = None,
+        signal_name: str | None = None,
+    ) -> None:
+        super().__init__(message, task_id=task_id, status="failed")
+        self.exitcode = exitcode
+        self.signal_name = signal_name
+
+
+class StoreError(TaskmillError):
+    """The store failed; raised ``from`` the underlying ``duckdb.Error``."""
+
+
+class NotATaskmillStore(StoreError):
+    """The file is not a DuckDB database, or one that taskmill did not create."""
+
+
+class SchemaTooNew(StoreError):
+    """The store was written by a newer taskmill schema than this one knows."""
+
+
+class StoreLocked(StoreError):
+    """Another coordinator (or process) holds the store's lock."""
+
+
+class QueryRefused(StoreError, ValueError):
+    """``sql()`` accepts exactly one read-only statement."""
+
+
+class TaskError(TaskmillError):
+    """Base of the exceptions a task function raises to steer its outcome."""
+
+
+class Retryable(TaskError):
+    """Fail this attempt and retry under the retry policy.
+
+    Args:
+        message: Stored as the task's error text.
+        retry_after: Seconds to wait before the retry instead of the policy's
+            delay; ``None`` uses the policy.
+    """
+
+    def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        if retry_after is not None and retry_after < 0:
+            raise ValueError(f"retry_after must be >= 0, got {retry_after!r}")
+        self.retry_after = retry_after
+
+    def __reduce__(self):  # keyword-only args need help to pickle
+        return (_rebuild_retryable, (str(self), self.retry_after))
+
+
+def _rebuild_retryable(message: str, retry_after: float | None) -> Retryable:
+    return Retryable(message, retry_after=retry_after)
+
+
+class Permanent(TaskError):
+    """Fail this task now, without retrying; its history status is ``failed``."""

@@ -1,0 +1,552 @@
+"""Value types shared by every process: enums, policies and query records.
+
+Leaf module: imports only ``taskmill.errors``. Records are frozen snapshots
+(never live objects) with a JSON-friendly ``to_dict()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import random
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Iterator, Sequence
+
+__all__ = [
+    "BatchOutcome",
+    "Duplicate",
+    "HistoryStatus",
+    "Inserted",
+    "IoBudget",
+    "ModuleSnapshot",
+    "Priority",
+    "Rejected",
+    "Requeued",
+    "RetryPolicy",
+    "SchedulerSnapshot",
+    "Shutdown",
+    "SubmitOutcome",
+    "Superseded",
+    "TaskHistoryRecord",
+    "TaskLookup",
+    "TaskProgress",
+    "TaskRecord",
+    "TaskStatus",
+    "TypeStats",
+    "Upgraded",
+]
+
+_RECORD = dict(frozen=True, slots=True, kw_only=True)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+class _ToDict:
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the record as plain JSON-friendly values (datetimes as ISO text)."""
+        return _jsonable(self)  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------- enums
+
+
+class TaskStatus(enum.StrEnum):
+    """Status of an active task (a row of the ``tasks`` table)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    WAITING = "waiting"
+    BLOCKED = "blocked"
+
+
+class HistoryStatus(enum.StrEnum):
+    """Terminal status of a finished task (a row of ``task_history``)."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SUPERSEDED = "superseded"
+    EXPIRED = "expired"
+    DEAD_LETTER = "dead_letter"
+    DEPENDENCY_FAILED = "dependency_failed"
+
+
+class DuplicateStrategy(enum.StrEnum):
+    """What a submission does when its dedup key is already active (F4)."""
+
+    SKIP = "skip"
+    SUPERSEDE = "supersede"
+    REJECT = "reject"
+
+
+class Priority(int):
+    """A priority level, 0..255; lower is more urgent.
+
+    Named levels: ``REALTIME`` (0), ``HIGH`` (64), ``NORMAL`` (128, the
+    default), ``BACKGROUND`` (192), ``IDLE`` (255). ``Priority(n)`` validates.
+    """
+
+    REALTIME: Priority
+    HIGH: Priority
+    NORMAL: Priority
+    BACKGROUND: Priority
+    IDLE: Priority
+
+    def __new__(cls, value: int) -> Priority:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"priority must be an int in 0..255, got {value!r}")
+        if not 0 <= value <= 255:
+            raise ValueError(f"priority must be in 0..255, got {value}")
+        return super().__new__(cls, value)
+
+    def __repr__(self) -> str:
+        name = _PRIORITY_NAMES.get(int(self))
+        return f"Priority.{name}" if name else f"Priority({int(self)})"
+
+    def value_(self) -> int:  # pragma: no cover - symmetry with the Rust API
+        return int(self)
+
+
+Priority.REALTIME = Priority(0)
+Priority.HIGH = Priority(64)
+Priority.NORMAL = Priority(128)
+Priority.BACKGROUND = Priority(192)
+Priority.IDLE = Priority(255)
+_PRIORITY_NAMES = {0: "REALTIME", 64: "HIGH", 128: "NORMAL", 192: "BACKGROUND", 255: "IDLE"}
+
+
+# --------------------------------------------------------------------------- policies
+
+
+@dataclass(**_RECORD)
+class IoBudget(_ToDict):
+    """Expected IO of one task run, in bytes (disk read/write, network rx/tx)."""
+
+    disk_read: int = 0
+    disk_write: int = 0
+    net_rx: int = 0
+    net_tx: int = 0
+
+    def __post_init__(self) -> None:
+        for f in ("disk_read", "disk_write", "net_rx", "net_tx"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"IoBudget.{f} must be an int, got {v!r}")
+            if v < 0:
+                raise ValueError(f"IoBudget.{f} must be >= 0, got {v}")
+
+    @classmethod
+    def disk(cls, read: int, write: int) -> IoBudget:
+        """A disk-only budget: ``read`` and ``write`` bytes."""
+        return cls(disk_read=read, disk_write=write)
+
+    @classmethod
+    def net(cls, rx: int, tx: int) -> IoBudget:
+        """A network-only budget: ``rx`` and ``tx`` bytes."""
+        return cls(net_rx=rx, net_tx=tx)
+
+    @classmethod
+    def none(cls) -> IoBudget:
+        """No expected IO."""
+        return cls()
+
+
+class BackoffKind(enum.StrEnum):
+    CONSTANT = "constant"
+    LINEAR = "linear"
+    EXPONENTIAL = "exponential"
+    EXPONENTIAL_JITTER = "exponential_jitter"
+
+
+@dataclass(**_RECORD)
+class RetryPolicy(_ToDict):
+    """How often and how soon a failed task is retried (F9).
+
+    Build one with the class methods; ``max_retries`` counts retries after the
+    first attempt. Delays are in seconds and never exceed ``max_delay``.
+    """
+
+    kind: BackoffKind = BackoffKind.EXPONENTIAL
+    max_retries: int = 3
+    initial: float = 1.0
+    max_delay: float = 60.0
+    step: float = 1.0
+    multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", BackoffKind(self.kind))
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ValueError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
+        for f in ("initial", "max_delay", "step"):
+            v = getattr(self, f)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"RetryPolicy.{f} must be a finite number >= 0, got {v!r}")
+        if not isinstance(self.multiplier, (int, float)) or not self.multiplier >= 1:
+            raise ValueError(f"RetryPolicy.multiplier must be >= 1, got {self.multiplier!r}")
+
+    @classmethod
+    def constant(cls, max_retries: int = 3, delay: float = 1.0) -> RetryPolicy:
+        """Retry after the same ``delay`` every time."""
+        return cls(kind=BackoffKind.CONSTANT, max_retries=max_retries, initial=delay, max_delay=delay)
+
+    @classmethod
+    def linear(cls, max_retries: int = 3, initial: float = 1.0, step: float = 1.0, max: float = 60.0) -> RetryPolicy:
+        """Retry after ``initial``, ``initial + step``, ``initial + 2*step`` … capped at ``max``."""
+        return cls(kind=BackoffKind.LINEAR, max_retries=max_retries, initial=initial, step=step, max_delay=max)
+
+    @classmethod
+    def exponential(
+        cls, max_retries: int = 3, initial: float = 1.0, max: float = 60.0, multiplier: float = 2.0
+    ) -> RetryPolicy:
+        """Retry after ``initial * multiplier**(n-1)`` capped at ``max``."""
+        return cls(
+            kind=BackoffKind.EXPONENTIAL, max_retries=max_retries, initial=initial, max_delay=max, multiplier=multiplier
+        )
+
+    @classmethod
+    def exponential_jitter(
+        cls, max_retries: int = 3, initial: float = 1.0, max: float = 60.0, multiplier: float = 2.0
+    ) -> RetryPolicy:
+        """Like :meth:`exponential`, with the delay drawn uniformly from its upper half."""
+        return cls(
+            kind=BackoffKind.EXPONENTIAL_JITTER,
+            max_retries=max_retries,
+            initial=initial,
+            max_delay=max,
+            multiplier=multiplier,
+        )
+
+    @classmethod
+    def none(cls) -> RetryPolicy:
+        """Never retry: a retryable failure goes straight to ``dead_letter``."""
+        return cls(kind=BackoffKind.CONSTANT, max_retries=0, initial=0.0, max_delay=0.0)
+
+    def delay(self, retry_number: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before retry number ``retry_number`` (1-based)."""
+        if retry_number < 1:
+            raise ValueError("retry_number is 1-based")
+        n = retry_number - 1
+        if self.kind is BackoffKind.CONSTANT:
+            return min(self.initial, self.max_delay)
+        if self.kind is BackoffKind.LINEAR:
+            return min(self.initial + self.step * n, self.max_delay)
+        # exponential: guard against float overflow for large n
+        base = self.max_delay if n > 1024 else min(self.initial * self.multiplier**n, self.max_delay)
+        if self.kind is BackoffKind.EXPONENTIAL:
+            return base
+        r = (rng or random).random()
+        return base / 2 + r * base / 2
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RetryPolicy:
+        return cls(**d)
+
+
+@dataclass(**_RECORD)
+class Shutdown(_ToDict):
+    """How the scheduler stops running tasks when it closes (F11)."""
+
+    mode: str = "hard"
+    timeout: float = 0.0
+
+    @classmethod
+    def hard(cls) -> Shutdown:
+        """Cancel running tasks at once; they are re-queued, not failed (default)."""
+        return cls(mode="hard", timeout=0.0)
+
+    @classmethod
+    def graceful(cls, timeout: float) -> Shutdown:
+        """Stop dispatching, wait up to ``timeout`` seconds for running tasks, then cancel the rest."""
+        if not isinstance(timeout, (int, float)) or timeout < 0:
+            raise ValueError(f"graceful shutdown timeout must be >= 0, got {timeout!r}")
+        return cls(mode="graceful", timeout=float(timeout))
+
+
+# --------------------------------------------------------------------------- task records
+
+
+@dataclass(**_RECORD)
+class TaskRecord(_ToDict):
+    """A snapshot of an active task."""
+
+    id: int
+    task_type: str
+    domain: str
+    key: str
+    label: str
+    priority: int
+    status: TaskStatus
+    payload: dict[str, Any] | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    group: str | None = None
+    created_at: datetime | None = None
+    run_after: datetime | None = None
+    started_at: datetime | None = None
+    retry_count: int = 0
+    max_retries: int = 3
+    last_error: str | None = None
+    expected_io: IoBudget = field(default_factory=IoBudget)
+    cpus: float = 1.0
+    memory: int = 0
+    timeout: float | None = None
+    requeue: bool = False
+    parent_id: int | None = None
+
+
+@dataclass(**_RECORD)
+class TaskHistoryRecord(_ToDict):
+    """A finished task execution (a row of ``task_history``)."""
+
+    id: int
+    task_type: str
+    domain: str
+    key: str
+    label: str
+    priority: int
+    status: HistoryStatus
+    payload: dict[str, Any] | None = None
+    result: Any = None
+    error: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    group: str | None = None
+    retry_count: int = 0
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    duration_ms: float | None = None
+    read_bytes: int = 0
+    write_bytes: int = 0
+    net_rx_bytes: int = 0
+    net_tx_bytes: int = 0
+    expected_io: IoBudget = field(default_factory=IoBudget)
+    parent_id: int | None = None
+
+
+@dataclass(**_RECORD)
+class TypeStats(_ToDict):
+    """Aggregates for one task type over its history (seed: ``history_stats``)."""
+
+    count: int
+    avg_duration_ms: float
+    avg_read_bytes: float
+    avg_write_bytes: float
+    failure_rate: float
+
+
+@dataclass(**_RECORD)
+class TaskLookup(_ToDict):
+    """Result of ``task_lookup``: the active task, else the newest history row, else neither."""
+
+    active: TaskRecord | None = None
+    history: TaskHistoryRecord | None = None
+
+    @property
+    def not_found(self) -> bool:
+        return self.active is None and self.history is None
+
+
+@dataclass(**_RECORD)
+class TaskProgress(_ToDict):
+    """Live progress of a running task, read from shared memory."""
+
+    task_id: int
+    task_type: str
+    fraction: float
+    message: str | None = None
+    bytes_done: int = 0
+    bytes_total: int = 0
+    read_bytes: int = 0
+    write_bytes: int = 0
+    elapsed_s: float = 0.0
+
+
+@dataclass(**_RECORD)
+class ModuleSnapshot(_ToDict):
+    """One domain at a glance (seed: ``handle.snapshot()``)."""
+
+    domain: str
+    running: list[TaskRecord]
+    pending_count: int
+    paused_count: int
+    blocked_count: int
+    waiting_count: int
+    progress: list[TaskProgress]
+    is_paused: bool = False
+
+
+@dataclass(**_RECORD)
+class SchedulerSnapshot(_ToDict):
+    """Global aggregates (seed: ``scheduler.snapshot()``)."""
+
+    running: list[TaskRecord]
+    running_count: int
+    pending_count: int
+    paused_count: int
+    blocked_count: int
+    waiting_count: int
+    pressure: float
+    progress: list[TaskProgress]
+    max_concurrency: int
+    workers: int
+    is_paused: bool = False
+
+
+# --------------------------------------------------------------------------- submit outcomes
+
+
+@dataclass(**_RECORD)
+class SubmitOutcome(_ToDict):
+    """Base of the submission outcomes (F4); ``id`` is the task id or ``None``."""
+
+    @property
+    def id(self) -> int | None:
+        return None
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__.lower()
+
+
+@dataclass(**_RECORD)
+class Inserted(SubmitOutcome):
+    """A new task was inserted."""
+
+    task_id: int
+    group_paused: bool = False
+
+    @property
+    def id(self) -> int | None:
+        return self.task_id
+
+
+@dataclass(**_RECORD)
+class Duplicate(SubmitOutcome):
+    """The dedup key was active and nothing changed; ``existing_id`` names that task."""
+
+    existing_id: int | None = None
+
+
+@dataclass(**_RECORD)
+class Upgraded(SubmitOutcome):
+    """A pending or paused duplicate took the new, more urgent priority."""
+
+    task_id: int
+
+    @property
+    def id(self) -> int | None:
+        return self.task_id
+
+
+@dataclass(**_RECORD)
+class Requeued(SubmitOutcome):
+    """A running duplicate will run once more after it finishes."""
+
+    task_id: int
+
+    @property
+    def id(self) -> int | None:
+        return self.task_id
+
+
+@dataclass(**_RECORD)
+class Superseded(SubmitOutcome):
+    """The active duplicate was cancelled (history ``superseded``) and replaced."""
+
+    new_id: int
+    replaced_id: int
+
+    @property
+    def id(self) -> int | None:
+        return self.new_id
+
+
+@dataclass(**_RECORD)
+class Rejected(SubmitOutcome):
+    """The duplicate strategy was ``reject`` and the key was active."""
+
+    existing_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome(_ToDict):
+    """Per-item outcomes of ``submit_batch`` in input order, plus id views."""
+
+    outcomes: tuple[SubmitOutcome, ...]
+
+    def __len__(self) -> int:
+        return len(self.outcomes)
+
+    def __iter__(self) -> Iterator[SubmitOutcome]:
+        return iter(self.outcomes)
+
+    def __getitem__(self, i: int) -> SubmitOutcome:
+        return self.outcomes[i]
+
+    def _ids(self, cls: type) -> list[int]:
+        return [o.id for o in self.outcomes if type(o) is cls and o.id is not None]
+
+    @property
+    def ids(self) -> list[int | None]:
+        return [o.id for o in self.outcomes]
+
+    @property
+    def inserted(self) -> list[int]:
+        return self._ids(Inserted)
+
+    @property
+    def upgraded(self) -> list[int]:
+        return self._ids(Upgraded)
+
+    @property
+    def requeued(self) -> list[int]:
+        return self._ids(Requeued)
+
+    @property
+    def superseded(self) -> list[int]:
+        return self._ids(Superseded)
+
+    @property
+    def duplicates(self) -> list[int]:
+        return [i for i, o in enumerate(self.outcomes) if type(o) is Duplicate]
+
+    @property
+    def rejected(self) -> list[int]:
+        """Input indexes of the rejected items."""
+        return [i for i, o in enumerate(self.outcomes) if type(o) is Rejected]
+
+
+def outcomes_from_wire(items: Sequence[tuple]) -> tuple[SubmitOutcome, ...]:
+    """Rebuild outcomes from the compact tuples the coordinator sends."""
+    out: list[SubmitOutcome] = []
+    for item in items:
+        kind = item[0]
+        if kind == "i":
+            out.append(Inserted(task_id=item[1], group_paused=bool(item[2])))
+        elif kind == "d":
+            out.append(Duplicate(existing_id=item[1]))
+        elif kind == "u":
+            out.append(Upgraded(task_id=item[1]))
+        elif kind == "q":
+            out.append(Requeued(task_id=item[1]))
+        elif kind == "s":
+            out.append(Superseded(new_id=item[1], replaced_id=item[2]))
+        else:
+            out.append(Rejected(existing_id=item[1]))
+    return tuple(out)

@@ -1,0 +1,481 @@
+"""The host API: ``Scheduler``, ``DomainHandle`` and the unscoped ``TaskStore``.
+
+Everything here is a thin, synchronous proxy: submissions are resolved and
+validated on the host (nothing reaches the coordinator half-checked), then
+sent as one request; queries are forwarded by name. Imports only leaves and
+the client channel — never the coordinator or the store.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any, Iterable, Sequence
+
+import cloudpickle
+
+from taskmill import protocol
+from taskmill.client import CoordinatorProcess
+from taskmill.domain import Defaults, Domain, Submission, TaskOptions, TaskType, dedup_key, resolve
+from taskmill.errors import (
+    ConfigError,
+    InvalidSubmission,
+    SchedulerClosed,
+    UnknownDomain,
+    UnknownTaskType,
+    WaitTimeout,
+)
+from taskmill.records import (
+    BatchOutcome,
+    ModuleSnapshot,
+    Priority,
+    RetryPolicy,
+    SchedulerSnapshot,
+    Shutdown,
+    SubmitOutcome,
+    TaskHistoryRecord,
+    TaskLookup,
+    TaskRecord,
+    TypeStats,
+    outcomes_from_wire,
+)
+
+__all__ = ["DEFAULT_STORE", "DomainHandle", "Scheduler", "TaskStore"]
+
+#: The embedded default store: a DuckDB file in the current directory.
+DEFAULT_STORE = "taskmill.duckdb"
+#: Seconds between progress-bar refreshes in ``wait_idle(progress=True)``.
+PROGRESS_REFRESH = 0.2
+
+
+class TaskStore:
+    """Unscoped queries over all tasks (the seed's ``TaskStore``); ``sched.store``.
+
+    Store-level calls take qualified task types (``"media::thumbnail"``).
+    """
+
+    def __init__(self, sched: Scheduler) -> None:
+        self._s = sched
+
+    def _call(self, name: str, *args: Any) -> Any:
+        return self._s._proc().call(name, *args)
+
+    def running_tasks(self) -> list[TaskRecord]:
+        """All running tasks, ordered by priority."""
+        return self._call("running_tasks")
+
+    def running_count(self) -> int:
+        """Count of running tasks."""
+        return self._call("running_count")
+
+    def pending_tasks(self, limit: int) -> list[TaskRecord]:
+        """Pending tasks, ordered by priority then age, at most ``limit``."""
+        return self._call("pending_tasks", limit)
+
+    def pending_count(self) -> int:
+        """Count of pending tasks."""
+        return self._call("pending_count")
+
+    def pending_by_type(self, task_type: str) -> list[TaskRecord]:
+        """Pending tasks of one qualified task type."""
+        return self._call("pending_by_type", task_type)
+
+    def paused_tasks(self) -> list[TaskRecord]:
+        """All paused (preempted) tasks."""
+        return self._call("paused_tasks")
+
+    def paused_count(self) -> int:
+        """Count of paused tasks."""
+        return self._call("paused_count")
+
+    def task_by_id(self, task_id: int) -> TaskRecord | None:
+        """An active task by id, or None."""
+        return self._call("task_by_id", task_id)
+
+    def task_by_key(self, key: str) -> TaskRecord | None:
+        """An active task by dedup key (the SHA-256 hex), or None."""
+        return self._call("task_by_key", key)
+
+    def running_io_totals(self) -> tuple[int, int]:
+        """Sum of expected disk (read, write) bytes across running tasks."""
+        return tuple(self._call("running_io_totals"))  # type: ignore[return-value]
+
+    def history(self, limit: int, offset: int = 0) -> list[TaskHistoryRecord]:
+        """Finished executions, newest first, paginated."""
+        return self._call("history", limit, offset)
+
+    def history_by_type(self, task_type: str, limit: int = 100) -> list[TaskHistoryRecord]:
+        """History of one qualified task type, newest first."""
+        return self._call("history_by_type", task_type, limit)
+
+    def history_by_key(self, key: str) -> list[TaskHistoryRecord]:
+        """All past executions with this dedup key."""
+        return self._call("history_by_key", key)
+
+    def failed_tasks(self, limit: int = 100) -> list[TaskHistoryRecord]:
+        """Recent failures (``failed`` and ``dead_letter``) with their errors."""
+        return self._call("failed_tasks", limit)
+
+    def history_stats(self, task_type: str) -> TypeStats:
+        """Aggregates for one qualified task type."""
+        return self._call("history_stats", task_type)
+
+    def avg_throughput(self, task_type: str, limit: int = 100) -> tuple[float, float]:
+        """Average (read, write) bytes per second over the ``limit`` most recent completions."""
+        return tuple(self._call("avg_throughput", task_type, limit))  # type: ignore[return-value]
+
+    def task_lookup(self, task_type: str, key: str) -> TaskLookup:
+        """Find a task by qualified type and explicit key (or canonical payload JSON):
+        the active task, else its newest history row, else ``not_found``."""
+        return self._call("task_lookup", task_type, key)
+
+    def lookup_typed(self, submission: Submission) -> TaskLookup:
+        """Like :meth:`task_lookup`, with the key computed from a ``task.call(...)`` submission."""
+        item = resolve(submission, self._s._defaults)
+        return self._call("lookup_key", item.key)
+
+    def prune_history_by_count(self, keep: int) -> int:
+        """Delete all but the ``keep`` most recent history rows; returns how many went."""
+        return self._call("prune_history_by_count", keep)
+
+    def prune_history_by_age(self, days: float) -> int:
+        """Delete history rows older than ``days``; returns how many went."""
+        return self._call("prune_history_by_age", days)
+
+
+class DomainHandle:
+    """Submit to and query one domain (``sched.domain(media)``)."""
+
+    def __init__(self, sched: Scheduler, domain: Domain) -> None:
+        self._s = sched
+        self.domain = domain
+        self.name = domain.name
+
+    def __repr__(self) -> str:
+        return f"<DomainHandle {self.name}>"
+
+    def _submission(self, task: TaskType | TaskOptions | Submission, payload: dict[str, Any]) -> Submission:
+        if isinstance(task, Submission):
+            if payload:
+                raise TypeError("pass the payload either to .call(...) or to submit(), not both")
+            sub = task
+        elif isinstance(task, TaskOptions):
+            sub = task.call(**payload)
+        elif isinstance(task, TaskType):
+            sub = task.call(**payload)
+        else:
+            raise TypeError(f"submit() takes a task (decorated function), task.options(...) or task.call(...), "
+                            f"got {type(task).__name__}")
+        t = sub.task
+        if t.domain is not self.domain and t.domain.name != self.name:
+            raise UnknownTaskType(f"task {t.qualified} belongs to domain {t.domain.name!r}, not {self.name!r}")
+        if t.qualified not in self._s._registered:
+            raise UnknownTaskType(f"task {t.qualified} was not registered when the scheduler started")
+        return sub
+
+    def submit(self, task: TaskType | TaskOptions | Submission, /, **payload: Any) -> SubmitOutcome:
+        """Submit one task; returns once it is durable.
+
+        Example:
+            >>> h.submit(thumbnail, path="/a.jpg", size=256)          # doctest: +SKIP
+            Inserted(task_id=1, group_paused=False)
+
+        Raises:
+            InvalidPayload: payload not JSON-serializable or over 1 MiB.
+            UnknownTaskType: the task is not this domain's.
+            ValueError, TypeError: an option breaks its rule (named in the message).
+        """
+        item = resolve(self._submission(task, payload), self._s._defaults)
+        wire = self._s._proc().request(protocol.Submit([item]))
+        return outcomes_from_wire(wire)[0]
+
+    def submit_batch(self, submissions: Iterable[Submission | TaskType | TaskOptions]) -> BatchOutcome:
+        """Submit many tasks in one transaction; dedup applies inside the batch too.
+
+        A batch with one invalid item writes nothing; ``InvalidSubmission.index`` names it.
+        """
+        items = []
+        for i, sub in enumerate(submissions):
+            try:
+                items.append(resolve(self._submission(sub, {}), self._s._defaults))
+            except (ValueError, TypeError, LookupError) as e:
+                raise InvalidSubmission(f"batch item {i} is invalid: {e}", index=i) from e
+        if not items:
+            return BatchOutcome(())
+        wire = self._s._proc().request(protocol.Submit(items))
+        return BatchOutcome(outcomes_from_wire(wire))
+
+    def cancel(self, task_id: int) -> bool:
+        """Cancel one of this domain's tasks; True if it was found and cancelled."""
+        return bool(self._s._proc().call("cancel", task_id, self.name))
+
+    def snapshot(self) -> ModuleSnapshot:
+        """Running tasks, counts and progress for this domain."""
+        return self._s._proc().call("snapshot", self.name)
+
+    def active_tasks(self) -> list[TaskRecord]:
+        """This domain's running tasks, from the coordinator's memory."""
+        return self._s._proc().call("active_tasks", self.name)
+
+    def dead_letter_tasks(self, limit: int = 100, offset: int = 0) -> list[TaskHistoryRecord]:
+        """This domain's dead-letter executions, newest first."""
+        return self._s._proc().call("dead_letter_tasks", self.name, limit, offset)
+
+    def retry_dead_letter(self, task_id: int) -> SubmitOutcome:
+        """Resubmit a dead-letter task of this domain with a fresh retry budget."""
+        return outcomes_from_wire([self._s._proc().call("retry_dead_letter", task_id, self.name)])[0]
+
+
+class Scheduler:
+    """A persistent scheduler: starts a coordinator process that owns the store.
+
+    Args:
+        store_path: DuckDB file of the store (created if missing), or ``":memory:"``.
+        domains: The domains whose task types may be submitted.
+        max_concurrency: Most tasks running at once (= worker processes); default CPU count.
+        shutdown: ``Shutdown.hard()`` (default) or ``Shutdown.graceful(seconds)``.
+        default_priority: Priority of tasks whose type and domain set none.
+        default_retry: Retry policy of task types and domains that set none.
+        default_timeout: Per-task timeout in seconds where nothing else sets one.
+        state: Objects for ``ctx.state(name)`` in every domain.
+        poll_interval: Longest the coordinator sleeps without an event (seconds).
+        resource_monitoring: Accepted for API compatibility; resource admission
+            (F18) is not built yet, see the README.
+
+    Example:
+        >>> with Scheduler(store_path="tasks.duckdb", domains=[media]) as sched:   # doctest: +SKIP
+        ...     sched.domain(media).submit(thumbnail, path="/a.jpg", size=256)
+        ...     sched.wait_idle(timeout=60)
+    """
+
+    def __init__(
+        self,
+        store_path: str | os.PathLike[str] = DEFAULT_STORE,
+        domains: Sequence[Domain] = (),
+        *,
+        max_concurrency: int | None = None,
+        shutdown: Shutdown | None = None,
+        default_priority: int = Priority.NORMAL,
+        default_retry: RetryPolicy | None = None,
+        default_timeout: float | None = None,
+        state: dict[str, Any] | None = None,
+        poll_interval: float = 0.5,
+        resource_monitoring: bool = False,
+    ) -> None:
+        names: dict[str, Domain] = {}
+        for d in domains:
+            if not isinstance(d, Domain):
+                raise TypeError(f"domains must be Domain objects, got {type(d).__name__}")
+            if d.name in names:
+                raise ConfigError(f"two domains are named {d.name!r}")
+            names[d.name] = d
+        if max_concurrency is None:
+            max_concurrency = os.cpu_count() or 1
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
+        if shutdown is not None and not isinstance(shutdown, Shutdown):
+            raise TypeError(f"shutdown must be a Shutdown, got {type(shutdown).__name__}")
+        if not isinstance(poll_interval, (int, float)) or poll_interval <= 0:
+            raise ValueError(f"poll_interval must be > 0, got {poll_interval!r}")
+        path = os.fspath(store_path)
+        self.store_path = path if path == ":memory:" else os.path.abspath(path)
+        self._domains = names
+        self.max_concurrency = max_concurrency
+        self.shutdown_mode = shutdown or Shutdown.hard()
+        self._defaults = Defaults(priority=int(Priority(default_priority)), retry=default_retry or RetryPolicy(),
+                                  timeout=default_timeout)
+        self._state = dict(state or {})
+        self._poll = float(poll_interval)
+        self.resource_monitoring = resource_monitoring
+        self._registered: frozenset[str] = frozenset()
+        self._process: CoordinatorProcess | None = None
+        self._handles: dict[str, DomainHandle] = {}
+        self.store = TaskStore(self)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> Scheduler:
+        """Launch the coordinator (and its workers); returns self. Idempotent."""
+        if self._process is not None:
+            return self
+        tasks = {t.qualified: t.fn for d in self._domains.values() for t in d.tasks.values()}
+        registry = cloudpickle.dumps({
+            "tasks": tasks,
+            "domain_state": {d.name: d.state for d in self._domains.values()},
+            "global_state": self._state,
+        })
+        config = {
+            "sys_path": list(sys.path),
+            "cwd": os.getcwd(),
+            "store_path": self.store_path,
+            "registry": registry,
+            "max_concurrency": self.max_concurrency,
+            "domain_caps": {d.name: d.max_concurrency for d in self._domains.values()},
+            "type_retry": {t.qualified: t.effective_retry(self._defaults.retry)
+                           for d in self._domains.values() for t in d.tasks.values()},
+            "default_retry": self._defaults.retry,
+            "shutdown": self.shutdown_mode,
+            "poll_interval": self._poll,
+            "embedded": True,
+        }
+        self._process = CoordinatorProcess(config)
+        self._registered = frozenset(tasks)
+        return self
+
+    def close(self) -> None:
+        """Shut down per the shutdown mode; no process, socket or segment is left. Idempotent."""
+        proc, self._process = self._process, None
+        if proc is not None:
+            proc.stop()
+
+    def __enter__(self) -> Scheduler:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # a forgotten scheduler still stops its processes
+        proc = getattr(self, "_process", None)
+        if proc is not None and not proc.closed:
+            try:
+                proc.stop()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _proc(self) -> CoordinatorProcess:
+        if self._process is None:
+            raise SchedulerClosed("the scheduler is not started (use it as a context manager or call start())")
+        return self._process
+
+    @property
+    def coordinator_pid(self) -> int:
+        """Process id of the coordinator."""
+        return self._proc().pid
+
+    @property
+    def shm_name(self) -> str:
+        """Name of the shared-memory segment with live counters (see ``taskmill.shm``)."""
+        return self._proc().info["shm"]
+
+    # ------------------------------------------------------------------ domains
+
+    def domain(self, domain: Domain | str) -> DomainHandle:
+        """The handle of a registered domain.
+
+        Raises:
+            UnknownDomain: no domain of that name (or that object) was given to the scheduler.
+        """
+        h = self.try_domain(domain)
+        if h is None:
+            name = domain.name if isinstance(domain, Domain) else domain
+            raise UnknownDomain(f"no domain named {name!r}; registered: {sorted(self._domains)}")
+        return h
+
+    def try_domain(self, domain: Domain | str) -> DomainHandle | None:
+        """Like :meth:`domain`, returning None for an unknown domain."""
+        name = domain.name if isinstance(domain, Domain) else domain
+        d = self._domains.get(name) if isinstance(name, str) else None
+        if d is None or (isinstance(domain, Domain) and domain is not d):
+            return None
+        h = self._handles.get(name)
+        if h is None:
+            h = self._handles[name] = DomainHandle(self, d)
+        return h
+
+    # ------------------------------------------------------------------ cross-domain queries
+
+    def task(self, task_id: int) -> TaskRecord | None:
+        """Any active task by id, whatever its domain."""
+        return self._proc().call("task", task_id)
+
+    def active_tasks(self) -> list[TaskRecord]:
+        """Running tasks of all domains (from the coordinator's memory)."""
+        return self._proc().call("active_tasks")
+
+    def snapshot(self) -> SchedulerSnapshot:
+        """Global aggregates: running tasks, counts, progress."""
+        return self._proc().call("snapshot")
+
+    def retry_dead_letter(self, task_id: int) -> SubmitOutcome:
+        """Resubmit a dead-letter task (any domain) with a fresh retry budget."""
+        return outcomes_from_wire([self._proc().call("retry_dead_letter", task_id)])[0]
+
+    def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run one read-only SQL statement on the store; rows as dicts by column name.
+
+        Tables: ``tasks`` (active) and ``task_history`` (finished); payloads,
+        tags and results are JSON columns.
+
+        Raises:
+            QueryRefused: a write, or more than one statement.
+            StoreError: malformed SQL or a failing query.
+        """
+        names, rows = self._proc().call("sql", query, params)
+        return [dict(zip(names, r)) for r in rows]
+
+    # ------------------------------------------------------------------ waiting
+
+    def wait(self, task_id: int, timeout: float | None = None) -> TaskHistoryRecord:
+        """Block until a task is finished; returns its history record.
+
+        Raises:
+            WaitTimeout: not finished within ``timeout`` seconds.
+            TaskNotFound: no task with that id, active or finished.
+        """
+        return self._proc().request(protocol.Wait(task_id, timeout))
+
+    def wait_idle(self, timeout: float | None = None, progress: bool = False) -> None:
+        """Block until no task is active. With ``progress=True``, draw a progress bar.
+
+        Raises:
+            WaitTimeout: still busy after ``timeout`` seconds.
+        """
+        if not progress:
+            self._proc().request(protocol.WaitIdle(timeout))
+            return
+        self._wait_idle_with_bar(timeout)
+
+    def _wait_idle_with_bar(self, timeout: float | None) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        first = self.snapshot()
+        start_done = self._finished_count()
+        total = first.pending_count + first.running_count
+        with Progress(TextColumn("[bold]tasks"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                      TimeElapsedColumn(), transient=False) as bar:
+            tid = bar.add_task("", total=max(total, 1))
+            while True:
+                step = PROGRESS_REFRESH
+                if deadline is not None:
+                    step = min(step, max(deadline - time.monotonic(), 0.0))
+                try:
+                    self._proc().request(protocol.WaitIdle(step))
+                    done = True
+                except WaitTimeout:
+                    done = False
+                snap = self.snapshot()
+                finished = self._finished_count() - start_done
+                total = max(total, finished + snap.pending_count + snap.running_count)
+                bar.update(tid, total=max(total, 1), completed=finished,
+                           description=f"running {snap.running_count}, pending {snap.pending_count}")
+                if done:
+                    return
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeout("the scheduler did not become idle in time")
+
+    def _finished_count(self) -> int:
+        from taskmill.shm import SegmentReader
+
+        reader = SegmentReader(self.shm_name)
+        try:
+            c = reader.counters()
+        finally:
+            reader.close()
+        return c["completed"] + c["failed"] + c["dead_lettered"] + c["cancelled"] + c["superseded"]
+
+
+def lookup_key(task_type: str, key: str) -> str:
+    """The dedup key ``task_lookup(task_type, key)`` looks for."""
+    return dedup_key(task_type, key)

@@ -1,0 +1,244 @@
+"""The shared-memory segment: live counters and one slot per worker.
+
+Leaf module: standard library only. It owns the byte layout; nothing else
+computes offsets. The coordinator creates the segment (registered with the
+multiprocessing resource tracker, so even a SIGKILLed coordinator's segment is
+unlinked once its processes are gone) and is the only process that unlinks it.
+Workers and readers attach *without* registering, so their exit never unlinks.
+
+Layout (little-endian, native alignment, all fields 8 bytes)::
+
+    header, HEADER_SIZE = 256 bytes
+      0   magic           8s   b"TASKMILL"
+      8   layout version  u32
+      12  slot count      u32
+      16  coordinator pid i64
+      24  heartbeat       f64  time.time() of the last loop iteration
+      32  sequence        u64  odd while the coordinator writes the counters
+      40  counters        COUNTERS x i64 (names in COUNTER_NAMES, in order)
+
+    slot i at HEADER_SIZE + i * SLOT_SIZE, SLOT_SIZE = 128 bytes
+      0   sequence        u64  odd while the worker writes its fields
+      8   pid             i64  worker writes
+      16  task id         i64  0 when idle; worker writes
+      24  started at      f64  worker writes
+      32  progress        f64  0..1, or -1 when the task reported none
+      40  bytes done      i64
+      48  bytes total     i64
+      56  read bytes      i64
+      64  write bytes     i64
+      72  net rx bytes    i64
+      80  net tx bytes    i64
+      88  heartbeat       f64
+      96  cancel flag     i64  the coordinator's only field in a slot
+      104 reserved        3 x i64
+
+Each field has one writer. Readers retry while a slot's sequence is odd or
+changes under them, so they always take a consistent copy.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import time
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+
+__all__ = ["COUNTER_NAMES", "SegmentReader", "SharedState", "SlotView", "WorkerSlot"]
+
+MAGIC = b"TASKMILL"
+LAYOUT_VERSION = 1
+HEADER_SIZE = 256
+SLOT_SIZE = 128
+COUNTER_NAMES = (
+    "submitted",
+    "dispatched",
+    "completed",
+    "failed",
+    "retried",
+    "dead_lettered",
+    "cancelled",
+    "superseded",
+    "pending",
+    "running",
+    "paused",
+    "blocked",
+    "waiting",
+    "workers",
+    "max_concurrency",
+    "commits",
+)
+_HEAD = struct.Struct("<8sIIqdQ")
+_COUNTERS = struct.Struct("<%dq" % len(COUNTER_NAMES))
+_SEQ = struct.Struct("<Q")
+_SLOT = struct.Struct("<QqqddqqqqqqdqQQQ")
+_WORKER_FIELDS = struct.Struct("<qqddqqqqqqd")  # offsets 8..96: everything the worker owns
+_PROGRESS = struct.Struct("<dqq")  # progress, bytes done, bytes total at offset 32
+_IO = struct.Struct("<qqqq")  # at offset 56
+_CANCEL = struct.Struct("<q")
+_CANCEL_OFFSET = 96
+assert _HEAD.size + _COUNTERS.size <= HEADER_SIZE and _SLOT.size == SLOT_SIZE
+
+
+def _size(slots: int) -> int:
+    return HEADER_SIZE + slots * SLOT_SIZE
+
+
+class SharedState:
+    """The coordinator's side: creates, updates and finally unlinks the segment."""
+
+    def __init__(self, slots: int) -> None:
+        name = f"taskmill_{os.getpid()}_{os.urandom(4).hex()}"
+        self._shm = shared_memory.SharedMemory(name=name, create=True, size=_size(slots))
+        self.name = self._shm.name
+        self.slots = slots
+        self._buf = self._shm.buf
+        self._seq = 0
+        _HEAD.pack_into(self._buf, 0, MAGIC, LAYOUT_VERSION, slots, os.getpid(), time.time(), 0)
+
+    def publish(self, counters: dict[str, int]) -> None:
+        """Write the header counters and heartbeat (one writer: the coordinator loop)."""
+        self._seq += 1
+        _SEQ.pack_into(self._buf, 32, self._seq)
+        _COUNTERS.pack_into(self._buf, 40, *(int(counters.get(n, 0)) for n in COUNTER_NAMES))
+        struct.pack_into("<d", self._buf, 24, time.time())
+        self._seq += 1
+        _SEQ.pack_into(self._buf, 32, self._seq)
+
+    def set_cancel(self, slot: int, flag: bool) -> None:
+        _CANCEL.pack_into(self._buf, HEADER_SIZE + slot * SLOT_SIZE + _CANCEL_OFFSET, 1 if flag else 0)
+
+    def read_slot(self, slot: int) -> SlotView:
+        return _read_slot(self._buf, slot)
+
+    def close(self) -> None:
+        """Detach and unlink; safe to call twice."""
+        if self._shm is None:
+            return
+        self._buf = None
+        try:
+            self._shm.close()
+        finally:
+            try:
+                self._shm.unlink()
+            except FileNotFoundError:
+                pass
+            self._shm = None  # type: ignore[assignment]
+
+
+def _attach(name: str, writable: bool) -> mmap.mmap:
+    """Map an existing segment without telling the resource tracker."""
+    flags = os.O_RDWR if writable else os.O_RDONLY
+    fd = os.open(os.path.join("/dev/shm", name.lstrip("/")), flags)
+    try:
+        size = os.fstat(fd).st_size
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        return mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
+    finally:
+        os.close(fd)
+
+
+class WorkerSlot:
+    """A worker's view of its own slot: the single writer of its fields."""
+
+    def __init__(self, name: str, index: int) -> None:
+        self._map = _attach(name, writable=True)
+        self._buf = memoryview(self._map)
+        self._off = HEADER_SIZE + index * SLOT_SIZE
+        self._seq = _SEQ.unpack_from(self._buf, self._off)[0] & ~1
+
+    def _begin(self) -> None:
+        self._seq += 1
+        _SEQ.pack_into(self._buf, self._off, self._seq)
+
+    def _end(self) -> None:
+        self._seq += 1
+        _SEQ.pack_into(self._buf, self._off, self._seq)
+
+    def start(self, pid: int, task_id: int) -> None:
+        self._begin()
+        now = time.time()
+        _WORKER_FIELDS.pack_into(self._buf, self._off + 8, pid, task_id, now, -1.0, 0, 0, 0, 0, 0, 0, now)
+        self._end()
+
+    def progress(self, fraction: float, done: int, total: int) -> None:
+        self._begin()
+        _PROGRESS.pack_into(self._buf, self._off + 32, fraction, done, total)
+        struct.pack_into("<d", self._buf, self._off + 88, time.time())
+        self._end()
+
+    def io(self, read: int, write: int, rx: int, tx: int) -> None:
+        self._begin()
+        _IO.pack_into(self._buf, self._off + 56, read, write, rx, tx)
+        self._end()
+
+    def clear(self, pid: int) -> None:
+        self._begin()
+        struct.pack_into("<qq", self._buf, self._off + 8, pid, 0)
+        self._end()
+
+    @property
+    def cancelled(self) -> bool:
+        return _CANCEL.unpack_from(self._buf, self._off + _CANCEL_OFFSET)[0] != 0
+
+    def close(self) -> None:
+        self._buf.release()
+        self._map.close()
+
+
+@dataclass(frozen=True, slots=True)
+class SlotView:
+    pid: int
+    task_id: int
+    started_at: float
+    progress: float
+    bytes_done: int
+    bytes_total: int
+    read_bytes: int
+    write_bytes: int
+    net_rx_bytes: int
+    net_tx_bytes: int
+    heartbeat: float
+    cancel: bool
+
+
+def _read_slot(buf, slot: int) -> SlotView:
+    off = HEADER_SIZE + slot * SLOT_SIZE
+    for _ in range(1000):
+        values = _SLOT.unpack_from(buf, off)
+        if values[0] & 1 == 0 and _SEQ.unpack_from(buf, off)[0] == values[0]:
+            break
+    # a writer that died mid-write leaves an odd sequence; the last copy is still usable
+    return SlotView(*values[1:12], cancel=bool(values[12]))
+
+
+class SegmentReader:
+    """Read-only access for any local process (CLI, dashboards, the host)."""
+
+    def __init__(self, name: str) -> None:
+        self._map = _attach(name, writable=False)
+        magic, version, slots, pid, _hb, _seq = _HEAD.unpack_from(self._map, 0)
+        if magic != MAGIC or version != LAYOUT_VERSION:
+            self._map.close()
+            raise ValueError(f"shared memory segment {name!r} is not a taskmill segment of layout {LAYOUT_VERSION}")
+        self.slots = slots
+        self.coordinator_pid = pid
+
+    def heartbeat(self) -> float:
+        return struct.unpack_from("<d", self._map, 24)[0]
+
+    def counters(self) -> dict[str, int]:
+        for _ in range(1000):
+            seq = _SEQ.unpack_from(self._map, 32)[0]
+            values = _COUNTERS.unpack_from(self._map, 40)
+            if seq & 1 == 0 and _SEQ.unpack_from(self._map, 32)[0] == seq:
+                break
+        return dict(zip(COUNTER_NAMES, values))
+
+    def slot(self, i: int) -> SlotView:
+        return _read_slot(self._map, i)
+
+    def close(self) -> None:
+        self._map.close()

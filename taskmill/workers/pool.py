@@ -1,0 +1,120 @@
+"""The coordinator's side of the worker pool: a clean fork server and its workers.
+
+Invariant: every worker is forked by the ``multiprocessing`` fork server, which
+is started (with the registry preloaded) before the coordinator opens DuckDB
+or starts a thread. One duplex pipe per worker; one lifeline pipe whose only
+write end the coordinator holds, so workers exit when it dies. This is the
+seam where another backend (DESIGN §8) would plug in.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from multiprocessing import forkserver, resource_tracker
+from multiprocessing.connection import Connection
+from typing import Any
+
+from taskmill.workers import preload
+from taskmill.workers.main import worker_main
+
+__all__ = ["WorkerHandle", "WorkerPool", "describe_exit"]
+
+#: Consecutive crashes of a slot before respawns slow down (crash-loop protection).
+RESPAWN_FREE_CRASHES = 3
+#: Longest pause between respawns of a crash-looping slot, in seconds.
+RESPAWN_MAX_DELAY = 5.0
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """An exit code as a person reads it: signal names for negative codes."""
+    if exitcode is None:
+        return "exit status unknown"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"killed by {name} (exit code {exitcode})"
+    return f"exited with code {exitcode}"
+
+
+class WorkerHandle:
+    """One worker process as the coordinator sees it."""
+
+    __slots__ = ("index", "process", "conn", "pid", "ready", "task", "kill_reason", "stopping", "spawned_at")
+
+    def __init__(self, index: int, process: Any, conn: Connection) -> None:
+        self.index = index
+        self.process = process
+        self.conn = conn
+        self.pid: int = process.pid
+        self.ready = False
+        self.task: Any = None  # the Entry it runs, or None when idle
+        self.kill_reason: str | None = None
+        self.stopping = False
+        self.spawned_at = time.monotonic()
+
+    @property
+    def sentinel(self) -> int:
+        return self.process.sentinel
+
+    def kill(self, reason: str) -> None:
+        if self.kill_reason is None:
+            self.kill_reason = reason
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def exitcode(self) -> int | None:
+        self.process.join(timeout=1.0)
+        return self.process.exitcode
+
+
+class WorkerPool:
+    """Starts the fork server and spawns, tracks and stops workers."""
+
+    def __init__(self, registry_path: str, shm_name: str) -> None:
+        os.environ[preload.ENV_VAR] = registry_path
+        self._ctx = multiprocessing.get_context("forkserver")
+        self._ctx.set_forkserver_preload(["taskmill.workers.preload", "taskmill.workers.main"])
+        forkserver.ensure_running()
+        self._lifeline_r, self._lifeline_w = self._ctx.Pipe(duplex=False)
+        self.shm_name = shm_name
+        self.crashes: dict[int, int] = {}
+
+    def spawn(self, index: int) -> WorkerHandle:
+        parent, child = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(target=worker_main, args=(child, self._lifeline_r, index, self.shm_name),
+                                 name=f"taskmill-worker-{index}", daemon=True)
+        proc.start()
+        child.close()
+        return WorkerHandle(index, proc, parent)
+
+    def respawn_delay(self, index: int) -> float:
+        n = self.crashes.get(index, 0)
+        if n <= RESPAWN_FREE_CRASHES:
+            return 0.0
+        return min(0.1 * 2 ** (n - RESPAWN_FREE_CRASHES), RESPAWN_MAX_DELAY)
+
+    def close(self) -> None:
+        """Drop the lifeline and stop the fork server and resource tracker."""
+        for c in (self._lifeline_w, self._lifeline_r):
+            try:
+                c.close()
+            except OSError:
+                pass
+        try:
+            forkserver._forkserver._stop()  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
+    @staticmethod
+    def stop_resource_tracker() -> None:
+        try:
+            resource_tracker._resource_tracker._stop()  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001
+            pass
