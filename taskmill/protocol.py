@@ -151,8 +151,9 @@ _BUILTIN_ERRORS: dict[str, type[BaseException]] = {
 # --------------------------------------------------------------------------- coordinator ↔ worker
 
 
-@dataclass(**_MSG)
-class Run:
+class Run(NamedTuple):
+    """A task for a worker. A NamedTuple, not a dataclass: it is on the hot path."""
+
     task_id: int
     task_type: str
     payload: str
@@ -175,9 +176,8 @@ class Progress:
     message: str | None
 
 
-@dataclass(**_MSG)
-class Done:
-    """Outcome of one run. ``error_kind`` is None on success."""
+class Done(NamedTuple):
+    """Outcome of one run (hot path, hence a NamedTuple). ``error_kind`` is None on success."""
 
     task_id: int
     result: str | None  # JSON text of the return value

@@ -143,7 +143,11 @@ def main() -> int:
         return 1
 
     try:
-        coord.run()
+        if os.environ.get("TASKMILL_PROFILE"):
+            import cProfile
+            cProfile.runctx("coord.run()", globals(), locals(), os.environ["TASKMILL_PROFILE"])
+        else:
+            coord.run()
     except BaseException:
         logging.getLogger("taskmill").exception("coordinator loop failed")
         cleanup()

@@ -85,8 +85,8 @@ class FinishedRow:
     result: str | None
     error: str | None
     retry_count: int
-    started_at: datetime | None
-    completed_at: datetime
+    started_at: float | None  # epoch seconds
+    completed_at: float  # epoch seconds
     duration_ms: float | None
     read_bytes: int = 0
     write_bytes: int = 0
@@ -102,8 +102,8 @@ class WriteBatch:
     inserts: list[tuple] = field(default_factory=list)  # full ``tasks`` rows
     priorities: dict[int, int] = field(default_factory=dict)  # upgrades
     requeue_marks: dict[int, int] = field(default_factory=dict)  # id -> requeue priority
-    running: dict[int, datetime] = field(default_factory=dict)  # id -> started_at
-    retries: dict[int, tuple[int, datetime | None, str]] = field(default_factory=dict)  # id -> (count, run_after, error)
+    running: dict[int, float] = field(default_factory=dict)  # id -> started_at (epoch s)
+    retries: dict[int, tuple[int, float | None, str]] = field(default_factory=dict)  # id -> (count, run_after epoch s, error)
     finished: list[FinishedRow] = field(default_factory=list)
     requeued_runs: dict[int, int] = field(default_factory=dict)  # id -> priority, after its history row
     to_pending: set[int] = field(default_factory=set)  # interrupted runs, no retry counted
@@ -264,15 +264,17 @@ class Store:
             if batch.running:
                 ids, starts = zip(*batch.running.items())
                 con.execute(
-                    "UPDATE tasks SET status = 'running', started_at = u.s FROM (SELECT unnest($1::BIGINT[]) AS id, "
-                    "unnest($2::TIMESTAMP[]) AS s) u WHERE tasks.id = u.id", [list(ids), list(starts)])
+                    "UPDATE tasks SET status = 'running', started_at = make_timestamp((u.s * 1e6)::BIGINT) FROM "
+                    "(SELECT unnest($1::BIGINT[]) AS id, unnest($2::DOUBLE[]) AS s) u WHERE tasks.id = u.id",
+                    [list(ids), list(starts)])
             if batch.retries:
                 ids = list(batch.retries)
                 counts, afters, errs = zip(*batch.retries.values())
                 con.execute(
-                    "UPDATE tasks SET status = 'pending', started_at = NULL, retry_count = u.c, run_after = u.a, "
-                    "last_error = u.e FROM (SELECT unnest($1::BIGINT[]) AS id, unnest($2::INTEGER[]) AS c, "
-                    "unnest($3::TIMESTAMP[]) AS a, unnest($4::VARCHAR[]) AS e) u WHERE tasks.id = u.id",
+                    "UPDATE tasks SET status = 'pending', started_at = NULL, retry_count = u.c, "
+                    "run_after = make_timestamp((u.a * 1e6)::BIGINT), last_error = u.e FROM (SELECT "
+                    "unnest($1::BIGINT[]) AS id, unnest($2::INTEGER[]) AS c, unnest($3::DOUBLE[]) AS a, "
+                    "unnest($4::VARCHAR[]) AS e) u WHERE tasks.id = u.id",
                     [ids, list(counts), list(afters), list(errs)])
             if batch.finished:
                 self._move_to_history(con, batch.finished)
@@ -295,11 +297,12 @@ class Store:
         con.execute(
             f"INSERT INTO task_history ({HISTORY_COLUMNS}) "
             "SELECT t.id, t.task_type, t.domain, t.key, t.label, t.priority, f.status, t.payload, f.result::JSON, f.error, "
-            "t.tags, t.group_key, f.retry_count, t.created_at, f.started_at, f.completed_at, f.duration_ms, f.rb, f.wb, "
+            "t.tags, t.group_key, f.retry_count, t.created_at, make_timestamp((f.started_at * 1e6)::BIGINT), "
+            "make_timestamp((f.completed_at * 1e6)::BIGINT), f.duration_ms, f.rb, f.wb, "
             "f.rx, f.tx, t.expected_read_bytes, t.expected_write_bytes, t.expected_net_rx_bytes, t.expected_net_tx_bytes, "
             "t.cpus, t.memory, t.parent_id FROM tasks t JOIN (SELECT unnest($1::BIGINT[]) AS id, unnest($2::VARCHAR[]) AS status, "
             "unnest($3::VARCHAR[]) AS result, unnest($4::VARCHAR[]) AS error, unnest($5::INTEGER[]) AS retry_count, "
-            "unnest($6::TIMESTAMP[]) AS started_at, unnest($7::TIMESTAMP[]) AS completed_at, "
+            "unnest($6::DOUBLE[]) AS started_at, unnest($7::DOUBLE[]) AS completed_at, "
             "unnest($8::DOUBLE[]) AS duration_ms, unnest($9::BIGINT[]) AS rb, unnest($10::BIGINT[]) AS wb, "
             "unnest($11::BIGINT[]) AS rx, unnest($12::BIGINT[]) AS tx) f ON t.id = f.id",
             [list(c) for c in cols])
