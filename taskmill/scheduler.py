@@ -461,6 +461,7 @@ class Scheduler:
                 bar.update(tid, total=max(total, 1), completed=finished,
                            description=f"running {snap.running_count}, pending {snap.pending_count}")
                 if done:
+                    bar.update(tid, completed=max(total, 1), total=max(total, 1), description="done")
                     return
                 if deadline is not None and time.monotonic() >= deadline:
                     raise WaitTimeout("the scheduler did not become idle in time")
