@@ -234,6 +234,7 @@ class TaskType:
         self.key = key
         self.duplicate = DuplicateStrategy(duplicate)
         self.tags = _check_tags(tags)
+        self._resolved: tuple[Defaults, SubmitItem] | None = None  # resolve()'s per-type cache
         self.__doc__ = getattr(fn, "__doc__", None)
         self.__wrapped__ = fn
 
@@ -292,13 +293,26 @@ class Defaults:
     timeout: float | None = None
 
 
+def _encode_payload(t: TaskType, payload: Mapping[str, Any]) -> str:
+    text = canonical_json(payload)
+    if len(text) > MAX_PAYLOAD_BYTES // 4 and len(text.encode()) > MAX_PAYLOAD_BYTES:
+        raise InvalidPayload(f"payload of {t.qualified} is {len(text.encode())} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+    return text
+
+
 def resolve(sub: Submission, defaults: Defaults) -> SubmitItem:
     """Apply the configuration order submission > type > domain > scheduler > built-in,
     validate, encode the payload and compute the dedup key."""
     t, o = sub.task, sub.overrides
-    payload = canonical_json(sub.payload)
-    if len(payload) > MAX_PAYLOAD_BYTES // 4 and len(payload.encode()) > MAX_PAYLOAD_BYTES:
-        raise InvalidPayload(f"payload of {t.qualified} is {len(payload.encode())} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+    if not o and t.key is None:
+        # Fast path (batches): everything but the payload and its key is fixed per type.
+        cached = t._resolved
+        if cached is None or cached[0] is not defaults:
+            template = resolve(Submission(task=t, payload={}, overrides={"label": t.qualified}), defaults)
+            cached = t._resolved = (defaults, template)
+        payload = _encode_payload(t, sub.payload)
+        return cached[1]._replace(key=dedup_key(t.qualified, payload), payload=payload)
+    payload = _encode_payload(t, sub.payload)
 
     prio = o.get("priority", _NOT_GIVEN)
     if prio is _NOT_GIVEN:

@@ -184,10 +184,9 @@ class Coordinator:
         now = self.clock()
         for (tid, ttype, domain, key, label, prio, status, created, run_after, retries, max_retries, retry_json,
              timeout, cpus, memory, group, requeue, requeue_prio) in rows:
-            e = Entry(id=tid, task_type=ttype, domain=domain, key=key, label=label, priority=prio,
-                      status=TaskStatus(status).value, created_at=created, retry_count=retries, max_retries=max_retries,
-                      retry=RetryPolicy.from_dict(json.loads(retry_json)) if retry_json else None, timeout=timeout,
-                      cpus=cpus, memory=memory, group=group)
+            e = Entry(tid, ttype, domain, key, label, prio, TaskStatus(status).value, created, retries, max_retries,
+                      RetryPolicy.from_dict(json.loads(retry_json)) if retry_json else None, timeout, cpus, memory,
+                      group)
             e.requeue = bool(requeue)
             e.requeue_priority = requeue_prio
             self.tasks[tid] = e
@@ -479,20 +478,20 @@ class Coordinator:
 
     def _insert(self, it: protocol.SubmitItem, now: float, created: Any, inserts: list) -> Entry:
         tid = self.next_id
-        self.next_id += 1
-        e = Entry(id=tid, task_type=it.task_type, domain=it.domain, key=it.key, label=it.label, priority=it.priority,
-                  status=TaskStatus.PENDING.value, created_at=now, retry_count=0, max_retries=it.max_retries,
-                  retry=RetryPolicy.from_dict(json.loads(it.retry)) if it.retry else None, timeout=it.timeout,
-                  cpus=it.cpus, memory=it.memory, group=it.group)
+        self.next_id = tid + 1
+        (task_type, domain, key, label, priority, payload, max_retries, retry, timeout, cpus, memory,
+         io_read, io_write, io_rx, io_tx, group, tags, _dup) = it
+        e = Entry(tid, task_type, domain, key, label, priority, _PENDING, now, 0, max_retries,
+                  RetryPolicy.from_dict(json.loads(retry)) if retry else None, timeout, cpus, memory, group)
         if self.payload_bytes < PAYLOAD_CACHE_BYTES:
-            e.payload = it.payload
-            self.payload_bytes += len(it.payload)
-        inserts.append((tid, it.task_type, it.domain, it.key, it.label, it.priority, "pending", it.payload, it.tags,
-                        it.group, created, None, None, 0, it.max_retries, it.retry, None, it.timeout, it.cpus,
-                        it.memory, it.io_read, it.io_write, it.io_rx, it.io_tx, False, None, None))
+            e.payload = payload
+            self.payload_bytes += len(payload)
+        inserts.append((tid, task_type, domain, key, label, priority, _PENDING, payload, tags, group, created, None,
+                        None, 0, max_retries, retry, None, timeout, cpus, memory, io_read, io_write, io_rx, io_tx,
+                        False, None, None))
         self.tasks[tid] = e
-        self.by_key[it.key] = e
-        self.status_counts["pending"] += 1
+        self.by_key[key] = e
+        self.status_counts[_PENDING] += 1
         self.ready.push(e)
         return e
 
@@ -983,6 +982,8 @@ class Coordinator:
             self._reply(conn, protocol.Reply(None))
         self.exited = True
 
+
+_PENDING = TaskStatus.PENDING.value
 
 _COUNTER_OF = {
     HistoryStatus.COMPLETED: "completed",

@@ -25,20 +25,35 @@ class Entry:
         "requeue_priority", "started_at", "worker", "qver", "queued", "cancelled", "tags", "io",
     )
 
-    def __init__(self, **kw: Any) -> None:
-        self.payload = None
+    def __init__(self, id: int, task_type: str, domain: str, key: str, label: str, priority: int, status: str,
+                 created_at: float, retry_count: int, max_retries: int, retry: Any, timeout: float | None,
+                 cpus: float, memory: int, group: str | None) -> None:
+        self.id = id
+        self.task_type = task_type
+        self.domain = domain
+        self.key = key
+        self.label = label
+        self.priority = priority
+        self.status = status
+        self.created_at = created_at
+        self.retry_count = retry_count
+        self.max_retries = max_retries
+        self.retry = retry
+        self.timeout = timeout
+        self.cpus = cpus
+        self.memory = memory
+        self.group = group
+        self.payload: str | None = None
         self.requeue = False
-        self.requeue_priority = None
-        self.started_at = None
-        self.worker = None
+        self.requeue_priority: int | None = None
+        self.started_at: float | None = None
+        self.worker: Any = None
         self.qver = 0
         self.queued = False
         self.cancelled = False
-        self.run_after = None
+        self.run_after: float | None = None
         self.tags = None
         self.io = (0, 0, 0, 0)
-        for k, v in kw.items():
-            setattr(self, k, v)
 
     def __repr__(self) -> str:
         return f"<Entry {self.id} {self.task_type} p={self.priority} {self.status}>"
