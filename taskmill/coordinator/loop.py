@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import queue
 import random
 import select
@@ -141,6 +142,7 @@ class Coordinator:
         self.by_sentinel: dict[int, WorkerHandle] = {}
 
         self.batch = WriteBatch()
+        self.batch_ops = 0
         self.batch_since: float | None = None
         self.must_commit = False
         self.acks: list[tuple[Connection, Any]] = []
@@ -302,24 +304,28 @@ class Coordinator:
         self._publish()
 
     def _timeout(self) -> float:
+        """Seconds until the next thing the loop must do without an event."""
         now = self.clock()
         t = self.poll_interval
         due = self.timers.next_due()
-        if due is not None:
-            t = min(t, due - now)
-        if self.batch_since is not None:
-            t = min(t, self.batch_since + FLUSH_MAX_DELAY - now)
-        if self.wait_deadlines or any(d is not None for _, d in self.idle_waiters):
-            soonest = min([d for d, _, _ in self.wait_deadlines] + [d for _, d in self.idle_waiters if d is not None])
+        if due is not None and due - now < t:
+            t = due - now
+        if self.batch_since is not None and self.batch_since + FLUSH_MAX_DELAY - now < t:
+            t = self.batch_since + FLUSH_MAX_DELAY - now
+        if self.wait_deadlines or self.idle_waiters:
+            soonest = min([d for d, _, _ in self.wait_deadlines] + [d for _, d in self.idle_waiters if d is not None],
+                          default=now + t)
             t = min(t, soonest - now)
         if self.stop_deadline is not None:
             t = min(t, self.stop_deadline - now)
-        return max(t, 0.0)
+        return t if t > 0.0 else 0.0
 
     def _batch_due(self, now: float) -> bool:
-        return self.batch_since is not None and (len(self.batch) >= FLUSH_MAX_OPS or now - self.batch_since >= FLUSH_MAX_DELAY)
+        return self.batch_since is not None and (
+            now - self.batch_since >= FLUSH_MAX_DELAY or self.batch_ops >= FLUSH_MAX_OPS)
 
     def _touch_batch(self) -> None:
+        self.batch_ops += 1
         if self.batch_since is None:
             self.batch_since = self.clock()
 
@@ -535,7 +541,10 @@ class Coordinator:
                 self.payload_bytes -= len(payload)
                 e.payload = None
             try:
-                w.conn.send(protocol.Run(e.id, e.task_type, payload or "{}", e.retry_count, e.key, e.label, e.priority))
+                # plain pickle: Connection.send builds a ForkingPickler per call; recv() on the other end is the same
+                w.conn.send_bytes(pickle.dumps(
+                    protocol.Run(e.id, e.task_type, payload or "{}", e.retry_count, e.key, e.label, e.priority),
+                    pickle.HIGHEST_PROTOCOL))
             except (OSError, ValueError):
                 pass  # its sentinel fires next: handled as a worker death
             self.counters["dispatched"] += 1
@@ -766,6 +775,7 @@ class Coordinator:
                 raise
             self.counters["commits"] += 1
         self.batch_since = None
+        self.batch_ops = 0
         self.must_commit = False
 
     def _answer(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import faulthandler
 import json
 import os
+import pickle
 import signal
 import threading
 import time
@@ -102,8 +103,8 @@ def worker_main(conn: Any, lifeline: Any, slot_index: int, shm_name: str) -> Non
                 msg = conn.recv()
             except (EOFError, OSError):
                 return
-            if isinstance(msg, protocol.Run):
-                conn.send(handle_run(msg, registry, slot, conn))
+            if type(msg) is protocol.Run:
+                conn.send_bytes(pickle.dumps(handle_run(msg, registry, slot, conn), pickle.HIGHEST_PROTOCOL))
             elif isinstance(msg, protocol.Stop):
                 conn.send(protocol.Goodbye(pid))
                 return
