@@ -177,7 +177,7 @@ class Retryable(TaskError):
             raise ValueError(f"retry_after must be >= 0, got {retry_after!r}")
         self.retry_after = retry_after
 
-    def __reduce__(self):  # keyword-only args need help to pickle
+    def __reduce__(self) -> tuple[object, tuple[str, float | None]]:  # keyword-only args need help to pickle
         return (_rebuild_retryable, (str(self), self.retry_after))
 
 

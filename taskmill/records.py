@@ -60,7 +60,8 @@ class _ToDict:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the record as plain JSON-friendly values (datetimes as ISO text)."""
-        return _jsonable(self)  # type: ignore[no-any-return]
+        out: dict[str, Any] = _jsonable(self)
+        return out
 
 
 # --------------------------------------------------------------------------- enums
@@ -119,9 +120,6 @@ class Priority(int):
     def __repr__(self) -> str:
         name = _PRIORITY_NAMES.get(int(self))
         return f"Priority.{name}" if name else f"Priority({int(self)})"
-
-    def value_(self) -> int:  # pragma: no cover - symmetry with the Rust API
-        return int(self)
 
 
 Priority.REALTIME = Priority(0)

@@ -99,7 +99,8 @@ class TaskStore:
 
     def running_io_totals(self) -> tuple[int, int]:
         """Sum of expected disk (read, write) bytes across running tasks."""
-        return tuple(self._call("running_io_totals"))  # type: ignore[return-value]
+        r, w = self._call("running_io_totals")
+        return int(r), int(w)
 
     def history(self, limit: int, offset: int = 0) -> list[TaskHistoryRecord]:
         """Finished executions, newest first, paginated."""
@@ -123,7 +124,8 @@ class TaskStore:
 
     def avg_throughput(self, task_type: str, limit: int = 100) -> tuple[float, float]:
         """Average (read, write) bytes per second over the ``limit`` most recent completions."""
-        return tuple(self._call("avg_throughput", task_type, limit))  # type: ignore[return-value]
+        r, w = self._call("avg_throughput", task_type, limit)
+        return float(r), float(w)
 
     def task_lookup(self, task_type: str, key: str) -> TaskLookup:
         """Find a task by qualified type and explicit key (or canonical payload JSON):

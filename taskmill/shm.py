@@ -94,7 +94,8 @@ class SharedState:
         self._shm = shared_memory.SharedMemory(name=name, create=True, size=_size(slots))
         self.name = self._shm.name
         self.slots = slots
-        self._buf = self._shm.buf
+        assert self._shm.buf is not None
+        self._buf: memoryview = self._shm.buf
         self._seq = 0
         _HEAD.pack_into(self._buf, 0, MAGIC, LAYOUT_VERSION, slots, os.getpid(), time.time(), 0)
 
@@ -117,7 +118,6 @@ class SharedState:
         """Detach and unlink; safe to call twice."""
         if self._shm is None:
             return
-        self._buf = None
         try:
             self._shm.close()
         finally:
@@ -145,7 +145,7 @@ class WorkerSlot:
 
     def __init__(self, name: str, index: int) -> None:
         self._map = _attach(name, writable=True)
-        self._buf = memoryview(self._map)
+        self._buf: memoryview = memoryview(self._map)
         self._off = HEADER_SIZE + index * SLOT_SIZE
         self._seq = _SEQ.unpack_from(self._buf, self._off)[0] & ~1
 
@@ -204,14 +204,15 @@ class SlotView:
     cancel: bool
 
 
-def _read_slot(buf, slot: int) -> SlotView:
+def _read_slot(buf: memoryview | mmap.mmap, slot: int) -> SlotView:
     off = HEADER_SIZE + slot * SLOT_SIZE
     for _ in range(1000):
         values = _SLOT.unpack_from(buf, off)
         if values[0] & 1 == 0 and _SEQ.unpack_from(buf, off)[0] == values[0]:
             break
     # a writer that died mid-write leaves an odd sequence; the last copy is still usable
-    return SlotView(*values[1:12], cancel=bool(values[12]))
+    (_seq, pid, task_id, started, progress, done, total, rb, wb, rx, tx, heartbeat, cancel) = values[:13]
+    return SlotView(pid, task_id, started, progress, done, total, rb, wb, rx, tx, heartbeat, bool(cancel))
 
 
 class SegmentReader:

@@ -103,8 +103,8 @@ def main() -> int:
 
     try:
         _check_state_file(state_file)
-        with open(registry_path, "wb") as f:
-            f.write(config["registry"])
+        with open(registry_path, "wb") as reg:
+            reg.write(config["registry"])
         shm = SharedState(config["max_concurrency"])
         pool = WorkerPool(registry_path, shm.name)  # fork server starts here, before DuckDB
         store = Store(store_path)

@@ -751,13 +751,13 @@ class Coordinator:
                     keep.append((d, tid, conn))
             self.wait_deadlines = keep
         if self.idle_waiters:
-            keep2 = []
-            for conn, d in self.idle_waiters:
-                if d is not None and d <= now and not self._is_idle():
+            still: list[tuple[Connection, float | None]] = []
+            for conn, until in self.idle_waiters:
+                if until is not None and until <= now and not self._is_idle():
                     self._reply(conn, protocol.ErrorReply.of(WaitTimeout("the scheduler did not become idle in time")))
                 else:
-                    keep2.append((conn, d))
-            self.idle_waiters = keep2
+                    still.append((conn, until))
+            self.idle_waiters = still
 
     # ================================================================== commit and answers
 

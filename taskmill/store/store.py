@@ -146,7 +146,7 @@ class Store:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        config = {
+        config: dict[str, str | bool | int | float | list[str]] = {
             "threads": DUCKDB_THREADS,
             "memory_limit": DUCKDB_MEMORY_LIMIT,
             "autoinstall_known_extensions": False,
@@ -231,10 +231,9 @@ class Store:
         """
         with self.transaction() as con:
             con.execute("UPDATE tasks SET status = 'pending', started_at = NULL WHERE status = 'running'")
-            next_id = int(con.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()[0])
-            top = con.execute(
-                "SELECT greatest((SELECT coalesce(max(id), 0) FROM tasks), (SELECT coalesce(max(id), 0) FROM task_history))"
-            ).fetchone()[0]
+            next_id = int(self._scalar("SELECT value FROM meta WHERE key = 'next_id'"))
+            top = self._scalar(
+                "SELECT greatest((SELECT coalesce(max(id), 0) FROM tasks), (SELECT coalesce(max(id), 0) FROM task_history))")
             rows = con.execute(
                 "SELECT id, task_type, domain, key, label, priority, status, epoch_us(created_at) / 1e6, "
                 "epoch_us(run_after) / 1e6, retry_count, max_retries, retry_policy, timeout_s, cpus, memory, "
@@ -268,14 +267,14 @@ class Store:
                     "(SELECT unnest($1::BIGINT[]) AS id, unnest($2::DOUBLE[]) AS s) u WHERE tasks.id = u.id",
                     [list(ids), list(starts)])
             if batch.retries:
-                ids = list(batch.retries)
+                rids = list(batch.retries)
                 counts, afters, errs = zip(*batch.retries.values())
                 con.execute(
                     "UPDATE tasks SET status = 'pending', started_at = NULL, retry_count = u.c, "
                     "run_after = make_timestamp((u.a * 1e6)::BIGINT), last_error = u.e FROM (SELECT "
                     "unnest($1::BIGINT[]) AS id, unnest($2::INTEGER[]) AS c, unnest($3::DOUBLE[]) AS a, "
                     "unnest($4::VARCHAR[]) AS e) u WHERE tasks.id = u.id",
-                    [ids, list(counts), list(afters), list(errs)])
+                    [rids, list(counts), list(afters), list(errs)])
             if batch.finished:
                 self._move_to_history(con, batch.finished)
             if batch.requeued_runs:
@@ -337,7 +336,13 @@ class Store:
         return [_history_record(r) for r in rows]
 
     def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return self.con.execute(sql, list(params)).fetchone()[0]
+        return self._one(sql, params)[0]
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...]:
+        row = self.con.execute(sql, list(params)).fetchone()
+        if row is None:  # aggregates always return a row
+            raise StoreError(f"no row from: {sql[:80]}")
+        return row
 
     # ------------------------------------------------------------------ seed: active task queries
 
@@ -371,9 +376,9 @@ class Store:
         return rows[0] if rows else None
 
     def running_io_totals(self) -> tuple[int, int]:
-        r, w = self.con.execute(
+        r, w = self._one(
             "SELECT coalesce(sum(expected_read_bytes), 0), coalesce(sum(expected_write_bytes), 0) "
-            "FROM tasks WHERE status = 'running'").fetchone()
+            "FROM tasks WHERE status = 'running'")
         return int(r), int(w)
 
     def counts_by_status(self, domain: str | None = None) -> dict[str, int]:
@@ -406,23 +411,23 @@ class Store:
                              params + [_limit(limit), _offset(offset)])
 
     def history_stats(self, task_type: str) -> TypeStats:
-        n, dur, rb, wb, failed, finished = self.con.execute(
+        n, dur, rb, wb, failed, finished = self._one(
             "SELECT count(*) FILTER (WHERE status = 'completed'), "
             "avg(duration_ms) FILTER (WHERE status = 'completed'), "
             "avg(read_bytes) FILTER (WHERE status = 'completed'), "
             "avg(write_bytes) FILTER (WHERE status = 'completed'), "
             "count(*) FILTER (WHERE status IN ('failed', 'dead_letter')), "
             "count(*) FILTER (WHERE status IN ('completed', 'failed', 'dead_letter')) "
-            "FROM task_history WHERE task_type = ?", [task_type]).fetchone()
+            "FROM task_history WHERE task_type = ?", [task_type])
         return TypeStats(count=int(n), avg_duration_ms=float(dur or 0.0), avg_read_bytes=float(rb or 0.0),
                          avg_write_bytes=float(wb or 0.0), failure_rate=(failed / finished) if finished else 0.0)
 
     def avg_throughput(self, task_type: str, limit: int) -> tuple[float, float]:
-        r, w = self.con.execute(
+        r, w = self._one(
             "SELECT coalesce(avg(read_bytes * 1000.0 / duration_ms), 0), coalesce(avg(write_bytes * 1000.0 / duration_ms), 0) "
             "FROM (SELECT read_bytes, write_bytes, duration_ms FROM task_history WHERE task_type = ? "
             "AND status = 'completed' AND duration_ms > 0 ORDER BY completed_at DESC LIMIT ?)",
-            [task_type, _limit(limit)]).fetchone()
+            [task_type, _limit(limit)])
         return float(r), float(w)
 
     def task_lookup_by_dedup_key(self, key: str) -> TaskLookup:
@@ -432,7 +437,7 @@ class Store:
         rows = self._history("WHERE key = ? ORDER BY completed_at DESC, id DESC LIMIT 1", [key])
         return TaskLookup(history=rows[0] if rows else None)
 
-    def dead_letter_row(self, task_id: int) -> tuple | None:
+    def dead_letter_row(self, task_id: int) -> tuple[Any, ...] | None:
         """The newest dead-letter row of ``task_id`` as a full ``tasks`` row template."""
         return self.con.execute(
             "SELECT task_type, domain, key, label, priority, payload, tags, group_key, cpus, memory, "
@@ -446,10 +451,10 @@ class Store:
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
             raise ValueError(f"keep must be an int >= 0, got {keep!r}")
         with self.transaction() as con:
-            n = con.execute(
+            n = self._scalar(
                 "DELETE FROM task_history WHERE (completed_at, id) NOT IN "
                 "(SELECT (completed_at, id) FROM task_history ORDER BY completed_at DESC, id DESC LIMIT ?)",
-                [keep]).fetchone()[0]
+                [keep])
         return int(n)
 
     def prune_history_by_age(self, days: float) -> int:
@@ -457,7 +462,7 @@ class Store:
             raise ValueError(f"days must be a number >= 0, got {days!r}")
         cutoff = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(days=days)
         with self.transaction() as con:
-            n = con.execute("DELETE FROM task_history WHERE completed_at < ?", [cutoff]).fetchone()[0]
+            n = self._scalar("DELETE FROM task_history WHERE completed_at < ?", [cutoff])
         return int(n)
 
     # ------------------------------------------------------------------ SQL over history (F25)
