@@ -39,6 +39,7 @@ from taskmill.domain import dedup_key
 from taskmill.errors import (
     InvalidSubmission,
     SchedulerBroken,
+    SchedulerClosed,
     StoreError,
     TaskNotFound,
     WaitTimeout,
@@ -388,7 +389,7 @@ class Coordinator:
 
     def _handle(self, conn: Connection, req: Any) -> None:
         if self.stopping and not isinstance(req, (protocol.Stop, protocol.Call)):
-            raise SchedulerBroken("the scheduler is shutting down")
+            raise SchedulerClosed("the scheduler is shutting down")
         if isinstance(req, protocol.Submit):
             outcomes = self.submit(req.items)
             self.acks.append((conn, protocol.Reply(outcomes)))
