@@ -20,6 +20,8 @@ import time
 from multiprocessing.connection import Listener
 from typing import Any
 
+import structlog
+
 from taskmill import protocol
 from taskmill.errors import StartupError, StoreLocked, TaskmillError
 
@@ -64,6 +66,13 @@ def main() -> int:
     os.chdir(config["cwd"])
     logging.basicConfig(level=config.get("log_level", logging.WARNING), stream=sys.stderr,
                         format="taskmill coordinator: %(message)s")
+    # This process is ours, so it may configure structlog: key=value lines into stdlib logging (stderr).
+    structlog.configure(
+        processors=[structlog.stdlib.add_log_level, structlog.processors.KeyValueRenderer(key_order=["event"])],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
 
     from taskmill.coordinator.loop import Coordinator
     from taskmill.shm import SharedState
