@@ -93,6 +93,11 @@ def main() -> int:
                     w.kill("coordinator exiting")
         if listener is not None:
             listener.close()
+        if coord is not None:
+            try:
+                coord.writer.close()
+            except Exception:  # noqa: BLE001 - the store is closed next either way
+                pass
         if store is not None:
             store.close()
         if pool is not None:

@@ -89,6 +89,65 @@ STORE_QUERIES = frozenset({
 STORE_WRITES = frozenset({"prune_history_by_count", "prune_history_by_age"})
 
 
+class _Writer:
+    """Runs write-behind commits on a second thread, at most one batch at a time.
+
+    Only flushes that nobody is waiting for go here; the loop joins the writer
+    before it touches the store itself, so the connection is never used by two
+    threads at once (DuckDB releases the GIL while it commits, so the loop keeps
+    dispatching meanwhile).
+    """
+
+    def __init__(self, store: Store, wake_fd: int) -> None:
+        self._store = store
+        self._wake_fd = wake_fd
+        self._jobs: queue.SimpleQueue[WriteBatch | None] = queue.SimpleQueue()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="taskmill-writer")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = self._jobs.get()
+            if batch is None:
+                return
+            try:
+                self._store.apply(batch)
+            except BaseException as e:  # noqa: BLE001 - re-raised on the loop thread by check()/join()
+                self._error = e
+            finally:
+                self._idle.set()
+                try:
+                    os.write(self._wake_fd, b"w")
+                except OSError:
+                    pass
+
+    @property
+    def busy(self) -> bool:
+        return not self._idle.is_set()
+
+    def submit(self, batch: WriteBatch) -> None:
+        self.join()
+        self._idle.clear()
+        self._jobs.put(batch)
+
+    def check(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def join(self) -> None:
+        self._idle.wait()
+        self.check()
+
+    def close(self) -> None:
+        self.join()
+        self._jobs.put(None)
+        self._thread.join(timeout=10)
+
+
 class Coordinator:
     """All scheduling state and the loop that drives it.
 
@@ -168,6 +227,7 @@ class Coordinator:
             self._watch(host_lifeline, "host", None)
         self._to_spawn: list[int] = []
         self._published = 0.0
+        self.writer = _Writer(store, self._wake_w)
 
         self.counters: dict[str, int] = {k: 0 for k in (
             "submitted", "dispatched", "completed", "failed", "retried", "dead_lettered", "cancelled",
@@ -293,10 +353,13 @@ class Coordinator:
             self._begin_shutdown(None)
         now = self.clock()
         self._fire_timers(now)
-        if (self.must_commit or self.acks or self.deferred or self._batch_due(now)
+        self.writer.check()
+        if (self.must_commit or self.acks or self.deferred
                 or (self.idle_waiters and not self.tasks)
                 or (self.waiters and any(t in self.waiters for t in self.finished_ids))):
             self._commit()
+        elif self._batch_due(now) and not self.writer.busy:
+            self._commit(background=True)
         self._answer()
         if not self.stopping:
             self._dispatch(now)
@@ -311,8 +374,8 @@ class Coordinator:
         due = self.timers.next_due()
         if due is not None and due - now < t:
             t = due - now
-        if self.batch_since is not None and self.batch_since + FLUSH_MAX_DELAY - now < t:
-            t = self.batch_since + FLUSH_MAX_DELAY - now
+        if self.batch_since is not None and not self.writer.busy and self.batch_since + FLUSH_MAX_DELAY - now < t:
+            t = self.batch_since + FLUSH_MAX_DELAY - now  # (a busy writer wakes the loop when it is done)
         if self.wait_deadlines or self.idle_waiters:
             soonest = min([d for d, _, _ in self.wait_deadlines] + [d for _, d in self.idle_waiters if d is not None],
                           default=now + t)
@@ -565,6 +628,7 @@ class Coordinator:
             else:
                 keep.append(tid)
         self.payload_missing = keep
+        self.writer.join()
         for tid, payload in self.store.fetch_payloads(ids).items():
             entry = self.tasks.get(tid)
             if entry is not None and entry.payload is None:
@@ -762,7 +826,18 @@ class Coordinator:
 
     # ================================================================== commit and answers
 
-    def _commit(self) -> None:
+    def _commit(self, background: bool = False) -> None:
+        """Write the buffered batch: on the writer thread, or here (after joining it) when
+        someone waits for durability or the loop is about to read the store."""
+        if background:
+            if len(self.batch):
+                batch, self.batch = self.batch, WriteBatch()
+                self.writer.submit(batch)
+                self.counters["commits"] += 1
+            self.batch_since = None
+            self.batch_ops = 0
+            return
+        self.writer.join()  # also when there is nothing to write: the loop may read the store next
         if len(self.batch):
             batch, self.batch = self.batch, WriteBatch()
             try:
