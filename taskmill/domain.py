@@ -88,7 +88,8 @@ class Domain:
         name: Unique among the scheduler's domains; task types are stored as
             ``"<name>::<task>"``.
         max_concurrency: Cap on this domain's running tasks (None: no cap).
-        default_priority: Priority for its tasks unless the type or submission says otherwise.
+        default_priority: Priority for its tasks unless the type or submission says
+            otherwise; None falls back to the scheduler's default.
         retry: Default retry policy for its task types.
         timeout: Default per-task timeout in seconds.
         group: Default group key.
@@ -107,7 +108,7 @@ class Domain:
         name: str,
         *,
         max_concurrency: int | None = None,
-        default_priority: int = Priority.NORMAL,
+        default_priority: int | None = None,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         group: str | None = None,
@@ -124,7 +125,8 @@ class Domain:
             raise TypeError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
         self.name = name
         self.max_concurrency = max_concurrency
-        self.default_priority = _check_priority(default_priority, f"domain {name!r} default_priority")
+        self.default_priority = (None if default_priority is None
+                                 else _check_priority(default_priority, f"domain {name!r} default_priority"))
         self.retry = retry
         self.timeout = None if timeout is None else _check_positive_number(timeout, "timeout")
         self.group = group
@@ -316,7 +318,7 @@ def resolve(sub: Submission, defaults: Defaults) -> SubmitItem:
 
     prio = o.get("priority", _NOT_GIVEN)
     if prio is _NOT_GIVEN:
-        prio = t.priority if t.priority is not None else t.domain.default_priority
+        prio = next(p for p in (t.priority, t.domain.default_priority, defaults.priority) if p is not None)
     priority = _check_priority(prio, "priority")
 
     explicit = o.get("key", None)

@@ -245,8 +245,11 @@ class RetryPolicy(_ToDict):
             return min(self.initial, self.max_delay)
         if self.kind is BackoffKind.LINEAR:
             return min(self.initial + self.step * n, self.max_delay)
-        # exponential: guard against float overflow for large n
-        base = self.max_delay if n > 1024 else min(self.initial * self.multiplier**n, self.max_delay)
+        try:
+            growth = float(self.multiplier) ** n
+        except OverflowError:
+            growth = math.inf
+        base = min(self.initial * growth if self.initial else 0.0, self.max_delay)
         if self.kind is BackoffKind.EXPONENTIAL:
             return base
         r = (rng or random).random()

@@ -468,10 +468,10 @@ class Store:
     # ------------------------------------------------------------------ SQL over history (F25)
 
     def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
-        """Run one read-only statement; returns ``(column names, rows)``.
+        """Run one SELECT statement; returns ``(column names, rows)``.
 
         Raises:
-            QueryRefused: not exactly one SELECT-like statement.
+            QueryRefused: not exactly one SELECT statement.
             StoreError: the query failed (syntax, binder, runtime), from the duckdb error.
         """
         if not isinstance(query, str):
@@ -483,8 +483,9 @@ class Store:
         if len(statements) != 1:
             raise QueryRefused(f"sql() runs exactly one statement, got {len(statements)}")
         kind = statements[0].type
-        if kind not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):
-            raise QueryRefused(f"sql() is read-only; refused a {kind.name} statement")
+        # Only SELECT: EXPLAIN ANALYZE executes the statement it explains (a COPY writes its file).
+        if kind != duckdb.StatementType.SELECT:
+            raise QueryRefused(f"sql() is read-only and runs one SELECT; refused a {kind.name} statement")
         cur = self.con.cursor()
         try:
             cur.execute("BEGIN TRANSACTION")  # rolled back below: nothing a query does can persist

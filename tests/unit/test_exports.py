@@ -1,0 +1,155 @@
+"""The public surface and the import direction between taskmill's modules.
+
+Imports are read from the source with ``ast`` (every ``import`` anywhere in a
+module, including lazy imports inside functions and ``TYPE_CHECKING`` blocks),
+so a violation is caught even on a code path no other test runs.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import taskmill
+
+PACKAGE_DIR = Path(taskmill.__file__).resolve().parent
+ROOT = PACKAGE_DIR.parent
+
+LEAVES = {"taskmill.errors", "taskmill.records", "taskmill.protocol", "taskmill.shm"}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def is_module(name: str) -> bool:
+    rel = Path(*name.split("."))
+    return (ROOT / rel).with_suffix(".py").is_file() or (ROOT / rel / "__init__.py").is_file()
+
+
+def taskmill_imports(path: Path) -> set[str]:
+    """Every taskmill module ``path`` imports, as dotted names (``from taskmill import x`` → ``taskmill.x``)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    me = module_name(path)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                found.add(sub if is_module(sub) else target)
+    return {n for n in found if n == "taskmill" or n.startswith("taskmill.")}
+
+
+def all_modules() -> dict[str, set[str]]:
+    return {module_name(p): taskmill_imports(p) for p in sorted(PACKAGE_DIR.rglob("*.py"))}
+
+
+MODULES = all_modules()
+
+
+def test_the_import_scanner_sees_the_package() -> None:
+    assert {"taskmill", "taskmill.errors", "taskmill.store.store", "taskmill.workers.main"} <= set(MODULES)
+    # sanity: it resolves `from taskmill import protocol` and relative-free dotted imports
+    assert "taskmill.protocol" in MODULES["taskmill.workers.main"]
+    assert "taskmill.errors" in MODULES["taskmill.store.store"]
+
+
+# =========================================================================== public surface
+
+
+def test_all_is_sorted() -> None:
+    assert taskmill.__all__ == sorted(taskmill.__all__)
+
+
+def test_all_has_no_duplicates() -> None:
+    assert len(taskmill.__all__) == len(set(taskmill.__all__))
+
+
+@pytest.mark.parametrize("name", taskmill.__all__)
+def test_every_name_in_all_resolves(name: str) -> None:
+    assert getattr(taskmill, name) is not None
+
+
+def test_every_public_exception_is_exported_and_under_the_root() -> None:
+    from taskmill import errors
+
+    for name in errors.__all__:
+        exc = getattr(errors, name)
+        assert issubclass(exc, taskmill.TaskmillError)
+        assert getattr(taskmill, name) is exc
+        assert name in taskmill.__all__
+
+
+def test_version_is_exported() -> None:
+    assert isinstance(taskmill.__version__, str) and taskmill.__version__
+
+
+# =========================================================================== layering
+
+
+LEAF_ALLOWED = {
+    "taskmill.errors": set(),
+    "taskmill.records": {"taskmill.errors"},
+    "taskmill.protocol": {"taskmill.errors"},
+    "taskmill.shm": {"taskmill.errors"},
+}
+
+
+@pytest.mark.parametrize("leaf", sorted(LEAF_ALLOWED))
+def test_leaf_modules_import_no_other_taskmill_module(leaf: str) -> None:
+    assert MODULES[leaf] <= LEAF_ALLOWED[leaf], f"{leaf} imports {sorted(MODULES[leaf] - LEAF_ALLOWED[leaf])}"
+
+
+STORE_MODULES = sorted(m for m in MODULES if m == "taskmill.store" or m.startswith("taskmill.store."))
+
+
+@pytest.mark.parametrize("mod", STORE_MODULES)
+def test_the_store_imports_only_errors_records_and_itself(mod: str) -> None:
+    bad = {n for n in MODULES[mod]
+           if n not in {"taskmill.errors", "taskmill.records"} and not n.startswith("taskmill.store")}
+    assert not bad, f"{mod} imports {sorted(bad)}"
+
+
+FORBIDDEN_FOR_HOST = ("taskmill.coordinator", "taskmill.store", "taskmill.workers")
+
+
+@pytest.mark.parametrize("mod", ["taskmill.scheduler", "taskmill.client", "taskmill.domain"])
+def test_the_host_api_never_imports_the_coordinator_store_or_workers(mod: str) -> None:
+    bad = {n for n in MODULES[mod] if n.startswith(FORBIDDEN_FOR_HOST)}
+    assert not bad, f"{mod} imports {sorted(bad)}"
+
+
+def test_the_worker_main_imports_only_leaves_context_and_preload() -> None:
+    allowed = LEAVES | {"taskmill.context", "taskmill.workers.preload"}
+    bad = MODULES["taskmill.workers.main"] - allowed
+    assert not bad, f"taskmill.workers.main imports {sorted(bad)}"
+
+
+INTERNAL_PACKAGES = ("taskmill.coordinator", "taskmill.store", "taskmill.workers")
+INTERNAL = sorted(m for m in MODULES if m in LEAVES or m == "taskmill.context" or m.startswith(INTERNAL_PACKAGES))
+
+
+@pytest.mark.parametrize("mod", INTERNAL)
+def test_internal_modules_never_import_the_package_root(mod: str) -> None:
+    # `import taskmill` pulls in the whole host API; only front ends (cli, demo) may use it
+    assert "taskmill" not in MODULES[mod]
+
+
+@pytest.mark.parametrize("mod", sorted(m for m in MODULES if m.startswith("taskmill.coordinator")))
+def test_the_coordinator_never_imports_the_host_api(mod: str) -> None:
+    bad = MODULES[mod] & {"taskmill.scheduler", "taskmill.client", "taskmill"}
+    assert not bad, f"{mod} imports {sorted(bad)}"
