@@ -450,7 +450,7 @@ class Store:
     def prune_history_by_count(self, keep: int) -> int:
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
             raise ValueError(f"keep must be an int >= 0, got {keep!r}")
-        with self.transaction() as con:
+        with self.transaction():
             n = self._scalar(
                 "DELETE FROM task_history WHERE (completed_at, id) NOT IN "
                 "(SELECT (completed_at, id) FROM task_history ORDER BY completed_at DESC, id DESC LIMIT ?)",
@@ -461,7 +461,7 @@ class Store:
         if isinstance(days, bool) or not isinstance(days, (int, float)) or days < 0:
             raise ValueError(f"days must be a number >= 0, got {days!r}")
         cutoff = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(days=days)
-        with self.transaction() as con:
+        with self.transaction():
             n = self._scalar("DELETE FROM task_history WHERE completed_at < ?", [cutoff])
         return int(n)
 
