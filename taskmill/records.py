@@ -426,15 +426,21 @@ class SubmitOutcome(_ToDict):
 
 
 @dataclass(**_RECORD)
-class Inserted(SubmitOutcome):
-    """A new task was inserted."""
+class _OfTask(SubmitOutcome):
+    """An outcome about one task, named by ``task_id``."""
 
     task_id: int
-    group_paused: bool = False
 
     @property
     def id(self) -> int | None:
         return self.task_id
+
+
+@dataclass(**_RECORD)
+class Inserted(_OfTask):
+    """A new task was inserted."""
+
+    group_paused: bool = False
 
 
 @dataclass(**_RECORD)
@@ -445,25 +451,13 @@ class Duplicate(SubmitOutcome):
 
 
 @dataclass(**_RECORD)
-class Upgraded(SubmitOutcome):
+class Upgraded(_OfTask):
     """A pending or paused duplicate took the new, more urgent priority."""
-
-    task_id: int
-
-    @property
-    def id(self) -> int | None:
-        return self.task_id
 
 
 @dataclass(**_RECORD)
-class Requeued(SubmitOutcome):
+class Requeued(_OfTask):
     """A running duplicate will run once more after it finishes."""
-
-    task_id: int
-
-    @property
-    def id(self) -> int | None:
-        return self.task_id
 
 
 @dataclass(**_RECORD)
