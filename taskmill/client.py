@@ -71,6 +71,10 @@ class CoordinatorProcess:
         finally:
             os.close(hs_r)
         if status != "ok":
+            try:  # it is cleaning up (segment, fork server, tracker); killing it now would leak them
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
             self._kill()
             raise value.exception() from None
         self.info = value
@@ -145,7 +149,7 @@ class CoordinatorProcess:
         try:
             try:
                 self.request(protocol.Stop())
-            except TaskmillError:
+            except Exception:  # noqa: BLE001 - a broken coordinator is killed below
                 pass
             self.closed = True
             try:

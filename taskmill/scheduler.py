@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import weakref
 from typing import Any, Iterable, Sequence
 
 import cloudpickle
@@ -322,6 +323,9 @@ class Scheduler:
             "embedded": True,
         }
         self._process = CoordinatorProcess(config)
+        # A scheduler that is never closed still stops its processes: when it is collected, or at
+        # interpreter exit (before module teardown, unlike __del__).
+        self._finalizer = weakref.finalize(self, self._process.stop)
         self._registered = frozenset(tasks)
         return self
 
@@ -329,21 +333,13 @@ class Scheduler:
         """Shut down per the shutdown mode; no process, socket or segment is left. Idempotent."""
         proc, self._process = self._process, None
         if proc is not None:
-            proc.stop()
+            self._finalizer()  # runs proc.stop() once
 
     def __enter__(self) -> Scheduler:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-    def __del__(self) -> None:  # a forgotten scheduler still stops its processes
-        proc = getattr(self, "_process", None)
-        if proc is not None and not proc.closed:
-            try:
-                proc.stop()
-            except Exception:  # noqa: BLE001
-                pass
 
     def _proc(self) -> CoordinatorProcess:
         if self._process is None:

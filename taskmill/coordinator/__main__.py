@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import signal
 import struct
 import sys
@@ -87,33 +88,31 @@ def main() -> int:
     registry_path = os.path.join(config["runtime_dir"], "registry.pkl")
 
     def cleanup() -> None:
+        """Release everything this process made; each step runs even if another fails."""
+
+        def quietly(step: Any, *args: Any) -> None:
+            try:
+                step(*args)
+            except BaseException as e:  # noqa: BLE001 - keep going: the remaining steps matter more
+                logging.getLogger("taskmill").warning("cleanup step %s failed: %s", getattr(step, "__name__", step), e)
+
         if coord is not None:
             for w in coord.workers:
                 if w is not None:
-                    w.kill("coordinator exiting")
+                    quietly(w.kill, "coordinator exiting")
+            quietly(coord.writer.close)
         if listener is not None:
-            listener.close()
-        if coord is not None:
-            try:
-                coord.writer.close()
-            except Exception:  # noqa: BLE001 - the store is closed next either way
-                pass
+            quietly(listener.close)
         if store is not None:
-            store.close()
+            quietly(store.close)
         if pool is not None:
-            pool.close()
+            quietly(pool.close)
         if shm is not None:
-            shm.close()
+            quietly(shm.close)
         if state_file and wrote_state:
-            try:
-                os.unlink(state_file)
-            except FileNotFoundError:
-                pass
-        try:
-            os.unlink(registry_path)
-        except FileNotFoundError:
-            pass
-        WorkerPool.stop_resource_tracker()
+            quietly(os.unlink, state_file)
+        quietly(shutil.rmtree, config["runtime_dir"], True)  # the host removes it too, unless it was killed
+        quietly(WorkerPool.stop_resource_tracker)
 
     try:
         _check_state_file(state_file)
@@ -133,7 +132,7 @@ def main() -> int:
         except RuntimeError as e:
             raise StartupError(f"workers cannot start: {e}") from e
         recovered = coord.recover()
-        listener = Listener(config["socket_path"], family="AF_UNIX", authkey=config["authkey"])
+        listener = Listener(config["socket_path"], family="AF_UNIX")  # authenticated per peer in serve()
         if state_file:
             tmp = state_file + ".tmp"
             with open(tmp, "w") as f:
@@ -141,7 +140,7 @@ def main() -> int:
                            "started_at": time.time()}, f)
             os.replace(tmp, state_file)
             wrote_state = True
-        coord.serve(listener)
+        coord.serve(listener, config["authkey"])
         signal.signal(signal.SIGTERM, lambda *_: coord.request_stop())
         handshake.write(pickle.dumps(("ok", {"pid": os.getpid(), "shm": shm.name, "recovered": recovered})))
         handshake.close()

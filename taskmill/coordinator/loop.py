@@ -28,6 +28,7 @@ import select
 import threading
 import time
 from datetime import datetime, timezone
+import multiprocessing.connection as mpc
 from multiprocessing.connection import Connection, Listener, wait
 from typing import Any, Callable
 
@@ -301,27 +302,37 @@ class Coordinator:
         self._watch(w.sentinel, "sentinel", w)
         return w
 
-    def serve(self, listener: Listener) -> None:
-        """Accept authenticated clients on a thread; the loop only sees accepted connections."""
+    def serve(self, listener: Listener, authkey: bytes) -> None:
+        """Accept clients on a thread and authenticate each on its own short-lived thread, so a
+        silent or slow peer delays nobody; the loop only ever sees authenticated connections.
+
+        ``listener`` must be created without an authkey (the handshake is done here).
+        """
         self.listener = listener
+
+        def handshake(conn: Connection) -> None:
+            try:
+                mpc.deliver_challenge(conn, authkey)
+                mpc.answer_challenge(conn, authkey)
+            except Exception as e:  # noqa: BLE001 - AuthenticationError, EOF, reset: drop that peer
+                log.warning("client refused", error=f"{type(e).__name__}: {e}")
+                conn.close()
+                return
+            self.accepted.put(conn)
+            try:
+                os.write(self._wake_w, b"x")
+            except BlockingIOError:
+                pass
 
         def accept_loop() -> None:
             while True:
                 try:
                     conn = listener.accept()
-                except OSError as e:
+                except OSError:
                     if self.stopping or self.exited:
                         return  # listener closed
-                    log.warning("client dropped during the handshake", error=str(e))
                     continue
-                except Exception as e:  # noqa: BLE001 - AuthenticationError and friends: drop that peer
-                    log.warning("client refused", error=str(e))
-                    continue
-                self.accepted.put(conn)
-                try:
-                    os.write(self._wake_w, b"x")
-                except BlockingIOError:
-                    pass
+                threading.Thread(target=handshake, args=(conn,), daemon=True, name="taskmill-auth").start()
 
         threading.Thread(target=accept_loop, daemon=True, name="taskmill-accept").start()
 

@@ -126,6 +126,21 @@ class WriteBatch:
         self.running.pop(task_id, None)
 
 
+#: DuckDB database files carry this magic at byte 8 (after a checksum).
+_DUCKDB_MAGIC = b"DUCK"
+
+
+def _check_duckdb_file(path: str) -> None:
+    """Refuse an existing non-empty file that is not a DuckDB database before DuckDB sees it
+    (DuckDB would otherwise try, for example, to load its SQLite extension for a SQLite file)."""
+    if path == ":memory:" or not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if head[8:12] != _DUCKDB_MAGIC:
+        raise NotATaskmillStore(f"{path} is not a DuckDB database file, so not a taskmill store")
+
+
 def _map_open_error(path: str, e: duckdb.Error) -> StoreError:
     text = str(e)
     if "not a valid DuckDB database file" in text or "Invalid Input Error" in text and "database" in text:
@@ -146,6 +161,7 @@ class Store:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        _check_duckdb_file(path)
         config: dict[str, str | bool | int | float | list[str]] = {
             "threads": DUCKDB_THREADS,
             "memory_limit": DUCKDB_MEMORY_LIMIT,

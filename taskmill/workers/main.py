@@ -79,9 +79,16 @@ def handle_run(msg: protocol.Run, registry: dict[str, Any], slot: WorkerSlot | N
 
 
 def _describe(e: BaseException) -> str:
-    head = f"{type(e).__name__}: {e}"
-    tb = "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=20))
-    return f"{head}\n{tb}"[:20_000]
+    """Type, message and traceback as text; never raises, even if ``str(e)`` does."""
+    try:
+        message = str(e)
+    except BaseException as inner:  # noqa: BLE001
+        message = f"<str() of the exception failed: {type(inner).__name__}>"
+    try:
+        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=20))
+    except BaseException:  # noqa: BLE001
+        tb = "(traceback unavailable)"
+    return f"{type(e).__name__}: {message}\n{tb}"[:20_000]
 
 
 def worker_main(conn: Any, lifeline: Any, slot_index: int, shm_name: str) -> None:

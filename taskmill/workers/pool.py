@@ -9,8 +9,10 @@ seam where another backend (DESIGN §8) would plug in.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import sys
 import signal
 import time
 from multiprocessing import forkserver, resource_tracker
@@ -79,6 +81,7 @@ class WorkerPool:
 
     def __init__(self, registry_path: str, shm_name: str) -> None:
         os.environ[preload.ENV_VAR] = registry_path
+        os.environ[preload.SYS_PATH_VAR] = json.dumps(sys.path)
         self._ctx = multiprocessing.get_context("forkserver")
         self._ctx.set_forkserver_preload(["taskmill.workers.preload", "taskmill.workers.main"])
         forkserver.ensure_running()

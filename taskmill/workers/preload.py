@@ -8,12 +8,17 @@ fork server swallows import errors, and the worker reports ours instead.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from typing import Any
 
 import cloudpickle
 
 ENV_VAR = "TASKMILL_REGISTRY"
+#: JSON list: the host's sys.path. Python 3.11's fork server ignores the sys_path
+#: multiprocessing hands it, so the registry's by-reference imports need it here.
+SYS_PATH_VAR = "TASKMILL_SYS_PATH"
 
 _registry: dict[str, Any] | None = None
 _error: BaseException | None = None
@@ -25,6 +30,8 @@ def _read() -> None:
     if not path:
         return
     try:
+        extra = json.loads(os.environ.get(SYS_PATH_VAR, "[]"))
+        sys.path[:0] = [p for p in extra if p not in sys.path]
         with open(path, "rb") as f:
             _registry = cloudpickle.load(f)
     except BaseException as e:  # noqa: BLE001 - reported by the worker
