@@ -54,7 +54,12 @@ _MSG = dict(frozen=True, slots=True)
 
 
 class SubmitItem(NamedTuple):
-    """One fully resolved submission; the host resolves every default."""
+    """One fully resolved submission; the host resolves every default.
+
+    Hot-path NamedTuples (``SubmitItem``, ``Run``, ``Done``) travel as plain
+    tuples and are rebuilt with ``_make`` on arrival: pickling a NamedTuple
+    costs about six times a plain tuple (3.6 µs against 0.6 µs a round trip).
+    """
 
     task_type: str
     domain: str
@@ -81,7 +86,7 @@ class SubmitItem(NamedTuple):
 
 @dataclass(**_MSG)
 class Submit:
-    items: list[SubmitItem]
+    items: list[tuple[Any, ...]]  # SubmitItem fields, as plain tuples
 
 
 @dataclass(**_MSG)

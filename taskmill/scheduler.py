@@ -190,7 +190,7 @@ class DomainHandle:
             ValueError, TypeError: an option breaks its rule (named in the message).
         """
         item = resolve(self._submission(task, payload), self._s._defaults)
-        wire = self._s._proc().request(protocol.Submit([item]))
+        wire = self._s._proc().request(protocol.Submit([tuple(item)]))
         return outcomes_from_wire(wire)[0]
 
     def submit_batch(self, submissions: Iterable[Submission | TaskType | TaskOptions]) -> BatchOutcome:
@@ -206,7 +206,7 @@ class DomainHandle:
                 raise InvalidSubmission(f"batch item {i} is invalid: {e}", index=i) from e
         if not items:
             return BatchOutcome(())
-        wire = self._s._proc().request(protocol.Submit(items))
+        wire = self._s._proc().request(protocol.Submit([tuple(it) for it in items]))
         return BatchOutcome(outcomes_from_wire(wire))
 
     def cancel(self, task_id: int) -> bool:

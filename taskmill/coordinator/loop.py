@@ -228,6 +228,7 @@ class Coordinator:
             self._watch(host_lifeline, "host", None)
         self._to_spawn: list[int] = []
         self._published = 0.0
+        self._publish_pending = False
         self.writer = _Writer(store, self._wake_w)
 
         self.counters: dict[str, int] = {k: 0 for k in (
@@ -393,6 +394,8 @@ class Coordinator:
             t = min(t, soonest - now)
         if self.stop_deadline is not None:
             t = min(t, self.stop_deadline - now)
+        if self._publish_pending:  # a skipped publication is owed soon, so counters never lag
+            t = min(t, PUBLISH_INTERVAL)
         return t if t > 0.0 else 0.0
 
     def _batch_due(self, now: float) -> bool:
@@ -507,14 +510,16 @@ class Coordinator:
 
     # ================================================================== submission (F3, F4, F6)
 
-    def submit(self, items: list[protocol.SubmitItem]) -> list[tuple]:
+    def submit(self, wire_items: list[tuple[Any, ...]]) -> list[tuple]:
         """Apply a batch of resolved submissions in memory; the caller commits before answering.
 
         Dedup also applies inside the batch. Returns compact outcome tuples in input order.
         """
-        for i, it in enumerate(items):
-            if not isinstance(it, protocol.SubmitItem):
+        width = len(protocol.SubmitItem._fields)
+        for i, t in enumerate(wire_items):
+            if type(t) is not tuple or len(t) != width:
                 raise InvalidSubmission(f"item {i} is not a resolved submission", index=i)
+        items = [protocol.SubmitItem._make(t) for t in wire_items]
         now = self.clock()
         created = utc(now)
         out: list[tuple] = []
@@ -618,7 +623,7 @@ class Coordinator:
             try:
                 # plain pickle: Connection.send builds a ForkingPickler per call; recv() on the other end is the same
                 w.conn.send_bytes(pickle.dumps(
-                    protocol.Run(e.id, e.task_type, payload or "{}", e.retry_count, e.key, e.label, e.priority),
+                    (e.id, e.task_type, payload or "{}", e.retry_count, e.key, e.label, e.priority),  # a protocol.Run
                     pickle.HIGHEST_PROTOCOL))
             except (OSError, ValueError):
                 pass  # its sentinel fires next: handled as a worker death
@@ -656,8 +661,8 @@ class Coordinator:
         try:
             while True:
                 msg = conn.recv()
-                if type(msg) is protocol.Done:
-                    self._on_done(w, msg)
+                if type(msg) is tuple:  # protocol.Done, sent as a plain tuple
+                    self._on_done(w, protocol.Done._make(msg))
                 elif isinstance(msg, protocol.Ready):
                     if msg.error:
                         log.error("worker could not start", pid=msg.pid, error=msg.error)
@@ -952,7 +957,7 @@ class Coordinator:
         policy = self.type_retry.get(task_type) or self.default_retry
         item = protocol.SubmitItem(task_type, dom, key, label, prio, payload, policy.max_retries, None, None, cpus,
                                    memory, rb, wb, rx, tx, group, tags, DuplicateStrategy.SKIP.value)
-        out = self.submit([item])[0]
+        out = self.submit([tuple(item)])[0]
         self._commit()
         return out
 
@@ -1005,8 +1010,10 @@ class Coordinator:
     def _publish(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._published < PUBLISH_INTERVAL:
+            self._publish_pending = True
             return
         self._published = now
+        self._publish_pending = False
         c = dict(self.counters)
         c.update(self.status_counts)
         c["running"] = self.running_total

@@ -110,8 +110,9 @@ def worker_main(conn: Any, lifeline: Any, slot_index: int, shm_name: str) -> Non
                 msg = conn.recv()
             except (EOFError, OSError):
                 return
-            if type(msg) is protocol.Run:
-                conn.send_bytes(pickle.dumps(handle_run(msg, registry, slot, conn), pickle.HIGHEST_PROTOCOL))
+            if type(msg) is tuple:  # protocol.Run, sent as a plain tuple
+                done = handle_run(protocol.Run._make(msg), registry, slot, conn)
+                conn.send_bytes(pickle.dumps(tuple(done), pickle.HIGHEST_PROTOCOL))
             elif isinstance(msg, protocol.Stop):
                 conn.send(protocol.Goodbye(pid))
                 return
