@@ -329,9 +329,10 @@ class Coordinator:
             while True:
                 try:
                     conn = listener.accept()
-                except OSError:
-                    if self.stopping or self.exited:
-                        return  # listener closed
+                except OSError as e:
+                    if self.stopping or self.exited or getattr(listener, "_listener", None) is None:
+                        return  # the listener was closed
+                    log.warning("accept failed", error=str(e))
                     continue
                 threading.Thread(target=handshake, args=(conn,), daemon=True, name="taskmill-auth").start()
 
