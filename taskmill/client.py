@@ -42,6 +42,7 @@ class CoordinatorProcess:
         os.chmod(self.runtime_dir, 0o700)
         self.socket_path = os.path.join(self.runtime_dir, "control.sock")
         self.authkey = os.urandom(32)
+        self._owner_pid = os.getpid()  # a forked child of the host must not stop our coordinator
         self._local = threading.local()
         self._conns: list[Connection] = []
         self._lock = threading.Lock()
@@ -103,6 +104,8 @@ class CoordinatorProcess:
 
     def _conn(self) -> Connection:
         conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid != os.getpid():
+            conn = None  # inherited through fork: the parent's stream, never ours to use
         if conn is None:
             if self.closed:
                 raise SchedulerClosed("the scheduler is closed")
@@ -111,6 +114,7 @@ class CoordinatorProcess:
             except (OSError, EOFError) as e:
                 raise self._broken(e) from e
             self._local.conn = conn
+            self._local.pid = os.getpid()
             with self._lock:
                 self._conns.append(conn)
         return conn
@@ -143,8 +147,11 @@ class CoordinatorProcess:
     # ------------------------------------------------------------------ shutdown
 
     def stop(self) -> None:
-        """Ask the coordinator to shut down per its mode, then wait for it to exit."""
-        if self.closed:
+        """Ask the coordinator to shut down per its mode, then wait for it to exit.
+
+        Does nothing in a forked child of the host: the coordinator belongs to the parent.
+        """
+        if self.closed or os.getpid() != self._owner_pid:
             return
         try:
             try:

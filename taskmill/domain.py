@@ -297,6 +297,11 @@ class Defaults:
 
 def _encode_payload(t: TaskType, payload: Mapping[str, Any]) -> str:
     text = canonical_json(payload)
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError as e:  # a lone surrogate: valid for json.dumps, not UTF-8 text
+            raise InvalidPayload(f"payload of {t.qualified} is not valid UTF-8 text: {e}") from None
     if len(text) > MAX_PAYLOAD_BYTES // 4 and len(text.encode()) > MAX_PAYLOAD_BYTES:
         raise InvalidPayload(f"payload of {t.qualified} is {len(text.encode())} bytes; the limit is {MAX_PAYLOAD_BYTES}")
     return text

@@ -21,6 +21,7 @@ import time
 from multiprocessing.connection import Listener
 from typing import Any
 
+import psutil
 import structlog
 
 from taskmill import protocol
@@ -33,14 +34,15 @@ def _read_config() -> dict[str, Any]:
     return pickle.loads(sys.stdin.buffer.read(n))
 
 
-def _pid_alive(pid: int) -> bool:
+def _is_coordinator(pid: int) -> bool:
+    """True if ``pid`` is a live taskmill coordinator (not merely a live pid: pids get reused)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        cmdline = psutil.Process(pid).cmdline()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return False
-    except PermissionError:
-        return True
-    return True
+    except psutil.AccessDenied:
+        return True  # someone else's process we cannot inspect: be safe
+    return "taskmill.coordinator" in cmdline
 
 
 def _check_state_file(path: str | None) -> None:
@@ -51,7 +53,7 @@ def _check_state_file(path: str | None) -> None:
             pid = int(json.load(f).get("pid", 0))
     except (OSError, ValueError):
         return
-    if pid and pid != os.getpid() and _pid_alive(pid):
+    if pid and pid != os.getpid() and _is_coordinator(pid):
         raise StoreLocked(f"a coordinator (pid {pid}) is already running on this store (state file {path})")
 
 

@@ -94,6 +94,7 @@ def _describe(e: BaseException) -> str:
 def worker_main(conn: Any, lifeline: Any, slot_index: int, shm_name: str) -> None:
     """Entry point of a worker process (target of the fork-server Process)."""
     faulthandler.enable()
+    os.setpgid(0, 0)  # own process group: killing the worker also kills what its task started
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when we stop
     threading.Thread(target=_watch_lifeline, args=(lifeline,), daemon=True, name="taskmill-lifeline").start()
     pid = os.getpid()

@@ -64,10 +64,15 @@ class WorkerHandle:
         return self.process.sentinel
 
     def kill(self, reason: str) -> None:
+        """SIGKILL the worker and its process group (processes its task started)."""
         if self.kill_reason is None:
             self.kill_reason = reason
         try:
-            os.kill(self.pid, signal.SIGKILL)
+            os.killpg(self.pid, signal.SIGKILL)  # the worker leads its own group (worker_main)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            os.kill(self.pid, signal.SIGKILL)  # in case it had not made its group yet
         except ProcessLookupError:
             pass
 
@@ -91,8 +96,9 @@ class WorkerPool:
 
     def spawn(self, index: int) -> WorkerHandle:
         parent, child = self._ctx.Pipe(duplex=True)
+        # Not daemonic, so tasks may start processes of their own; the lifeline ends workers.
         proc = self._ctx.Process(target=worker_main, args=(child, self._lifeline_r, index, self.shm_name),
-                                 name=f"taskmill-worker-{index}", daemon=True)
+                                 name=f"taskmill-worker-{index}", daemon=False)
         proc.start()
         child.close()
         return WorkerHandle(index, proc, parent)
