@@ -16,6 +16,7 @@ other people never cause false alarms.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -25,6 +26,7 @@ from typing import Any
 
 import psutil
 import pytest
+from polling import poll_until
 
 #: Environment marker inherited by every process this test session starts.
 SESSION_MARK = "TASKMILL_TEST_SESSION"
@@ -38,25 +40,10 @@ LEAK_DEADLINE = 10.0
 SHM_DIR = "/dev/shm"
 
 
-def poll_until(cond: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02, what: str = "condition") -> Any:
-    """Call ``cond`` until it returns something truthy; return that value.
-
-    Raises AssertionError (naming ``what``) when ``timeout`` seconds pass first.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last value: {value!r})")
-        time.sleep(interval)
-
-
 @pytest.fixture
 def wait_until() -> Callable[..., Any]:
     """``wait_until(cond, timeout=30, what=...)``: poll ``cond`` until truthy or fail."""
-    return poll_until
+    return functools.partial(poll_until, timeout=30.0)
 
 
 @pytest.fixture

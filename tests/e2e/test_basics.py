@@ -20,23 +20,12 @@ from typing import Any
 import pytest
 
 import taskmill as tm
+from polling import poll_until
 
 DEADLINE = 60.0  # seconds any single wait may take on a loaded 2-core machine
 
 NO_RETRY = tm.RetryPolicy.none()
 FAST_RETRY = tm.RetryPolicy.constant(max_retries=2, delay=0.0)
-
-
-def poll_until(cond: Any, timeout: float = DEADLINE, what: str = "condition") -> Any:
-    """Poll ``cond`` until it returns something truthy (returned), or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
 
 
 # --------------------------------------------------------------------------- task functions (module level)

@@ -19,22 +19,12 @@ import psutil
 import pytest
 
 import taskmill as tm
+from polling import poll_until
 
 DEADLINE = 60.0
 GONE_DEADLINE = 15.0  # the fork server and resource tracker exit a moment after the coordinator
 
 life = tm.Domain("life")
-
-
-def poll_until(cond: Any, timeout: float = DEADLINE, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
 
 
 @life.task
@@ -277,7 +267,7 @@ def test_graceful_shutdown_timeout_requeues(store_path: str, tmp_path: Path) -> 
 
 HOST_SCRIPT = """
 import json, os, sys, time
-sys.path.insert(0, {test_dir!r})
+sys.path[:0] = [{test_dir!r}, os.path.dirname({test_dir!r})]  # tests/e2e and tests/ (polling)
 import taskmill as tm
 from test_lifetimes import life, hold
 
@@ -456,7 +446,7 @@ def test_host_sigkill_leaves_no_runtime_dir(store_path: str, tmp_path: Path, no_
 
 FORK_SCRIPT = """
 import json, os, sys
-sys.path.insert(0, {test_dir!r})
+sys.path[:0] = [{test_dir!r}, os.path.dirname({test_dir!r})]  # tests/e2e and tests/ (polling)
 import taskmill as tm
 from test_lifetimes import life, quick
 

@@ -1,0 +1,25 @@
+"""Polling with a deadline, shared by the tests (never sleep blindly for a condition)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+#: Seconds any single wait may take on a loaded 2-core machine.
+DEADLINE = 60.0
+
+
+def poll_until(cond: Callable[[], Any], timeout: float = DEADLINE, interval: float = 0.02,
+               what: str = "condition") -> Any:
+    """Call ``cond`` until it returns something truthy; return that value.
+
+    Raises AssertionError (naming ``what``) when ``timeout`` seconds pass first.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last value: {value!r})")
+        time.sleep(interval)
