@@ -28,6 +28,10 @@ from taskmill import protocol
 from taskmill.errors import StartupError, StoreLocked, TaskmillError
 
 
+#: Set to a file path to profile the coordinator loop with cProfile (see docs/architecture.md).
+PROFILE_ENV = "TASKMILL_PROFILE"
+
+
 def _read_config() -> dict[str, Any]:
     head = sys.stdin.buffer.read(8)
     (n,) = struct.unpack("<Q", head)
@@ -158,9 +162,11 @@ def main() -> int:
         return 1
 
     try:
-        if os.environ.get("TASKMILL_PROFILE"):
+        profile_to = os.environ.get(PROFILE_ENV)
+        if profile_to:  # a developer's tool: cProfile stats of the loop, written at exit
             import cProfile
-            cProfile.runctx("coord.run()", globals(), locals(), os.environ["TASKMILL_PROFILE"])
+
+            cProfile.runctx("coord.run()", globals(), locals(), profile_to)
         else:
             coord.run()
     except BaseException:
