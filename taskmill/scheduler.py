@@ -18,7 +18,7 @@ import cloudpickle
 
 from taskmill import protocol
 from taskmill.client import CoordinatorProcess
-from taskmill.domain import Defaults, Domain, Submission, TaskOptions, TaskType, dedup_key, resolve
+from taskmill.domain import Defaults, Domain, Submission, TaskOptions, TaskType, resolve
 from taskmill.errors import (
     ConfigError,
     InvalidSubmission,
@@ -437,44 +437,41 @@ class Scheduler:
     def _wait_idle_with_bar(self, timeout: float | None) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        deadline = None if timeout is None else time.monotonic() + timeout
-        first = self.snapshot()
-        start_done = self._finished_count()
-        total = first.pending_count + first.running_count
-        with Progress(TextColumn("[bold]tasks"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                      TimeElapsedColumn(), transient=False) as bar:
-            tid = bar.add_task("", total=max(total, 1))
-            while True:
-                step = PROGRESS_REFRESH
-                if deadline is not None:
-                    step = min(step, max(deadline - time.monotonic(), 0.0))
-                try:
-                    self._proc().request(protocol.WaitIdle(step))
-                    done = True
-                except WaitTimeout:
-                    done = False
-                snap = self.snapshot()
-                finished = self._finished_count() - start_done
-                total = max(total, finished + snap.pending_count + snap.running_count)
-                bar.update(tid, total=max(total, 1), completed=finished,
-                           description=f"running {snap.running_count}, pending {snap.pending_count}")
-                if done:
-                    bar.update(tid, completed=max(total, 1), total=max(total, 1), description="done")
-                    return
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise WaitTimeout("the scheduler did not become idle in time")
-
-    def _finished_count(self) -> int:
         from taskmill.shm import SegmentReader
 
-        reader = SegmentReader(self.shm_name)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        reader = SegmentReader(self.shm_name)  # mapped once for the whole bar
         try:
-            c = reader.counters()
+            first = self.snapshot()
+            start_done = _finished_count(reader)
+            total = first.pending_count + first.running_count
+            with Progress(TextColumn("[bold]tasks"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("{task.description}"), TimeElapsedColumn(), transient=False) as bar:
+                tid = bar.add_task("", total=max(total, 1))
+                while True:
+                    step = PROGRESS_REFRESH
+                    if deadline is not None:
+                        step = min(step, max(deadline - time.monotonic(), 0.0))
+                    try:
+                        self._proc().request(protocol.WaitIdle(step))
+                        done = True
+                    except WaitTimeout:
+                        done = False
+                    snap = self.snapshot()
+                    finished = _finished_count(reader) - start_done
+                    total = max(total, finished + snap.pending_count + snap.running_count)
+                    bar.update(tid, total=max(total, 1), completed=finished,
+                               description=f"running {snap.running_count}, pending {snap.pending_count}")
+                    if done:
+                        bar.update(tid, completed=max(total, 1), total=max(total, 1), description="done")
+                        return
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise WaitTimeout("the scheduler did not become idle in time")
         finally:
             reader.close()
-        return c["completed"] + c["failed"] + c["dead_lettered"] + c["cancelled"] + c["superseded"]
 
 
-def lookup_key(task_type: str, key: str) -> str:
-    """The dedup key ``task_lookup(task_type, key)`` looks for."""
-    return dedup_key(task_type, key)
+def _finished_count(reader: Any) -> int:
+    """Tasks that reached a terminal state, from the shared-memory counters."""
+    c = reader.counters()
+    return c["completed"] + c["failed"] + c["dead_lettered"] + c["cancelled"] + c["superseded"]

@@ -189,7 +189,6 @@ class Coordinator:
         self.by_key: dict[str, Entry] = {}
         self.ready = ReadyQueues()
         self.timers = Timers()
-        self.delayed = 0
         self.running_total = 0
         self.running_by_domain: dict[str, int] = {}
         self.status_counts = {s.value: 0 for s in TaskStatus}
@@ -199,8 +198,6 @@ class Coordinator:
 
         self.workers: list[WorkerHandle | None] = [None] * max_concurrency
         self.idle: list[WorkerHandle] = []
-        self.by_conn: dict[Any, WorkerHandle] = {}
-        self.by_sentinel: dict[int, WorkerHandle] = {}
 
         self.batch = WriteBatch()
         self.batch_ops = 0
@@ -297,8 +294,6 @@ class Coordinator:
     def _spawn(self, index: int) -> WorkerHandle:
         w = self.pool.spawn(index)
         self.workers[index] = w
-        self.by_conn[w.conn] = w
-        self.by_sentinel[w.sentinel] = w
         self._watch(w.conn.fileno(), "worker", w)
         self._watch(w.sentinel, "sentinel", w)
         return w
@@ -590,7 +585,6 @@ class Coordinator:
         if run_after is None:
             self.ready.push(e)
         else:
-            self.delayed += 1
             self.timers.add(run_after, "due", (e, e.qver))
 
     def _domain_blocked(self, domain: str) -> bool:
@@ -756,23 +750,20 @@ class Coordinator:
         self.finished_ids.append(e.id)
 
     def _on_worker_exit(self, w: WorkerHandle) -> None:
-        if self.by_sentinel.get(w.sentinel) is not w:
-            return
+        if self.workers[w.index] is not w:
+            return  # already handled (or shut down)
         if w.conn.poll():
             self._drain_worker(w, all_pending=True)  # a result sent just before the exit still counts
         code = w.exitcode()
         self._unwatch(w.conn.fileno())
         self._unwatch(w.sentinel)
-        self.by_conn.pop(w.conn, None)
-        self.by_sentinel.pop(w.sentinel, None)
         if w in self.idle:
             self.idle.remove(w)
         try:
             w.conn.close()
         except OSError:
             pass
-        if self.workers[w.index] is w:
-            self.workers[w.index] = None
+        self.workers[w.index] = None
         e = w.task
         planned = w.stopping and e is None
         if e is not None:
@@ -809,7 +800,6 @@ class Coordinator:
             if kind == "due":
                 e, ver = payload
                 if e.qver == ver and e.id in self.tasks and e.status == TaskStatus.PENDING and e.worker is None:
-                    self.delayed -= 1
                     e.run_after = None
                     self.ready.push(e)
             elif kind == "timeout":
@@ -937,7 +927,6 @@ class Coordinator:
         if e.queued:
             self.ready.discard(e)
         elif e.run_after is not None:
-            self.delayed -= 1
             e.qver += 1  # the timer item goes stale
         self.status_counts[e.status] -= 1
         e.cancelled = True
@@ -1071,8 +1060,6 @@ class Coordinator:
             if kind in ("worker", "sentinel"):
                 self._unwatch(fd)
         self.workers = [None] * len(self.workers)
-        self.by_conn.clear()
-        self.by_sentinel.clear()
         self.idle.clear()
         self._commit()
         for conn, _ in self.idle_waiters:

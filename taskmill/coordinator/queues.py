@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 __all__ = ["Entry", "ReadyQueues", "Timers"]
 
@@ -22,7 +22,7 @@ class Entry:
     __slots__ = (
         "id", "task_type", "domain", "key", "label", "priority", "status", "created_at", "run_after",
         "retry_count", "max_retries", "retry", "timeout", "cpus", "memory", "group", "payload", "requeue",
-        "requeue_priority", "started_at", "worker", "qver", "queued", "cancelled", "tags", "io",
+        "requeue_priority", "started_at", "worker", "qver", "queued", "cancelled",
     )
 
     def __init__(self, id: int, task_type: str, domain: str, key: str, label: str, priority: int, status: str,
@@ -52,8 +52,6 @@ class Entry:
         self.queued = False
         self.cancelled = False
         self.run_after: float | None = None
-        self.tags = None
-        self.io = (0, 0, 0, 0)
 
     def __repr__(self) -> str:
         return f"<Entry {self.id} {self.task_type} p={self.priority} {self.status}>"
@@ -124,9 +122,6 @@ class ReadyQueues:
         best_d.live -= 1
         self._len -= 1
         return best
-
-    def iter_domains(self) -> Iterable[str]:
-        return self._domains.keys()
 
 
 class Timers:

@@ -397,14 +397,6 @@ class Store:
             "FROM tasks WHERE status = 'running'")
         return int(r), int(w)
 
-    def counts_by_status(self, domain: str | None = None) -> dict[str, int]:
-        where, params = ("WHERE domain = ?", [domain]) if domain else ("", [])
-        return {s: int(n) for s, n in self.con.execute(
-            f"SELECT status, count(*) FROM tasks {where} GROUP BY status", params).fetchall()}
-
-    def tasks_by_ids(self, ids: Sequence[int]) -> list[TaskRecord]:
-        return self._tasks("WHERE id IN (SELECT unnest($1::BIGINT[])) ORDER BY priority, id", [list(ids)])
-
     # ------------------------------------------------------------------ seed: history queries
 
     def history(self, limit: int, offset: int = 0) -> list[TaskHistoryRecord]:

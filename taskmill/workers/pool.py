@@ -14,7 +14,6 @@ import multiprocessing
 import os
 import sys
 import signal
-import time
 from multiprocessing import forkserver, resource_tracker
 from multiprocessing.connection import Connection
 from typing import Any
@@ -46,7 +45,7 @@ def describe_exit(exitcode: int | None) -> str:
 class WorkerHandle:
     """One worker process as the coordinator sees it."""
 
-    __slots__ = ("index", "process", "conn", "pid", "ready", "task", "kill_reason", "stopping", "spawned_at")
+    __slots__ = ("index", "process", "conn", "pid", "ready", "task", "kill_reason", "stopping")
 
     def __init__(self, index: int, process: Any, conn: Connection) -> None:
         self.index = index
@@ -57,7 +56,6 @@ class WorkerHandle:
         self.task: Any = None  # the Entry it runs, or None when idle
         self.kill_reason: str | None = None
         self.stopping = False
-        self.spawned_at = time.monotonic()
 
     @property
     def sentinel(self) -> int:
