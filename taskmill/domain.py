@@ -2,22 +2,38 @@
 
 A ``Domain`` groups task types and their defaults; ``@domain.task`` turns a
 plain function into a ``TaskType``. Submissions are resolved on the host into
-``protocol.SubmitItem`` tuples: every default applied, the payload checked and
-encoded, the dedup key computed, so the coordinator only stores and schedules.
-Imports only leaves (errors, records, protocol).
+``protocol.SubmitItem`` tuples: every default applied, every value normalised to a
+plain builtin and bounded (``taskmill.validation``), the payload checked against the
+task function's signature and encoded, the dedup key computed, so the coordinator
+only stores and schedules. Imports only leaves (errors, records, protocol, validation).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
-import math
+import json.encoder
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from taskmill.errors import ConfigError, InvalidPayload
 from taskmill.protocol import SubmitItem
 from taskmill.records import DuplicateStrategy, IoBudget, Priority, RetryPolicy
+from taskmill.validation import (
+    INT32_MAX,
+    INT64_MAX,
+    MAX_DELAY_SECONDS,
+    as_float,
+    as_int,
+    as_opt_str,
+    as_seconds,
+    as_str,
+    check_json,
+    describe,
+    did_you_mean,
+    usable_cpus,
+)
 
 __all__ = ["Domain", "Submission", "TaskOptions", "TaskType", "dedup_key"]
 
@@ -34,12 +50,65 @@ _OVERRIDES = frozenset(
 )
 
 
+_STR = frozenset({str})
+#: The name reserved for the context argument, whatever the function calls its first parameter.
+CONTEXT_KEYWORD = "ctx"
+
+
 def canonical_json(payload: Mapping[str, Any]) -> str:
-    """Encode a payload as canonical JSON (sorted keys, no spaces, no NaN)."""
+    """Encode a payload as canonical JSON (sorted keys, no spaces, no NaN).
+
+    Raises:
+        InvalidPayload: a value JSON cannot carry faithfully, named by its place
+            (``payload['a'][2]['b']: float nan is not allowed …``): a non-JSON type,
+            nan/infinity, a non-str dict key, a circular reference, or nesting
+            deeper than ``MAX_PAYLOAD_DEPTH``.
+    """
+    if type(payload) is not dict:
+        if not isinstance(payload, Mapping):
+            raise InvalidPayload(f"payload must be a dict of keyword arguments, got {describe(payload)}")
+        payload = dict(payload)
+    if not _STR.issuperset(map(type, payload)):
+        check_json(payload)  # json.dumps would turn a non-str key into a string silently
+    return _encode_json(payload)
+
+
+def _json_default(value: Any) -> Any:
+    raise TypeError(f"{describe(value)} is not JSON-serializable")
+
+
+def _make_dumps() -> Callable[[Any], str]:
+    """``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)``, built once.
+
+    ``json.dumps`` with options constructs a new encoder on every call, two thirds of its
+    cost for a small payload; this is the very encoder it would build, made once.
+    """
+    c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if c_make_encoder is None:  # no C accelerator: the pure-Python encoder, same output
+        return json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                                default=_json_default).encode
+    # markers=None skips the circular-reference bookkeeping: any payload with a container is walked by
+    # check_json (which finds cycles), and a cycle that reaches the encoder ends in a caught RecursionError.
+    encode = c_make_encoder(None, _json_default, json.encoder.encode_basestring, None, ":", ",", True, False, False)
+    return lambda value: "".join(encode(value, 0))
+
+
+_dumps = _make_dumps()
+
+
+def _encode_json(payload: dict[str, Any]) -> str:
+    """``canonical_json`` for a dict whose top-level keys are known to be str."""
     try:
-        return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as e:
+        text = _dumps(payload)
+    except (TypeError, ValueError, RecursionError) as e:
+        check_json(payload)  # names the place (a nan, a Path, a cycle …)
         raise InvalidPayload(f"payload is not JSON-serializable: {e}") from None
+    # A flat payload (the common case) encodes to text with no "[" and no "{" after the first character,
+    # and the encoder has checked all of it. Otherwise (nested containers, or brackets inside a string)
+    # walk it for what the encoder lets through: non-str keys in nested dicts, nesting depth.
+    if "[" in text or text.find("{", 1) != -1:
+        check_json(payload)
+    return text
 
 
 def dedup_key(task_type: str, key_material: str) -> str:
@@ -64,7 +133,8 @@ def _check_tags(tags: Any) -> dict[str, str]:
     out = {}
     for k, v in tags.items():
         if not isinstance(k, str) or not isinstance(v, str):
-            raise TypeError(f"tags must map str to str, got {k!r}: {v!r}")
+            raise TypeError(f"tags must map str to str, got {describe(k)} {k!r}: {describe(v)} {v!r}")
+        k, v = str.__str__(k), str.__str__(v)  # StrEnum members and other subclasses travel as plain str
         if len(k.encode()) > MAX_TAG_KEY_BYTES:
             raise ValueError(f"tag key {k[:20]!r}… is over {MAX_TAG_KEY_BYTES} bytes")
         if len(v.encode()) > MAX_TAG_VALUE_BYTES:
@@ -73,12 +143,123 @@ def _check_tags(tags: Any) -> dict[str, str]:
     return out
 
 
-def _check_positive_number(value: Any, what: str, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"{what} must be a finite number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{what} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return float(value)
+def _check_cpus(value: Any, what: str) -> float:
+    # nan/inf are a TypeError ("must be a finite number"), as this module always had it.
+    return as_float(value, what, lo=0.0, lo_open=True, nonfinite=TypeError)
+
+
+def check_timeout(value: Any, what: str = "timeout") -> float:
+    """A task timeout: finite seconds (or a ``timedelta``) in (0, ``MAX_DELAY_SECONDS``].
+
+    Raises:
+        TypeError: not a number, or nan/infinite.
+        ValueError: <= 0 or over ``MAX_DELAY_SECONDS``.
+    """
+    return as_seconds(value, what, lo_open=True, hi=MAX_DELAY_SECONDS, nonfinite=TypeError)
+
+
+def _check_memory(value: Any, what: str) -> int:
+    # A ValueError for any bad memory (wrong types too), as this module always had it.
+    return as_int(value, what, hi=INT64_MAX, wrong_type=ValueError)
+
+
+def _check_group(value: Any, what: str = "group") -> str | None:
+    return as_opt_str(value, what)
+
+
+def _check_retry(value: Any, what: str = "retry") -> RetryPolicy | None:
+    if value is not None and not isinstance(value, RetryPolicy):
+        raise TypeError(f"{what} must be a RetryPolicy or None, got {describe(value)}")
+    return value
+
+
+def _check_duplicate(value: Any) -> DuplicateStrategy:
+    if isinstance(value, DuplicateStrategy):
+        return value
+    choices = [d.value for d in DuplicateStrategy]
+    if not isinstance(value, str):
+        raise TypeError(f"duplicate must be one of {choices}, got {describe(value)} {value!r}")
+    try:
+        return DuplicateStrategy(str.__str__(value))
+    except ValueError:
+        raise ValueError(f"duplicate must be one of {choices}, got {value!r}") from None
+
+
+def _check_task_name(name: Any) -> str:
+    name = as_str(name, "task name")
+    if not name or "::" in name:
+        raise ValueError(f"task name must be a non-empty str without '::', got {name!r}")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class _Keywords:
+    """The payload keywords a task function takes, read once per task type with ``inspect.signature``."""
+
+    allowed: frozenset[str] | None  # None: it takes **kwargs, so any name but the reserved ones
+    required: frozenset[str]
+    reserved: frozenset[str]  # "ctx" and the name of the parameter that receives the context
+
+
+def _read_keywords(fn: Callable[..., Any], qualified: str) -> _Keywords:
+    """Inspect ``fn`` once: it must take the context as its first positional argument.
+
+    Raises:
+        ConfigError: no positional parameter for the context, a required
+            positional-only parameter after it, or a later parameter named ``ctx``.
+    """
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # some C callables have no signature: check only the reserved name
+        return _Keywords(allowed=None, required=frozenset(), reserved=frozenset({CONTEXT_KEYWORD}))
+    P = inspect.Parameter
+    params = list(sig.parameters.values())
+    first = params[0] if params else None
+    if first is None or first.kind not in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD, P.VAR_POSITIONAL):
+        raise ConfigError(f"{qualified}: the task function's first parameter receives the TaskContext, so it must "
+                          f"take one positional argument (def fn(ctx, **payload)); its signature is {sig}")
+    allowed: set[str] = set()
+    required: set[str] = set()
+    var_keyword = False
+    for p in params[1:]:
+        if p.kind is P.VAR_KEYWORD:
+            var_keyword = True
+        elif p.kind is P.POSITIONAL_ONLY:
+            if p.default is P.empty:
+                raise ConfigError(f"{qualified}: parameter {p.name!r} is positional-only and required, but payload "
+                                  f"values are passed as keywords; its signature is {sig}")
+        elif p.kind is not P.VAR_POSITIONAL:
+            if p.name == CONTEXT_KEYWORD:
+                raise ConfigError(f"{qualified}: only the first parameter may be named {CONTEXT_KEYWORD!r} (it "
+                                  f"receives the TaskContext); its signature is {sig}")
+            allowed.add(p.name)
+            if p.default is P.empty:
+                required.add(p.name)
+    reserved = {CONTEXT_KEYWORD} if first.kind is P.VAR_POSITIONAL else {CONTEXT_KEYWORD, first.name}
+    return _Keywords(allowed=None if var_keyword else frozenset(allowed), required=frozenset(required),
+                     reserved=frozenset(reserved))
+
+
+def _explain_keywords(t: TaskType, payload: dict[str, Any]) -> None:
+    """Raise the TypeError that calling ``t``'s function with ``payload`` would raise, on the host.
+
+    Returns only when the payload fits after all: the cheap check refuses str-subclass
+    keys for a ``**kwargs`` function, and those are fine (JSON writes them as plain str).
+    """
+    kw = t._keywords
+    for k in payload:
+        if not isinstance(k, str):
+            raise TypeError(f"{t.qualified}() keywords must be str, got {describe(k)} {k!r}")
+    for k in sorted(payload):
+        if k in kw.reserved:
+            raise TypeError(f"{t.qualified}() got the keyword {k!r}, which is reserved: the task function's first "
+                            f"argument receives the TaskContext")
+        if kw.allowed is not None and k not in kw.allowed:
+            raise TypeError(f"{t.qualified}() got an unexpected keyword {k!r}{did_you_mean(k, kw.allowed)}")
+    missing = sorted(kw.required - payload.keys())
+    if missing:
+        names = ", ".join(repr(m) for m in missing)
+        raise TypeError(f"{t.qualified}() missing required keyword{'s' if len(missing) > 1 else ''} {names}")
 
 
 class Domain:
@@ -115,23 +296,23 @@ class Domain:
         tags: Mapping[str, str] | None = None,
         state: Mapping[str, Any] | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name or "::" in name:
+        if not isinstance(name, str) or not name or "::" in name:  # ValueError for any bad name, as always
             raise ValueError(f"domain name must be a non-empty str without '::', got {name!r}")
-        if max_concurrency is not None and (
-            isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1
-        ):
-            raise ValueError(f"max_concurrency must be an int >= 1 or None, got {max_concurrency!r}")
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise TypeError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
+        name = str.__str__(name)
+        if max_concurrency is not None:
+            max_concurrency = as_int(max_concurrency, "max_concurrency (an int >= 1 or None)", lo=1, hi=INT32_MAX,
+                                     wrong_type=ValueError)
+        if state is not None and not isinstance(state, Mapping):
+            raise TypeError(f"state must be a mapping of names to objects or None, got {describe(state)}")
         self.name = name
         self.max_concurrency = max_concurrency
         self.default_priority = (None if default_priority is None
                                  else _check_priority(default_priority, f"domain {name!r} default_priority"))
-        self.retry = retry
-        self.timeout = None if timeout is None else _check_positive_number(timeout, "timeout")
-        self.group = group
+        self.retry = _check_retry(retry)
+        self.timeout = None if timeout is None else check_timeout(timeout, f"domain {name!r} timeout")
+        self.group = _check_group(group, f"domain {name!r} group")
         self.tags = _check_tags(tags)
-        self.state: dict[str, Any] = dict(state or {})
+        self.state: dict[str, Any] = {as_str(k, "state key"): v for k, v in (state or {}).items()}
         self.tasks: dict[str, TaskType] = {}
 
     def __repr__(self) -> str:
@@ -159,13 +340,20 @@ class Domain:
         (``@domain.task``) or with options (``@domain.task(cpus=2)``).
 
         Raises:
-            ConfigError: a task of the same name is already registered here.
+            ConfigError: a task of the same name is already registered here, a
+                lambda has no ``name=``, or the function cannot take the
+                TaskContext as its first positional argument.
+            ValueError: an empty name or one containing ``::``; an option out of range.
+            TypeError: an option of the wrong type (the message names it).
         """
+        if name is not None:
+            name = _check_task_name(name)
 
         def register(f: Callable[..., Any]) -> TaskType:
             tname = name or getattr(f, "__name__", None)
             if not tname or tname == "<lambda>":
                 raise ConfigError("a lambda task needs name=…")
+            tname = _check_task_name(tname)
             if tname in self.tasks:
                 raise ConfigError(f"task {tname!r} is already registered in domain {self.name!r}")
             tt = TaskType(
@@ -218,23 +406,23 @@ class TaskType:
             raise TypeError(f"task function must be callable, got {fn!r}")
         if not isinstance(expected_io, IoBudget):
             raise TypeError(f"expected_io must be an IoBudget, got {type(expected_io).__name__}")
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise TypeError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
+        name = _check_task_name(name)
         self.domain = domain
         self.name = name
         self.qualified = f"{domain.name}::{name}"
         self.fn = fn
+        self._keywords = _read_keywords(fn, self.qualified)
         self.expected_io = expected_io
-        self.cpus = _check_positive_number(cpus, f"{self.qualified} cpus")
-        if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
-            raise ValueError(f"{self.qualified} memory must be an int >= 0, got {memory!r}")
-        self.memory = memory
+        self.cpus = _check_cpus(cpus, f"{self.qualified} cpus")
+        self.memory = _check_memory(memory, f"{self.qualified} memory")
         self.priority = None if priority is None else _check_priority(priority, f"{self.qualified} priority")
-        self.retry = retry
-        self.timeout = None if timeout is None else _check_positive_number(timeout, "timeout")
-        self.group = group
+        self.retry = _check_retry(retry, f"{self.qualified} retry")
+        self.timeout = None if timeout is None else check_timeout(timeout, f"{self.qualified} timeout")
+        self.group = _check_group(group, f"{self.qualified} group")
+        if key is not None and not callable(key):
+            key = as_str(key, f"{self.qualified} key (a str, a function of the payload, or None)")
         self.key = key
-        self.duplicate = DuplicateStrategy(duplicate)
+        self.duplicate = _check_duplicate(duplicate)
         self.tags = _check_tags(tags)
         self._resolved: tuple[Defaults, SubmitItem] | None = None  # resolve()'s per-type cache
         self.__doc__ = getattr(fn, "__doc__", None)
@@ -288,15 +476,33 @@ class Submission:
 
 @dataclass(frozen=True, slots=True)
 class Defaults:
-    """Scheduler-wide defaults, the last level before built-ins."""
+    """Scheduler-wide defaults, the last level before built-ins, and the limits a submission must fit.
+
+    ``cpu_capacity`` is the most cores one task may ask for (SPEC §6): for now the
+    cores this process may use; a ``Capacity(cpus=…)`` setting will replace it.
+    """
 
     priority: int = int(Priority.NORMAL)
     retry: RetryPolicy = RetryPolicy()
     timeout: float | None = None
+    cpu_capacity: float = field(default_factory=usable_cpus)
 
 
 def _encode_payload(t: TaskType, payload: Mapping[str, Any]) -> str:
-    text = canonical_json(payload)
+    if type(payload) is not dict:
+        if not isinstance(payload, Mapping):
+            raise InvalidPayload(f"payload of {t.qualified} must be a dict of keyword arguments, "
+                                 f"got {describe(payload)}")
+        payload = dict(payload)
+    # The payload fits the function (set operations on the signature read once per type).
+    kw = t._keywords
+    keys = payload.keys()
+    if kw.allowed is not None:
+        if not (keys <= kw.allowed and kw.required <= keys):
+            _explain_keywords(t, payload)
+    elif not (kw.reserved.isdisjoint(keys) and kw.required <= keys and _STR.issuperset(map(type, keys))):
+        _explain_keywords(t, payload)
+    text = _encode_json(payload)  # the keyword check made every top-level key a str
     if not text.isascii():
         try:
             text.encode()
@@ -309,18 +515,31 @@ def _encode_payload(t: TaskType, payload: Mapping[str, Any]) -> str:
 
 def resolve(sub: Submission, defaults: Defaults) -> SubmitItem:
     """Apply the configuration order submission > type > domain > scheduler > built-in,
-    validate, encode the payload and compute the dedup key."""
+    validate, encode the payload and compute the dedup key.
+
+    Every value of the result is a plain builtin within the store's column types.
+
+    Raises:
+        InvalidPayload: the payload is not JSON-serializable (the place is named) or over 1 MiB.
+        TypeError: a payload that does not fit the task function's signature, or an
+            option of the wrong type.
+        ValueError: an option out of range (e.g. ``cpus`` over the scheduler's CPU capacity).
+    """
     t, o = sub.task, sub.overrides
     if not o and t.key is None:
         # Fast path (batches): everything but the payload and its key is fixed per type.
         cached = t._resolved
         if cached is None or cached[0] is not defaults:
-            template = resolve(Submission(task=t, payload={}, overrides={"label": t.qualified}), defaults)
+            template = _resolve_options(t, {"label": t.qualified}, {}, "{}", defaults)
             cached = t._resolved = (defaults, template)
         payload = _encode_payload(t, sub.payload)
         return cached[1]._replace(key=dedup_key(t.qualified, payload), payload=payload)
-    payload = _encode_payload(t, sub.payload)
+    return _resolve_options(t, o, sub.payload, _encode_payload(t, sub.payload), defaults)
 
+
+def _resolve_options(t: TaskType, o: Mapping[str, Any], raw_payload: Mapping[str, Any], payload: str,
+                     defaults: Defaults) -> SubmitItem:
+    """The full resolution of one submission whose payload is already checked and encoded."""
     prio = o.get("priority", _NOT_GIVEN)
     if prio is _NOT_GIVEN:
         prio = next(p for p in (t.priority, t.domain.default_priority, defaults.priority) if p is not None)
@@ -328,38 +547,36 @@ def resolve(sub: Submission, defaults: Defaults) -> SubmitItem:
 
     explicit = o.get("key", None)
     if explicit is None and t.key is not None:
-        explicit = t.key(**sub.payload) if callable(t.key) else t.key
-    if explicit is not None and not isinstance(explicit, str):
-        raise TypeError(f"key must be a str, got {type(explicit).__name__}")
+        explicit = t.key(**raw_payload) if callable(t.key) else t.key
+    if explicit is not None:
+        explicit = as_str(explicit, "key")
     key = dedup_key(t.qualified, explicit if explicit is not None else payload)
-    label = o.get("label") or explicit or t.qualified
-    if not isinstance(label, str):
-        raise TypeError(f"label must be a str, got {type(label).__name__}")
+    label = o.get("label")
+    if label is not None:
+        label = as_str(label, "label")
+    label = label or explicit or t.qualified
 
-    retry = o.get("retry", None)
-    if retry is not None and not isinstance(retry, RetryPolicy):
-        raise TypeError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
+    retry = _check_retry(o.get("retry", None))
     policy = retry or t.effective_retry(defaults.retry)
 
     timeout = o.get("timeout", _NOT_GIVEN)
     if timeout is _NOT_GIVEN:
         timeout = t.timeout if t.timeout is not None else (t.domain.timeout or defaults.timeout)
     elif timeout is not None:
-        timeout = _check_positive_number(timeout, "timeout")
+        timeout = check_timeout(timeout)
 
     io = o.get("expected_io", t.expected_io)
     if not isinstance(io, IoBudget):
         raise TypeError(f"expected_io must be an IoBudget, got {type(io).__name__}")
-    cpus = _check_positive_number(o["cpus"], "cpus") if "cpus" in o else t.cpus
-    memory = o.get("memory", t.memory)
-    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
-        raise ValueError(f"memory must be an int >= 0, got {memory!r}")
+    cpus = _check_cpus(o["cpus"], "cpus") if "cpus" in o else t.cpus
+    if cpus > defaults.cpu_capacity:
+        raise ValueError(f"{t.qualified}: cpus={cpus:g} is more than the scheduler's CPU capacity of "
+                         f"{defaults.cpu_capacity:g} cores")
+    memory = _check_memory(o["memory"], "memory") if "memory" in o else t.memory
 
     tags = {**t.domain.tags, **t.tags, **_check_tags(o.get("tags"))}
-    group = o.get("group", t.group if t.group is not None else t.domain.group)
-    if group is not None and not isinstance(group, str):
-        raise TypeError(f"group must be a str or None, got {type(group).__name__}")
-    duplicate = DuplicateStrategy(o.get("duplicate", t.duplicate))
+    group = _check_group(o["group"]) if "group" in o else (t.group if t.group is not None else t.domain.group)
+    duplicate = _check_duplicate(o.get("duplicate", t.duplicate))
 
     return SubmitItem(
         task_type=t.qualified,

@@ -19,13 +19,18 @@ Leaf module: imports nothing from taskmill.
     │   ├── NotATaskmillStore  the file is not a DuckDB file or holds other tables
     │   ├── SchemaTooNew       written by a newer taskmill
     │   ├── StoreLocked        another coordinator owns the store
-    │   └── QueryRefused       (also ValueError) ``sql()`` got a write or several statements
+    │   ├── QueryRefused       (also ValueError) ``sql()`` got a write, several statements,
+    │   │                      or a result over the size cap
+    │   └── QueryTimeout       (also TimeoutError) a query ran past its time limit
     └── TaskError              raised *inside* task functions to steer retries
         ├── Retryable          retry under the policy (optionally after a delay)
         └── Permanent          fail now, no retry
 """
 
 from __future__ import annotations
+
+import math
+from datetime import timedelta
 
 __all__ = [
     "ConfigError",
@@ -34,6 +39,7 @@ __all__ = [
     "NotATaskmillStore",
     "Permanent",
     "QueryRefused",
+    "QueryTimeout",
     "Retryable",
     "SchedulerBroken",
     "SchedulerClosed",
@@ -158,8 +164,19 @@ class QueryRefused(StoreError, ValueError):
     """``sql()`` accepts exactly one read-only statement."""
 
 
+class QueryTimeout(StoreError, TimeoutError):
+    """A read-only query ran longer than its time limit and was interrupted."""
+
+
 class TaskError(TaskmillError):
     """Base of the exceptions a task function raises to steer its outcome."""
+
+
+#: Longest accepted delay or timeout in seconds (one year): retry backoff, ``retry_after``,
+#: task timeouts, shutdown grace. Longer is surely a unit mistake, and a bound keeps every
+#: deadline the coordinator computes a finite float. Defined here because ``Retryable`` needs
+#: it and this module imports nothing; ``taskmill.validation`` re-exports it.
+MAX_DELAY_SECONDS = 365 * 24 * 3600.0
 
 
 class Retryable(TaskError):
@@ -168,17 +185,37 @@ class Retryable(TaskError):
     Args:
         message: Stored as the task's error text.
         retry_after: Seconds to wait before the retry instead of the policy's
-            delay; ``None`` uses the policy.
+            delay (a number or a ``timedelta``, 0..``MAX_DELAY_SECONDS``); ``None``
+            uses the policy.
+
+    Raises:
+        ValueError: ``retry_after`` is not a finite number of seconds in range.
     """
 
-    def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
+    def __init__(self, message: str = "", *, retry_after: float | timedelta | None = None) -> None:
         super().__init__(message)
-        if retry_after is not None and retry_after < 0:
-            raise ValueError(f"retry_after must be >= 0, got {retry_after!r}")
-        self.retry_after = retry_after
+        self.retry_after = _check_retry_after(retry_after)
 
     def __reduce__(self) -> tuple[object, tuple[str, float | None]]:  # keyword-only args need help to pickle
         return (_rebuild_retryable, (str(self), self.retry_after))
+
+
+def _check_retry_after(value: object) -> float | None:
+    """``retry_after`` as a plain float within 0..MAX_DELAY_SECONDS (it travels to the coordinator)."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"retry_after must be None or a number of seconds, got {type(value).__name__} {value!r}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not 0.0 <= seconds <= MAX_DELAY_SECONDS:  # also false for nan
+        raise ValueError(f"retry_after must be a finite number of seconds in 0..{MAX_DELAY_SECONDS:g} "
+                         f"(MAX_DELAY_SECONDS), got {value!r}")
+    return seconds
 
 
 def _rebuild_retryable(message: str, retry_after: float | None) -> Retryable:

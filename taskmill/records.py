@@ -1,7 +1,8 @@
 """Value types shared by every process: enums, policies and query records.
 
-Leaf module: imports only ``taskmill.errors``. Records are frozen snapshots
-(never live objects) with a JSON-friendly ``to_dict()``.
+Leaf module: imports only ``taskmill.errors`` and the ``taskmill.validation`` leaf
+(bounds and normalisers). Records are frozen snapshots (never live objects) with a
+JSON-friendly ``to_dict()``; policies normalise their fields to plain builtins.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterator, Sequence
+
+from taskmill.validation import INT32_MAX, INT64_MAX, MAX_DELAY_SECONDS, as_float, as_int, as_seconds
 
 __all__ = [
     "BatchOutcome",
@@ -135,7 +138,14 @@ _PRIORITY_NAMES = {0: "REALTIME", 64: "HIGH", 128: "NORMAL", 192: "BACKGROUND", 
 
 @dataclass(**_RECORD)
 class IoBudget(_ToDict):
-    """Expected IO of one task run, in bytes (disk read/write, network rx/tx)."""
+    """Expected IO of one task run, in bytes (disk read/write, network rx/tx).
+
+    Each field is an int in 0..``INT64_MAX`` (int subclasses are converted).
+
+    Raises:
+        TypeError: a field is not an int (or is a bool).
+        ValueError: a field is negative or over ``INT64_MAX``.
+    """
 
     disk_read: int = 0
     disk_write: int = 0
@@ -144,11 +154,7 @@ class IoBudget(_ToDict):
 
     def __post_init__(self) -> None:
         for f in ("disk_read", "disk_write", "net_rx", "net_tx"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"IoBudget.{f} must be an int, got {v!r}")
-            if v < 0:
-                raise ValueError(f"IoBudget.{f} must be >= 0, got {v}")
+            object.__setattr__(self, f, as_int(getattr(self, f), f"IoBudget.{f}", hi=INT64_MAX))
 
     @classmethod
     def disk(cls, read: int, write: int) -> IoBudget:
@@ -173,12 +179,23 @@ class BackoffKind(enum.StrEnum):
     EXPONENTIAL_JITTER = "exponential_jitter"
 
 
+#: Largest ``RetryPolicy.multiplier``: beyond it the second retry already waits hours.
+MAX_MULTIPLIER = 1000.0
+#: The shutdown modes (F11).
+SHUTDOWN_MODES = ("hard", "graceful")
+
+
 @dataclass(**_RECORD)
 class RetryPolicy(_ToDict):
     """How often and how soon a failed task is retried (F9).
 
     Build one with the class methods; ``max_retries`` counts retries after the
-    first attempt. Delays are in seconds and never exceed ``max_delay``.
+    first attempt (0..``INT32_MAX``). Delays are in seconds (a ``timedelta`` is
+    converted), finite, in 0..``MAX_DELAY_SECONDS``, and never exceed
+    ``max_delay``; ``multiplier`` is in 1..``MAX_MULTIPLIER``.
+
+    Raises:
+        ValueError: a field breaks its rule (the message names it).
     """
 
     kind: BackoffKind = BackoffKind.EXPONENTIAL
@@ -189,15 +206,17 @@ class RetryPolicy(_ToDict):
     multiplier: float = 2.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", BackoffKind(self.kind))
-        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
-            raise ValueError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
-        for f in ("initial", "max_delay", "step"):
-            v = getattr(self, f)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"RetryPolicy.{f} must be a finite number >= 0, got {v!r}")
-        if not isinstance(self.multiplier, (int, float)) or not self.multiplier >= 1:
-            raise ValueError(f"RetryPolicy.multiplier must be >= 1, got {self.multiplier!r}")
+        # ValueError throughout, wrong types included: what this class always raised.
+        kinds = [k.value for k in BackoffKind]
+        if not isinstance(self.kind, str) or str.__str__(self.kind) not in kinds:
+            raise ValueError(f"RetryPolicy.kind must be one of {kinds}, got {self.kind!r}")
+        object.__setattr__(self, "kind", BackoffKind(str.__str__(self.kind)))
+        object.__setattr__(self, "max_retries",
+                           as_int(self.max_retries, "RetryPolicy.max_retries", hi=INT32_MAX, wrong_type=ValueError))
+        for f in ("initial", "max_delay", "step"):  # seconds, or a timedelta
+            object.__setattr__(self, f, as_seconds(getattr(self, f), f"RetryPolicy.{f}", wrong_type=ValueError))
+        object.__setattr__(self, "multiplier", as_float(self.multiplier, "RetryPolicy.multiplier", lo=1.0,
+                                                        hi=MAX_MULTIPLIER, wrong_type=ValueError))
 
     @classmethod
     def constant(cls, max_retries: int = 3, delay: float = 1.0) -> RetryPolicy:
@@ -241,15 +260,19 @@ class RetryPolicy(_ToDict):
         if retry_number < 1:
             raise ValueError("retry_number is 1-based")
         n = retry_number - 1
+        cap = min(self.max_delay, MAX_DELAY_SECONDS)  # fields are checked; this holds even for a forged instance
         if self.kind is BackoffKind.CONSTANT:
-            return min(self.initial, self.max_delay)
+            return min(self.initial, cap)
         if self.kind is BackoffKind.LINEAR:
-            return min(self.initial + self.step * n, self.max_delay)
+            try:
+                return min(self.initial + self.step * n, cap)
+            except OverflowError:  # n beyond float range: the cap was passed long ago
+                return cap
         try:
             growth = float(self.multiplier) ** n
         except OverflowError:
             growth = math.inf
-        base = min(self.initial * growth if self.initial else 0.0, self.max_delay)
+        base = min(self.initial * growth if self.initial else 0.0, cap)
         if self.kind is BackoffKind.EXPONENTIAL:
             return base
         r = (rng or random).random()
@@ -262,10 +285,24 @@ class RetryPolicy(_ToDict):
 
 @dataclass(**_RECORD)
 class Shutdown(_ToDict):
-    """How the scheduler stops running tasks when it closes (F11)."""
+    """How the scheduler stops running tasks when it closes (F11).
+
+    ``mode`` is ``"hard"`` or ``"graceful"``; ``timeout`` (graceful only) is
+    finite seconds (or a ``timedelta``) in 0..``MAX_DELAY_SECONDS``.
+
+    Raises:
+        ValueError: a bad mode or timeout (the message names it).
+    """
 
     mode: str = "hard"
     timeout: float = 0.0
+
+    def __post_init__(self) -> None:
+        mode = self.mode
+        if not isinstance(mode, str) or str.__str__(mode) not in SHUTDOWN_MODES:
+            raise ValueError(f"Shutdown.mode must be one of {list(SHUTDOWN_MODES)}, got {mode!r}")
+        object.__setattr__(self, "mode", str.__str__(mode))
+        object.__setattr__(self, "timeout", as_seconds(self.timeout, "Shutdown.timeout", wrong_type=ValueError))
 
     @classmethod
     def hard(cls) -> Shutdown:
@@ -274,10 +311,12 @@ class Shutdown(_ToDict):
 
     @classmethod
     def graceful(cls, timeout: float) -> Shutdown:
-        """Stop dispatching, wait up to ``timeout`` seconds for running tasks, then cancel the rest."""
-        if not isinstance(timeout, (int, float)) or timeout < 0:
-            raise ValueError(f"graceful shutdown timeout must be >= 0, got {timeout!r}")
-        return cls(mode="graceful", timeout=float(timeout))
+        """Stop dispatching, wait up to ``timeout`` seconds for running tasks, then cancel the rest.
+
+        Raises:
+            ValueError: ``timeout`` is not a finite number in 0..``MAX_DELAY_SECONDS``.
+        """
+        return cls(mode="graceful", timeout=as_seconds(timeout, "graceful shutdown timeout", wrong_type=ValueError))
 
 
 # --------------------------------------------------------------------------- task records

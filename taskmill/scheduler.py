@@ -2,8 +2,9 @@
 
 Everything here is a thin, synchronous proxy: submissions are resolved and
 validated on the host (nothing reaches the coordinator half-checked), then
-sent as one request; queries are forwarded by name. Imports only leaves and
-the client channel — never the coordinator or the store.
+sent as one request; queries are forwarded by name once every argument is a
+plain builtin in range (``taskmill.validation``). Imports only leaves and the
+client channel — never the coordinator or the store.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import os
 import sys
 import time
 import weakref
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import cloudpickle
 
 from taskmill import protocol
 from taskmill.client import CoordinatorProcess
-from taskmill.domain import Defaults, Domain, Submission, TaskOptions, TaskType, resolve
+from taskmill.domain import Defaults, Domain, Submission, TaskOptions, TaskType, check_timeout, resolve
 from taskmill.errors import (
     ConfigError,
     InvalidSubmission,
@@ -41,6 +42,18 @@ from taskmill.records import (
     TypeStats,
     outcomes_from_wire,
 )
+from taskmill.validation import (
+    INT32_MAX,
+    MAX_POLL_INTERVAL,
+    MAX_PRUNE_DAYS,
+    as_float,
+    as_int,
+    as_str,
+    as_wait_timeout,
+    describe,
+    sql_params,
+    usable_cpus,
+)
 
 __all__ = ["DEFAULT_STORE", "DomainHandle", "Scheduler", "TaskStore"]
 
@@ -54,6 +67,11 @@ class TaskStore:
     """Unscoped queries over all tasks (the seed's ``TaskStore``); ``sched.store``.
 
     Store-level calls take qualified task types (``"media::thumbnail"``).
+
+    Every method checks its arguments on the host first: ids, limits and offsets
+    are ints in 0..``INT64_MAX`` (int subclasses such as ``IntEnum`` converted),
+    task types and keys are str (subclasses converted); anything else is a
+    ``TypeError``/``ValueError`` naming the argument, and nothing is sent.
     """
 
     def __init__(self, sched: Scheduler) -> None:
@@ -72,7 +90,8 @@ class TaskStore:
 
     def pending_tasks(self, limit: int) -> list[TaskRecord]:
         """Pending tasks, ordered by priority then age, at most ``limit``."""
-        return self._call("pending_tasks", limit)
+        self._s._check_open()
+        return self._call("pending_tasks", as_int(limit, "limit"))
 
     def pending_count(self) -> int:
         """Count of pending tasks."""
@@ -80,7 +99,8 @@ class TaskStore:
 
     def pending_by_type(self, task_type: str) -> list[TaskRecord]:
         """Pending tasks of one qualified task type."""
-        return self._call("pending_by_type", task_type)
+        self._s._check_open()
+        return self._call("pending_by_type", as_str(task_type, "task_type"))
 
     def paused_tasks(self) -> list[TaskRecord]:
         """All paused (preempted) tasks."""
@@ -92,11 +112,13 @@ class TaskStore:
 
     def task_by_id(self, task_id: int) -> TaskRecord | None:
         """An active task by id, or None."""
-        return self._call("task_by_id", task_id)
+        self._s._check_open()
+        return self._call("task_by_id", as_int(task_id, "task_id"))
 
     def task_by_key(self, key: str) -> TaskRecord | None:
         """An active task by dedup key (the SHA-256 hex), or None."""
-        return self._call("task_by_key", key)
+        self._s._check_open()
+        return self._call("task_by_key", as_str(key, "key"))
 
     def running_io_totals(self) -> tuple[int, int]:
         """Sum of expected disk (read, write) bytes across running tasks."""
@@ -105,46 +127,62 @@ class TaskStore:
 
     def history(self, limit: int, offset: int = 0) -> list[TaskHistoryRecord]:
         """Finished executions, newest first, paginated."""
-        return self._call("history", limit, offset)
+        self._s._check_open()
+        return self._call("history", as_int(limit, "limit"), as_int(offset, "offset"))
 
     def history_by_type(self, task_type: str, limit: int = 100) -> list[TaskHistoryRecord]:
         """History of one qualified task type, newest first."""
-        return self._call("history_by_type", task_type, limit)
+        self._s._check_open()
+        return self._call("history_by_type", as_str(task_type, "task_type"), as_int(limit, "limit"))
 
     def history_by_key(self, key: str) -> list[TaskHistoryRecord]:
         """All past executions with this dedup key."""
-        return self._call("history_by_key", key)
+        self._s._check_open()
+        return self._call("history_by_key", as_str(key, "key"))
 
     def failed_tasks(self, limit: int = 100) -> list[TaskHistoryRecord]:
         """Recent failures (``failed`` and ``dead_letter``) with their errors."""
-        return self._call("failed_tasks", limit)
+        self._s._check_open()
+        return self._call("failed_tasks", as_int(limit, "limit"))
 
     def history_stats(self, task_type: str) -> TypeStats:
         """Aggregates for one qualified task type."""
-        return self._call("history_stats", task_type)
+        self._s._check_open()
+        return self._call("history_stats", as_str(task_type, "task_type"))
 
     def avg_throughput(self, task_type: str, limit: int = 100) -> tuple[float, float]:
         """Average (read, write) bytes per second over the ``limit`` most recent completions."""
-        r, w = self._call("avg_throughput", task_type, limit)
+        self._s._check_open()
+        r, w = self._call("avg_throughput", as_str(task_type, "task_type"), as_int(limit, "limit"))
         return float(r), float(w)
 
     def task_lookup(self, task_type: str, key: str) -> TaskLookup:
         """Find a task by qualified type and explicit key (or canonical payload JSON):
         the active task, else its newest history row, else ``not_found``."""
-        return self._call("task_lookup", task_type, key)
+        self._s._check_open()
+        return self._call("task_lookup", as_str(task_type, "task_type"), as_str(key, "key"))
 
     def lookup_typed(self, submission: Submission) -> TaskLookup:
-        """Like :meth:`task_lookup`, with the key computed from a ``task.call(...)`` submission."""
+        """Like :meth:`task_lookup`, with the key computed from a ``task.call(...)`` submission.
+
+        Raises:
+            TypeError: ``submission`` is not a ``task.call(...)`` (or ``task.options(...).call(...)``).
+        """
+        self._s._check_open()
+        if not isinstance(submission, Submission):
+            raise TypeError(f"lookup_typed() takes task.call(...) (a Submission), got {describe(submission)}")
         item = resolve(submission, self._s._defaults)
         return self._call("lookup_key", item.key)
 
     def prune_history_by_count(self, keep: int) -> int:
         """Delete all but the ``keep`` most recent history rows; returns how many went."""
-        return self._call("prune_history_by_count", keep)
+        self._s._check_open()
+        return self._call("prune_history_by_count", as_int(keep, "keep"))
 
     def prune_history_by_age(self, days: float) -> int:
-        """Delete history rows older than ``days``; returns how many went."""
-        return self._call("prune_history_by_age", days)
+        """Delete history rows older than ``days`` (0..``MAX_PRUNE_DAYS``); returns how many went."""
+        self._s._check_open()
+        return self._call("prune_history_by_age", as_float(days, "days", hi=MAX_PRUNE_DAYS))
 
 
 class DomainHandle:
@@ -187,8 +225,11 @@ class DomainHandle:
         Raises:
             InvalidPayload: payload not JSON-serializable or over 1 MiB.
             UnknownTaskType: the task is not this domain's.
-            ValueError, TypeError: an option breaks its rule (named in the message).
+            ValueError, TypeError: an option breaks its rule, or the payload does
+                not fit the task function's signature (named in the message).
+            SchedulerClosed: the scheduler is closed or not started.
         """
+        self._s._check_open()
         item = resolve(self._submission(task, payload), self._s._defaults)
         wire = self._s._proc().request(protocol.Submit([tuple(item)]))
         return outcomes_from_wire(wire)[0]
@@ -197,7 +238,15 @@ class DomainHandle:
         """Submit many tasks in one transaction; dedup applies inside the batch too.
 
         A batch with one invalid item writes nothing; ``InvalidSubmission.index`` names it.
+
+        Raises:
+            InvalidSubmission: an item is invalid (``index`` names it).
+            TypeError: ``submissions`` is not an iterable of submissions (e.g. a single one).
         """
+        self._s._check_open()
+        if isinstance(submissions, (Submission, TaskType, TaskOptions, str, bytes, Mapping)) or not isinstance(
+                submissions, Iterable):
+            raise TypeError(f"submit_batch() takes a list of submissions (task.call(...)), got {describe(submissions)}")
         items = []
         for i, sub in enumerate(submissions):
             try:
@@ -211,6 +260,8 @@ class DomainHandle:
 
     def cancel(self, task_id: int) -> bool:
         """Cancel one of this domain's tasks; True if it was found and cancelled."""
+        self._s._check_open()
+        task_id = as_int(task_id, "task_id")
         return bool(self._s._proc().call("cancel", task_id, self.name))
 
     def snapshot(self) -> ModuleSnapshot:
@@ -223,10 +274,14 @@ class DomainHandle:
 
     def dead_letter_tasks(self, limit: int = 100, offset: int = 0) -> list[TaskHistoryRecord]:
         """This domain's dead-letter executions, newest first."""
+        self._s._check_open()
+        limit, offset = as_int(limit, "limit"), as_int(offset, "offset")
         return self._s._proc().call("dead_letter_tasks", self.name, limit, offset)
 
     def retry_dead_letter(self, task_id: int) -> SubmitOutcome:
         """Resubmit a dead-letter task of this domain with a fresh retry budget."""
+        self._s._check_open()
+        task_id = as_int(task_id, "task_id")
         return outcomes_from_wire([self._s._proc().call("retry_dead_letter", task_id, self.name)])[0]
 
 
@@ -242,9 +297,15 @@ class Scheduler:
         default_retry: Retry policy of task types and domains that set none.
         default_timeout: Per-task timeout in seconds where nothing else sets one.
         state: Objects for ``ctx.state(name)`` in every domain.
-        poll_interval: Longest the coordinator sleeps without an event (seconds).
+        poll_interval: Longest the coordinator sleeps without an event (seconds,
+            in (0, ``MAX_POLL_INTERVAL``]).
         resource_monitoring: Accepted for API compatibility; resource admission
             (F18) is not built yet, see the README.
+
+    Every argument is checked here, on the host: a bad one is a ``TypeError`` or
+    ``ValueError`` naming it (``ConfigError`` for two domains of one name). A task
+    asking for more ``cpus`` than this process may use (its CPU affinity) is
+    refused at submit.
 
     Example:
         >>> with Scheduler(store_path="tasks.duckdb", domains=[media]) as sched:   # doctest: +SKIP
@@ -266,6 +327,17 @@ class Scheduler:
         poll_interval: float = 0.5,
         resource_monitoring: bool = False,
     ) -> None:
+        path = os.fspath(store_path) if isinstance(store_path, os.PathLike) else store_path
+        if not isinstance(path, str):
+            raise TypeError(f"store_path must be a str or os.PathLike, got {describe(store_path)}")
+        path = str.__str__(path)
+        if not path or "\0" in path:
+            raise ValueError(f"store_path must be a non-empty path without NUL characters, got {path!r}")
+        if isinstance(domains, Domain):
+            raise TypeError(f"domains must be a list of Domain objects, got a single Domain; "
+                            f"write domains=[{domains.name}]")
+        if isinstance(domains, (str, bytes, Mapping)) or not isinstance(domains, Iterable):
+            raise TypeError(f"domains must be a list (or other sequence) of Domain objects, got {describe(domains)}")
         names: dict[str, Domain] = {}
         for d in domains:
             if not isinstance(d, Domain):
@@ -275,24 +347,34 @@ class Scheduler:
             names[d.name] = d
         if max_concurrency is None:
             max_concurrency = os.cpu_count() or 1
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
+        max_concurrency = as_int(max_concurrency, "max_concurrency", lo=1, hi=INT32_MAX, wrong_type=ValueError)
         if shutdown is not None and not isinstance(shutdown, Shutdown):
             raise TypeError(f"shutdown must be a Shutdown, got {type(shutdown).__name__}")
-        if not isinstance(poll_interval, (int, float)) or poll_interval <= 0:
-            raise ValueError(f"poll_interval must be > 0, got {poll_interval!r}")
-        path = os.fspath(store_path)
+        poll = as_float(poll_interval, "poll_interval", lo=0.0, lo_open=True, hi=MAX_POLL_INTERVAL,
+                        unit="seconds")
+        try:
+            priority = int(Priority(default_priority))
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"default_priority: {e}") from None
+        if default_retry is not None and not isinstance(default_retry, RetryPolicy):
+            raise TypeError(f"default_retry must be a RetryPolicy or None, got {describe(default_retry)}")
+        timeout = None if default_timeout is None else check_timeout(default_timeout, "default_timeout")
+        if state is not None and not isinstance(state, Mapping):
+            raise TypeError(f"state must be a dict of names to objects or None, got {describe(state)}")
+        if not isinstance(resource_monitoring, bool):
+            raise TypeError(f"resource_monitoring must be a bool, got {describe(resource_monitoring)}")
         self.store_path = path if path == ":memory:" else os.path.abspath(path)
         self._domains = names
         self.max_concurrency = max_concurrency
         self.shutdown_mode = shutdown or Shutdown.hard()
-        self._defaults = Defaults(priority=int(Priority(default_priority)), retry=default_retry or RetryPolicy(),
-                                  timeout=default_timeout)
-        self._state = dict(state or {})
-        self._poll = float(poll_interval)
+        self._defaults = Defaults(priority=priority, retry=default_retry or RetryPolicy(), timeout=timeout,
+                                  cpu_capacity=usable_cpus())
+        self._state = {as_str(k, "state key"): v for k, v in (state or {}).items()}
+        self._poll = poll
         self.resource_monitoring = resource_monitoring
         self._registered: frozenset[str] = frozenset()
         self._process: CoordinatorProcess | None = None
+        self._closed = False  # close() was called: calls say "closed", not "not started"
         self._handles: dict[str, DomainHandle] = {}
         self.store = TaskStore(self)
 
@@ -302,6 +384,7 @@ class Scheduler:
         """Launch the coordinator (and its workers); returns self. Idempotent."""
         if self._process is not None:
             return self
+        self._closed = False
         tasks = {t.qualified: t.fn for d in self._domains.values() for t in d.tasks.values()}
         registry = cloudpickle.dumps({
             "tasks": tasks,
@@ -332,6 +415,7 @@ class Scheduler:
     def close(self) -> None:
         """Shut down per the shutdown mode; no process, socket or segment is left. Idempotent."""
         proc, self._process = self._process, None
+        self._closed = True
         if proc is not None:
             self._finalizer()  # runs proc.stop() once
 
@@ -343,8 +427,15 @@ class Scheduler:
 
     def _proc(self) -> CoordinatorProcess:
         if self._process is None:
+            if self._closed:
+                raise SchedulerClosed("the scheduler is closed")
             raise SchedulerClosed("the scheduler is not started (use it as a context manager or call start())")
         return self._process
+
+    def _check_open(self) -> None:
+        """Raise ``SchedulerClosed`` unless started and not closed; before any argument check."""
+        if self._process is None:
+            self._proc()
 
     @property
     def coordinator_pid(self) -> int:
@@ -371,9 +462,13 @@ class Scheduler:
         return h
 
     def try_domain(self, domain: Domain | str) -> DomainHandle | None:
-        """Like :meth:`domain`, returning None for an unknown domain."""
-        name = domain.name if isinstance(domain, Domain) else domain
-        d = self._domains.get(name) if isinstance(name, str) else None
+        """Like :meth:`domain`, returning None for an unknown domain.
+
+        Raises:
+            TypeError: ``domain`` is neither a ``Domain`` nor a str.
+        """
+        name = domain.name if isinstance(domain, Domain) else as_str(domain, "domain (a Domain or its name)")
+        d = self._domains.get(name)
         if d is None or (isinstance(domain, Domain) and domain is not d):
             return None
         h = self._handles.get(name)
@@ -385,6 +480,8 @@ class Scheduler:
 
     def task(self, task_id: int) -> TaskRecord | None:
         """Any active task by id, whatever its domain."""
+        self._check_open()
+        task_id = as_int(task_id, "task_id")
         return self._proc().call("task", task_id)
 
     def active_tasks(self) -> list[TaskRecord]:
@@ -397,6 +494,8 @@ class Scheduler:
 
     def retry_dead_letter(self, task_id: int) -> SubmitOutcome:
         """Resubmit a dead-letter task (any domain) with a fresh retry budget."""
+        self._check_open()
+        task_id = as_int(task_id, "task_id")
         return outcomes_from_wire([self._proc().call("retry_dead_letter", task_id)])[0]
 
     def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -405,10 +504,20 @@ class Scheduler:
         Tables: ``tasks`` (active) and ``task_history`` (finished); payloads,
         tags and results are JSON columns.
 
+        Args:
+            query: One SELECT statement.
+            params: None, a list/tuple for positional (``?``) or a dict for named
+                (``$name``) parameters; values are str, int, float, bool, None,
+                bytes, datetime/date/time/timedelta, Decimal, UUID, or lists and
+                dicts of them (subclasses are converted to the plain type).
+
         Raises:
             QueryRefused: a write, or more than one statement.
             StoreError: malformed SQL or a failing query.
+            TypeError: ``query`` is not a str, or a parameter of another type (named by index or key).
         """
+        self._check_open()
+        query, params = as_str(query, "query"), sql_params(params)
         names, rows = self._proc().call("sql", query, params)
         return [dict(zip(names, r)) for r in rows]
 
@@ -420,7 +529,10 @@ class Scheduler:
         Raises:
             WaitTimeout: not finished within ``timeout`` seconds.
             TaskNotFound: no task with that id, active or finished.
+            TypeError, ValueError: a bad ``task_id`` or ``timeout`` (None or finite seconds >= 0).
         """
+        self._check_open()
+        task_id, timeout = as_int(task_id, "task_id"), as_wait_timeout(timeout)
         return self._proc().request(protocol.Wait(task_id, timeout))
 
     def wait_idle(self, timeout: float | None = None, progress: bool = False) -> None:
@@ -428,7 +540,12 @@ class Scheduler:
 
         Raises:
             WaitTimeout: still busy after ``timeout`` seconds.
+            TypeError, ValueError: a bad ``timeout`` (None or finite seconds >= 0) or ``progress``.
         """
+        self._check_open()
+        timeout = as_wait_timeout(timeout)
+        if not isinstance(progress, bool):
+            raise TypeError(f"progress must be a bool, got {describe(progress)}")
         if not progress:
             self._proc().request(protocol.WaitIdle(timeout))
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -12,6 +13,9 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from decimal import Decimal
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client
 from pathlib import Path
@@ -21,6 +25,7 @@ import duckdb
 import pytest
 
 import taskmill as tm
+from usertypes import Color, Level, Mode, MyFloat, MyInt, MyStr
 from taskmill import protocol
 
 DEADLINE = 60.0
@@ -239,6 +244,269 @@ def test_batch_with_one_bad_item_writes_nothing(store_path: str, bad_index: int,
         assert out.inserted[0] == first.id + 1
         s.wait_idle(timeout=DEADLINE)
         assert counts(s) == (0, 8)
+
+
+# --------------------------------------------------------------------------- host-side normalisation
+#
+# The coordinator must never die from user input: the host turns every value into a plain
+# builtin within the store's types, or refuses it. The user-defined types below live in this
+# test module on purpose: before normalisation they travelled pickled and the coordinator
+# could not load them. One scheduler serves each table (module scope) to keep this fast.
+
+
+
+
+class MyDateTime(datetime):
+    pass
+
+
+class MyDecimal(Decimal):
+    pass
+
+
+@alpha.task
+def resize(ctx: tm.TaskContext, path: str, size: int = 256) -> str:
+    return f"{path}@{size}"
+
+
+RETRY_AFTER = {"inf": math.inf, "nan": math.nan, "huge": 1e15, "text": "5", "negative": -1}
+
+
+@alpha.task(retry=tm.RetryPolicy.none())
+def retry_later(ctx: tm.TaskContext, how: str) -> None:
+    raise tm.Retryable("again", retry_after=RETRY_AFTER[how])
+
+
+CAPACITY = len(os.sched_getaffinity(0))
+_fresh = itertools.count()
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: Any) -> Iterator[tm.Scheduler]:
+    """One scheduler (a real coordinator) for a whole table; its processes end with the module."""
+    with sched(str(tmp_path_factory.mktemp("shared") / "store.duckdb")) as s:
+        yield s
+
+
+def still_usable(s: tm.Scheduler) -> None:
+    x = f"after-{next(_fresh)}"  # a fresh payload, so never a duplicate of an earlier check
+    rec = s.wait(s.domain(alpha).submit(echo, x=x).id, timeout=DEADLINE)
+    assert (rec.status, rec.result) == ("completed", x)
+
+
+def refused(s: tm.Scheduler, call: Callable[[tm.Scheduler], Any], exc: type[Exception], fragment: str) -> None:
+    """``call`` raises exactly ``exc`` with ``fragment`` in its message, writes nothing, harms nothing."""
+    before = counts(s)
+    with pytest.raises(exc) as info:
+        call(s)
+    assert type(info.value) is exc, f"{type(info.value).__name__}: {info.value}"
+    assert fragment in str(info.value), str(info.value)
+    assert counts(s) == before
+    still_usable(s)
+
+
+SUBMISSIONS: list[Any] = [
+    ("group-plain-enum", lambda h: h.submit(echo.options(group=Color.RED), x=1), TypeError,
+     "group must be a str or None, got enum member Color.RED"),
+    ("group-int", lambda h: h.submit(echo.options(group=123), x=1), TypeError, "group must be a str or None"),
+    ("key-plain-enum", lambda h: h.submit(echo.options(key=Color.RED), x=1), TypeError, "key must be a str"),
+    ("label-int", lambda h: h.submit(echo.options(label=5), x=1), TypeError, "label must be a str"),
+    ("tag-plain-enum", lambda h: h.submit(echo.options(tags={"k": Color.RED}), x=1), TypeError,
+     "tags must map str to str"),
+    ("priority-plain-enum", lambda h: h.submit(echo.options(priority=Color.RED), x=1), TypeError, "priority"),
+    ("duplicate-plain-enum", lambda h: h.submit(echo.options(duplicate=Color.RED), x=1), TypeError,
+     "duplicate must be one of"),
+    ("memory-2**63", lambda h: h.submit(echo.options(memory=2**63), x=1), ValueError,
+     "memory must be in 0..9223372036854775807"),
+    ("cpus-over-capacity", lambda h: h.submit(echo.options(cpus=CAPACITY + 1), x=1), ValueError,
+     f"is more than the scheduler's CPU capacity of {CAPACITY} cores"),
+    ("cpus-nan", lambda h: h.submit(echo.options(cpus=math.nan), x=1), TypeError, "cpus must be a finite number"),
+    ("timeout-1e15", lambda h: h.submit(echo.options(timeout=1e15), x=1), ValueError,
+     "timeout must be > 0 and <= 31536000 seconds (MAX_DELAY_SECONDS)"),
+    ("timeout-inf", lambda h: h.submit(echo.options(timeout=math.inf), x=1), TypeError, "timeout"),
+    ("payload-path", lambda h: h.submit(echo, x=Path("/a.jpg")), tm.InvalidPayload,
+     "payload['x']: PosixPath is not JSON-serializable"),
+    ("payload-nested-nan", lambda h: h.submit(echo, x={"a": [0, 1, {"b": math.nan}]}), tm.InvalidPayload,
+     "payload['x']['a'][2]['b']: float nan is not allowed (JSON has no NaN/Infinity)"),
+    ("payload-int-key", lambda h: h.submit(echo, x={1: "a"}), tm.InvalidPayload,
+     "payload['x']: key 1 (int) is not a str"),
+    ("payload-too-deep", lambda h: h.submit(echo, x=nested(1000)), tm.InvalidPayload, "MAX_PAYLOAD_DEPTH"),
+    ("payload-plain-enum", lambda h: h.submit(echo, x=Color.RED), tm.InvalidPayload,
+     "payload['x']: enum member Color.RED is not JSON-serializable"),
+    ("payload-lambda", lambda h: h.submit(echo, x=lambda: 1), tm.InvalidPayload, "payload['x']: function"),
+    ("payload-ctx", lambda h: h.submit(echo, x=1, ctx=2), TypeError, "'ctx', which is reserved"),
+    ("misspelled-keyword", lambda h: h.submit(resize, path="a", sise=3), TypeError,
+     "alpha::resize() got an unexpected keyword 'sise' (did you mean 'size'?)"),
+    ("missing-keyword", lambda h: h.submit(resize, size=3), TypeError,
+     "alpha::resize() missing required keyword 'path'"),
+    ("batch-misspelled", lambda h: h.submit_batch([resize.call(path="a"), resize.call(path="b", sise=1)]),
+     tm.InvalidSubmission, "batch item 1 is invalid: alpha::resize() got an unexpected keyword 'sise'"),
+    ("batch-plain-enum", lambda h: h.submit_batch([echo.call(x=1), echo.options(group=Color.RED).call(x=2)]),
+     tm.InvalidSubmission, "batch item 1 is invalid: group"),
+    ("batch-of-one-submission", lambda h: h.submit_batch(echo.call(x=1)), TypeError,
+     "submit_batch() takes a list of submissions"),
+]
+
+
+@pytest.mark.parametrize("call, exc, fragment", [pytest.param(*c[1:], id=c[0]) for c in SUBMISSIONS])
+def test_a_bad_submission_is_refused_on_the_host(shared: tm.Scheduler, call: Any, exc: type[Exception],
+                                                 fragment: str) -> None:
+    refused(shared, lambda s: call(s.domain(alpha)), exc, fragment)
+
+
+QUERIES: list[Any] = [
+    ("task_by_id-str", lambda s: s.store.task_by_id("x"), TypeError, "task_id must be an int"),
+    ("task_by_id-bool", lambda s: s.store.task_by_id(True), TypeError, "task_id must be an int"),
+    ("task_by_id-negative", lambda s: s.store.task_by_id(-1), ValueError, "task_id must be in 0..9223372036854775807"),
+    ("task-2**63", lambda s: s.task(2**63), ValueError, "task_id must be in 0..9223372036854775807"),
+    ("cancel-str", lambda s: s.domain(alpha).cancel("1"), TypeError, "task_id"),
+    ("wait-str", lambda s: s.wait("abc"), TypeError, "task_id must be an int"),
+    ("wait-timeout-str", lambda s: s.wait(1, timeout="x"), TypeError, "timeout must be a finite number"),
+    ("wait-timeout-negative", lambda s: s.wait(1, timeout=-1), ValueError, "timeout=None"),
+    ("wait_idle-timeout-nan", lambda s: s.wait_idle(timeout=math.nan), ValueError, "timeout"),
+    ("retry_dead_letter-float", lambda s: s.retry_dead_letter(1.0), TypeError, "task_id"),
+    ("handle-retry_dead_letter-enum", lambda s: s.domain(alpha).retry_dead_letter(Color.RED), TypeError, "task_id"),
+    ("history_stats-None", lambda s: s.store.history_stats(None), TypeError, "task_type must be a str, got NoneType"),
+    ("history_stats-plain-enum", lambda s: s.store.history_stats(Color.RED), TypeError,
+     "task_type must be a str, got enum member Color.RED"),
+    ("task_by_key-int", lambda s: s.store.task_by_key(123), TypeError, "key must be a str"),
+    ("task_lookup-None", lambda s: s.store.task_lookup(None, None), TypeError, "task_type must be a str"),
+    ("task_lookup-key-int", lambda s: s.store.task_lookup("alpha::echo", 1), TypeError, "key must be a str"),
+    ("pending_by_type-bytes", lambda s: s.store.pending_by_type(b"alpha::echo"), TypeError, "task_type"),
+    ("history_by_key-None", lambda s: s.store.history_by_key(None), TypeError, "key must be a str"),
+    ("history_by_type-limit", lambda s: s.store.history_by_type("alpha::echo", -1), ValueError, "limit"),
+    ("avg_throughput-limit", lambda s: s.store.avg_throughput("alpha::echo", 2**64), ValueError, "limit"),
+    ("history-2**63", lambda s: s.store.history(2**63), ValueError, "limit must be in 0..9223372036854775807"),
+    ("history-offset-str", lambda s: s.store.history(10, "0"), TypeError, "offset must be an int"),
+    ("pending_tasks-10**30", lambda s: s.store.pending_tasks(10**30), ValueError, "limit"),
+    ("failed_tasks-float", lambda s: s.store.failed_tasks(1.5), TypeError, "limit"),
+    ("dead_letter_tasks-negative", lambda s: s.domain(alpha).dead_letter_tasks(-1), ValueError, "limit"),
+    ("prune_by_age-1e10", lambda s: s.store.prune_history_by_age(1e10), ValueError,
+     "days must be >= 0 and <= 100000, got 10000000000"),
+    ("prune_by_age-nan", lambda s: s.store.prune_history_by_age(math.nan), ValueError, "days"),
+    ("prune_by_count-negative", lambda s: s.store.prune_history_by_count(-1), ValueError, "keep"),
+    ("prune_by_count-str", lambda s: s.store.prune_history_by_count("0"), TypeError, "keep"),
+    ("lookup_typed-str", lambda s: s.store.lookup_typed("x"), TypeError, "lookup_typed() takes task.call(...)"),
+    ("sql-lambda", lambda s: s.sql("SELECT ? AS a", [lambda: 1]), TypeError, "sql() params[0]: function"),
+    ("sql-object", lambda s: s.sql("SELECT ? AS a", [object()]), TypeError, "sql() params[0]: object"),
+    ("sql-named-plain-enum", lambda s: s.sql("SELECT $a AS a", {"a": Color.RED}), TypeError,
+     "sql() params['a']: enum member Color.RED"),
+    ("sql-int-key", lambda s: s.sql("SELECT $a AS a", {1: 2}), TypeError, "key 1 (int) is not a str"),
+    ("sql-params-str", lambda s: s.sql("SELECT 1 AS a", "abc"), TypeError, "params must be None, a list or tuple"),
+    ("sql-huge-int", lambda s: s.sql("SELECT ? AS a", [2**200]), ValueError, "sql() params[0]: int"),
+    ("sql-query-bytes", lambda s: s.sql(b"SELECT 1"), TypeError, "query must be a str"),
+    ("domain-int", lambda s: s.domain(123), TypeError, "domain (a Domain or its name) must be a str"),
+]
+
+
+@pytest.mark.parametrize("call, exc, fragment", [pytest.param(*c[1:], id=c[0]) for c in QUERIES])
+def test_a_bad_query_argument_is_refused_on_the_host(shared: tm.Scheduler, call: Any, exc: type[Exception],
+                                                     fragment: str) -> None:
+    refused(shared, call, exc, fragment)
+
+
+def test_subclasses_and_str_enums_travel_as_plain_values(shared: tm.Scheduler) -> None:
+    s = shared
+    key = MyStr(f"plain-{next(_fresh)}")
+    out = s.domain(alpha).submit(
+        echo.options(group=Mode.FAST, key=key, label=MyStr("a label"), priority=Level.HIGH, memory=MyInt(5),
+                     cpus=MyFloat(1.0), timeout=MyInt(30), tags={MyStr("t"): Mode.FAST},
+                     expected_io=tm.IoBudget(disk_read=MyInt(5))),
+        x=[Mode.FAST, Level.HIGH, MyStr("s"), MyInt(7), MyFloat(1.5), (1, MyStr("t"))])
+    rec = s.wait(MyInt(out.id), timeout=MyFloat(DEADLINE))
+    assert (rec.status, rec.result) == ("completed", ["fast", 64, "s", 7, 1.5, [1, "t"]])
+    assert (rec.group, rec.label, rec.priority, rec.tags) == ("fast", "a label", 64, {"t": "fast"})
+    # query arguments are converted the same way
+    assert s.store.task_by_id(MyInt(out.id)) is None  # finished
+    assert out.id in [r.id for r in s.store.history_by_type(MyStr("alpha::echo"), limit=Level.HIGH)]
+    assert s.store.task_lookup(MyStr("alpha::echo"), key).history.id == out.id
+    assert s.store.history_stats(MyStr("alpha::echo")).count >= 1
+    assert s.store.lookup_typed(echo.options(key=key).call(x=0)).history.id == out.id
+    assert s.store.prune_history_by_age(MyInt(100_000)) == 0  # the largest age the host lets through
+    rows = s.sql("SELECT ? AS a, ? AS b, ? AS c, ? AS d, ? AS e, ? AS f",
+                 [MyStr("x"), MyInt(3), Mode.FAST, Level.HIGH, MyDecimal("1.5"), MyDateTime(2024, 1, 2, 3, 4, 5)])
+    assert rows == [{"a": "x", "b": 3, "c": "fast", "d": 64, "e": Decimal("1.5"), "f": datetime(2024, 1, 2, 3, 4, 5)}]
+    assert s.sql("SELECT $name AS n", {MyStr("name"): Mode.FAST}) == [{"n": "fast"}]
+    still_usable(s)
+
+
+MAIN_TYPES_SCRIPT = """
+import enum, json, sys
+import taskmill as tm
+
+class Mode(enum.StrEnum):
+    FAST = "fast"
+
+class Level(enum.IntEnum):
+    HIGH = 64
+
+class MyStr(str):
+    pass
+
+class MyInt(int):
+    pass
+
+jobs = tm.Domain("jobs")
+
+@jobs.task
+def echo(ctx, x):
+    return x
+
+with tm.Scheduler(store_path=sys.argv[1], domains=[jobs], max_concurrency=1) as s:
+    h = s.domain(jobs)
+    out = h.submit(echo.options(group=Mode.FAST, key=MyStr("k"), label=MyStr("l"), priority=Level.HIGH,
+                                memory=MyInt(1), tags={MyStr("t"): Mode.FAST}), x=[Mode.FAST, MyInt(2)])
+    rec = s.wait(MyInt(out.id), timeout=60)
+    found = s.store.task_lookup(MyStr("jobs::echo"), MyStr("k")).history.id == out.id
+    rows = s.sql("SELECT ? AS a, ? AS b", [MyStr("x"), Level.HIGH])
+    print(json.dumps([rec.status, rec.result, rec.group, rec.label, rec.priority, found, rows]))
+"""
+
+
+def test_types_defined_in_the_hosts_main_module_reach_the_coordinator_as_plain_values(tmp_path: Path) -> None:
+    """The original bug: ``__main__.MyStr`` travelled pickled and the coordinator could not load it."""
+    script = tmp_path / "host.py"
+    script.write_text(textwrap.dedent(MAIN_TYPES_SCRIPT))
+    env = {**os.environ, "PYTHONPATH": str(Path(tm.__file__).resolve().parent.parent)}  # the taskmill under test
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "s.duckdb")], cwd=tmp_path, env=env,
+                          check=False, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [
+        "completed", ["fast", 2], "fast", "l", 64, True, [{"a": "x", "b": 64}]]
+
+
+@pytest.mark.parametrize("how", sorted(RETRY_AFTER))
+def test_a_bad_retry_after_inside_a_task_fails_that_task_only(shared: tm.Scheduler, how: str) -> None:
+    rec = shared.wait(shared.domain(alpha).submit(retry_later, how=how).id, timeout=DEADLINE)
+    assert rec.status == "dead_letter"  # the ValueError is the task's error; its policy never retries
+    assert "retry_after" in (rec.error or ""), rec.error
+    still_usable(shared)
+
+
+def test_calls_before_start_say_not_started_and_after_close_say_closed(store_path: str) -> None:
+    s = sched(store_path)
+    calls: list[Callable[[], Any]] = [
+        lambda: s.store.task_by_id(1), lambda: s.store.task_by_id("x"), lambda: s.store.history(10),
+        lambda: s.sql("SELECT 1"), lambda: s.wait(1, timeout=1), lambda: s.wait_idle(timeout=1), lambda: s.snapshot(),
+        lambda: s.task(1), lambda: s.domain(alpha).submit(echo, x=object()), lambda: s.domain(alpha).cancel(1),
+        lambda: s.domain(alpha).submit_batch([echo.call(x=1)]), lambda: s.store.lookup_typed(echo.call(x=1)),
+    ]
+    for call in calls:
+        with pytest.raises(tm.SchedulerClosed, match="not started"):
+            call()
+    with s:
+        still_usable(s)
+    for call in calls:
+        with pytest.raises(tm.SchedulerClosed) as info:
+            call()
+        assert str(info.value) == "the scheduler is closed"
 
 
 # --------------------------------------------------------------------------- stores
