@@ -29,6 +29,9 @@ Coordinator ↔ worker, one duplex pipe per worker::
 
 from __future__ import annotations
 
+import os
+import socket
+import struct
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -48,9 +51,31 @@ __all__ = [
     "SubmitItem",
     "Wait",
     "WaitIdle",
+    "set_io_timeout",
+    "state_file_for",
 ]
 
 _MSG = dict(frozen=True, slots=True)
+
+
+def set_io_timeout(conn: Any, seconds: float) -> None:
+    """Bound each blocking read and write on a ``Connection``'s socket (0: unbounded)."""
+    sec = int(seconds)
+    tv = struct.pack("@ll", sec, int((seconds - sec) * 1e6))
+    s = socket.socket(fileno=conn.fileno())
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+    finally:
+        s.detach()  # the fd stays the Connection's
+
+
+def state_file_for(path: str) -> str | None:
+    """The state file beside a store (None for ``":memory:"``): the running coordinator's pid,
+    socket and shared-memory names, for other local processes to find it."""
+    if path == ":memory:":
+        return None
+    return os.path.abspath(path) + ".taskmill.json"
 
 
 class SubmitItem(NamedTuple):
@@ -131,11 +156,21 @@ class ErrorReply:
 
     @classmethod
     def of(cls, exc: BaseException) -> ErrorReply:
-        attrs = {k: v for k, v in getattr(exc, "__dict__", {}).items() if isinstance(v, (int, str, float, type(None)))}
-        kind = type(exc).__name__
-        if not isinstance(getattr(errors, kind, None), type):
-            kind = kind if kind in _BUILTIN_ERRORS else "TaskmillError"
-        return cls(kind=kind, message=str(exc), attrs=attrs)
+        """Describe ``exc`` by its nearest class the host knows (taskmill's or a builtin)."""
+        attrs = {k: v for k, v in getattr(exc, "__dict__", {}).items()
+                 if type(v) in (int, str, float, bool, type(None))}
+        kind = "TaskmillError"
+        for klass in type(exc).__mro__:
+            if getattr(errors, klass.__name__, None) is klass or _BUILTIN_ERRORS.get(klass.__name__) is klass:
+                kind = klass.__name__
+                break
+        try:
+            message = str(exc)
+        except Exception:  # noqa: BLE001 - an exception whose __str__ fails still gets answered
+            message = f"<{type(exc).__name__}>"
+        if type(exc).__name__ != kind and not isinstance(exc, errors.TaskmillError):
+            message = f"{type(exc).__name__}: {message}"
+        return cls(kind=kind, message=message, attrs=attrs)
 
     def exception(self) -> BaseException:
         cls = getattr(errors, self.kind, None) or _BUILTIN_ERRORS.get(self.kind, errors.TaskmillError)
@@ -150,6 +185,8 @@ _BUILTIN_ERRORS: dict[str, type[BaseException]] = {
     "TypeError": TypeError,
     "KeyError": KeyError,
     "LookupError": LookupError,
+    "OverflowError": OverflowError,
+    "TimeoutError": TimeoutError,
 }
 
 
@@ -189,8 +226,9 @@ class Done(NamedTuple):
     error_kind: str | None  # "retryable" | "permanent"
     error: str | None
     retry_after: float | None
-    started_at: float
-    finished_at: float
+    started_at: float  # wall clock (stored for users)
+    finished_at: float  # wall clock
+    duration: float  # seconds, measured on the monotonic clock
     read_bytes: int
     write_bytes: int
     net_rx_bytes: int

@@ -10,8 +10,11 @@ DEADLINE = 60.0
 
 
 def poll_until(cond: Callable[[], Any], timeout: float = DEADLINE, interval: float = 0.02,
-               what: str = "condition") -> Any:
+               what: str = "condition", between: Callable[[], Any] | None = None) -> Any:
     """Call ``cond`` until it returns something truthy; return that value.
+
+    Between two calls it sleeps ``interval``, or calls ``between`` instead (for
+    example one step of a coordinator loop the test drives itself).
 
     Raises AssertionError (naming ``what``) when ``timeout`` seconds pass first.
     """
@@ -22,4 +25,7 @@ def poll_until(cond: Callable[[], Any], timeout: float = DEADLINE, interval: flo
             return value
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last value: {value!r})")
-        time.sleep(interval)
+        if between is not None:
+            between()
+        else:
+            time.sleep(interval)

@@ -3,7 +3,8 @@
 Start-up order is the safety argument: read the config from stdin, create the
 shared-memory segment, start the fork server (registry preloaded) and only
 then open DuckDB. The result goes back on the handshake fd as one pickled
-tuple; stdin stays open as the host's lifeline (EOF: the host is gone).
+tuple. Two lifelines tie this process to its host: a pidfd of the host process
+(readable once it exits, whoever else holds our pipes) and stdin (EOF).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing.process
 import os
 import pickle
 import shutil
@@ -25,9 +27,12 @@ import psutil
 import structlog
 
 from taskmill import protocol
+from taskmill.protocol import state_file_for
 from taskmill.errors import StartupError, StoreLocked, TaskmillError
 
 
+#: Connections the kernel queues before the acceptor takes them (bursts of new host threads).
+LISTEN_BACKLOG = 128
 #: Set to a file path to profile the coordinator loop with cProfile (see docs/architecture.md).
 PROFILE_ENV = "TASKMILL_PROFILE"
 
@@ -61,6 +66,18 @@ def _check_state_file(path: str | None) -> None:
         raise StoreLocked(f"a coordinator (pid {pid}) is already running on this store (state file {path})")
 
 
+def _open_host_pidfd(host_pid: int | None) -> int | None:
+    """A pidfd of the host (our parent), or None without one; StartupError if it is already gone."""
+    if host_pid is None:
+        return None
+    if os.getppid() != host_pid:
+        raise StartupError(f"the host process {host_pid} exited before the coordinator started")
+    try:
+        return os.pidfd_open(host_pid)
+    except (AttributeError, OSError):  # an old kernel: stdin EOF remains the lifeline
+        return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m taskmill.coordinator")
     parser.add_argument("--handshake-fd", type=int, required=True)
@@ -84,7 +101,6 @@ def main() -> int:
     from taskmill.coordinator.loop import Coordinator
     from taskmill.shm import SharedState
     from taskmill.store import Store
-    from taskmill.store.store import state_file_for
     from taskmill.workers.pool import WorkerPool
 
     store_path: str = config["store_path"]
@@ -106,7 +122,10 @@ def main() -> int:
             for w in coord.workers:
                 if w is not None:
                     quietly(w.kill, "coordinator exiting")
+            quietly(coord.readers.close)
             quietly(coord.writer.close)
+            if coord.acceptor is not None:
+                quietly(coord.acceptor.close)
         if listener is not None:
             quietly(listener.close)
         if store is not None:
@@ -119,26 +138,36 @@ def main() -> int:
             quietly(os.unlink, state_file)
         quietly(shutil.rmtree, config["runtime_dir"], True)  # the host removes it too, unless it was killed
         quietly(WorkerPool.stop_resource_tracker)
+        # multiprocessing's own temp dir (the fork server's socket): its finalizer never runs, as
+        # this process leaves with os._exit
+        tempdir = multiprocessing.process.current_process()._config.get("tempdir")  # type: ignore[attr-defined]
+        if tempdir:
+            quietly(shutil.rmtree, tempdir, True)
 
     try:
         _check_state_file(state_file)
         with open(registry_path, "wb") as reg:
             reg.write(config["registry"])
+        host_pidfd = _open_host_pidfd(config.get("host_pid"))
         shm = SharedState(config["max_concurrency"])
         pool = WorkerPool(registry_path, shm.name)  # fork server starts here, before DuckDB
+        # Everything this process creates from here on (the store, its WAL, the state file, the
+        # socket) is the owner's only. Workers keep the host's umask: the fork server already runs.
+        os.umask(0o077)
         store = Store(store_path)
         coord = Coordinator(
             store=store, pool=pool, shm=shm, max_concurrency=config["max_concurrency"],
             domain_caps=config["domain_caps"], type_retry=config["type_retry"],
             default_retry=config["default_retry"], shutdown_mode=config["shutdown"].mode,
             shutdown_timeout=config["shutdown"].timeout, poll_interval=config["poll_interval"],
-            host_lifeline=sys.stdin.fileno() if config.get("embedded", True) else None)
+            host_lifeline=sys.stdin.fileno() if config.get("embedded", True) else None, host_pidfd=host_pidfd)
         try:
             coord.start_workers()
         except RuntimeError as e:
             raise StartupError(f"workers cannot start: {e}") from e
         recovered = coord.recover()
-        listener = Listener(config["socket_path"], family="AF_UNIX")  # authenticated per peer in serve()
+        # authenticated per peer in serve(); the default backlog (1) refuses bursts of new threads
+        listener = Listener(config["socket_path"], family="AF_UNIX", backlog=LISTEN_BACKLOG)
         if state_file:
             tmp = state_file + ".tmp"
             with open(tmp, "w") as f:

@@ -13,32 +13,37 @@ Invariants: a submission is answered only after the commit that stored it;
 every other write (running marks, finished tasks) is written behind, at the
 latest ``FLUSH_MAX_DELAY`` later or before any query reads the store, so a
 crash re-runs at most the unflushed work (at-least-once, never a duplicate
-history row). Blocks only in ``multiprocessing.connection.wait``.
+history row). Nothing a client or a task sends can end the loop: requests are
+decoded and checked in ``wire``, results are checked before they are stored.
+Timers, deadlines and durations read the monotonic clock only; the wall clock
+gives the timestamps stored for users. Blocks only in one ``poll``.
 Imports the store, the worker pool and leaves; never the host API.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import queue
 import random
 import select
-import threading
 import time
 from datetime import datetime, timezone
-import multiprocessing.connection as mpc
 from multiprocessing.connection import Connection, Listener, wait
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import structlog
 
 from taskmill import protocol
+from taskmill.coordinator.acceptor import Acceptor
 from taskmill.coordinator.queues import Entry, ReadyQueues, Timers
+from taskmill.coordinator.reader import QueryRunner
+from taskmill.coordinator.wire import check_items, decode_request
+from taskmill.coordinator.writer import Writer
 from taskmill.domain import dedup_key
 from taskmill.errors import (
-    InvalidSubmission,
     SchedulerBroken,
     SchedulerClosed,
     StoreError,
@@ -56,8 +61,9 @@ from taskmill.records import (
     TaskStatus,
 )
 from taskmill.shm import SharedState
-from taskmill.store import FinishedRow, Store, WriteBatch
+from taskmill.store import FinishedRow, Store, WriteBatch, select as select_rows
 from taskmill.store.store import utc
+from taskmill.validation import MAX_DELAY_SECONDS
 from taskmill.workers.pool import WorkerHandle, WorkerPool, describe_exit
 
 __all__ = ["Coordinator"]
@@ -80,73 +86,20 @@ PAYLOAD_CACHE_BYTES = 256 * 1024 * 1024
 PAYLOAD_FETCH_CHUNK = 2000
 #: Longest the coordinator waits for a new worker's ``Ready``.
 WORKER_READY_TIMEOUT = 60.0
+#: Seconds an ``sql()`` query may run (or wait for a reader) before it is interrupted.
+SQL_TIME_LIMIT = 30.0
+#: Longest text stored as a task's error (characters).
+MAX_ERROR_CHARS = 20_000
+#: Largest task result stored, as JSON text (bytes); larger results fail the task.
+MAX_RESULT_BYTES = 16 * 1024 * 1024
 
 # Store methods a client may call by name (seed query API); each reads only.
 STORE_QUERIES = frozenset({
     "running_tasks", "running_count", "pending_tasks", "pending_count", "pending_by_type", "paused_tasks",
     "paused_count", "task_by_id", "task_by_key", "running_io_totals", "history", "history_by_type",
-    "history_by_key", "failed_tasks", "history_stats", "avg_throughput", "dead_letter_tasks", "sql",
+    "history_by_key", "failed_tasks", "history_stats", "avg_throughput", "dead_letter_tasks",
 })
 STORE_WRITES = frozenset({"prune_history_by_count", "prune_history_by_age"})
-
-
-class _Writer:
-    """Runs write-behind commits on a second thread, at most one batch at a time.
-
-    Only flushes that nobody is waiting for go here; the loop joins the writer
-    before it touches the store itself, so the connection is never used by two
-    threads at once (DuckDB releases the GIL while it commits, so the loop keeps
-    dispatching meanwhile).
-    """
-
-    def __init__(self, store: Store, wake_fd: int) -> None:
-        self._store = store
-        self._wake_fd = wake_fd
-        self._jobs: queue.SimpleQueue[WriteBatch | None] = queue.SimpleQueue()
-        self._idle = threading.Event()
-        self._idle.set()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True, name="taskmill-writer")
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            batch = self._jobs.get()
-            if batch is None:
-                return
-            try:
-                self._store.apply(batch)
-            except BaseException as e:  # noqa: BLE001 - re-raised on the loop thread by check()/join()
-                self._error = e
-            finally:
-                self._idle.set()
-                try:
-                    os.write(self._wake_fd, b"w")
-                except OSError:
-                    pass
-
-    @property
-    def busy(self) -> bool:
-        return not self._idle.is_set()
-
-    def submit(self, batch: WriteBatch) -> None:
-        self.join()
-        self._idle.clear()
-        self._jobs.put(batch)
-
-    def check(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-
-    def join(self) -> None:
-        self._idle.wait()
-        self.check()
-
-    def close(self) -> None:
-        self.join()
-        self._jobs.put(None)
-        self._thread.join(timeout=10)
 
 
 class Coordinator:
@@ -170,7 +123,9 @@ class Coordinator:
         shutdown_timeout: float,
         poll_interval: float = 0.5,
         host_lifeline: int | None = None,
+        host_pidfd: int | None = None,
         clock: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.pool = pool
@@ -182,7 +137,8 @@ class Coordinator:
         self.shutdown_mode = shutdown_mode
         self.shutdown_timeout = shutdown_timeout
         self.poll_interval = poll_interval
-        self.clock = clock
+        self.clock = clock  # wall clock: only for timestamps stored for users
+        self.mono = mono  # every timer, deadline and duration
         self.rng = random.Random()
 
         self.tasks: dict[int, Entry] = {}
@@ -215,18 +171,22 @@ class Coordinator:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self.host_lifeline = host_lifeline
-        self.listener: Listener | None = None
+        self.host_pidfd = host_pidfd
+        self.acceptor: Acceptor | None = None
+        self.queries: list[tuple[Connection, Callable[[Any], Any], float]] = []  # (client, fn(cursor), limit)
         # One persistent poll set (multiprocessing.connection.wait builds a selector per call,
         # which cost ~20 µs a task here): fd -> (kind, object).
         self._poller = select.poll()
         self._fds: dict[int, tuple[str, Any]] = {}
         self._watch(self._wake_r, "wake", None)
-        if host_lifeline is not None:
-            self._watch(host_lifeline, "host", None)
+        for fd in (host_lifeline, host_pidfd):
+            if fd is not None:
+                self._watch(fd, "host", fd)
         self._to_spawn: list[int] = []
         self._published = 0.0
         self._publish_pending = False
-        self.writer = _Writer(store, self._wake_w)
+        self.writer = Writer(store, self._wake_w)
+        self.readers = QueryRunner(store, self._wake)
 
         self.counters: dict[str, int] = {k: 0 for k in (
             "submitted", "dispatched", "completed", "failed", "retried", "dead_lettered", "cancelled",
@@ -240,24 +200,35 @@ class Coordinator:
     # ================================================================== startup
 
     def recover(self) -> int:
-        """Load active tasks from the store into memory; returns how many."""
+        """Load active tasks from the store into memory; returns how many.
+
+        A row that cannot be interpreted is quarantined: moved to history as
+        ``failed`` with the reason, and logged. Recovery goes on.
+        """
         next_id, rows = self.store.recover()
         self.next_id = next_id
-        now = self.clock()
-        for (tid, ttype, domain, key, label, prio, status, created, run_after, retries, max_retries, retry_json,
-             timeout, cpus, memory, group, requeue, requeue_prio) in rows:
-            e = Entry(tid, ttype, domain, key, label, prio, TaskStatus(status).value, created, retries, max_retries,
-                      RetryPolicy.from_dict(json.loads(retry_json)) if retry_json else None, timeout, cpus, memory,
-                      group)
-            e.requeue = bool(requeue)
-            e.requeue_priority = requeue_prio
-            self.tasks[tid] = e
-            self.by_key[key] = e
+        wall, mono = self.clock(), self.mono()
+        bad: list[tuple[int, str]] = []
+        for row in rows:
+            try:
+                e, run_after = _entry_from_row(row)
+            except Exception as ex:  # noqa: BLE001 - any uninterpretable row is quarantined, not fatal
+                reason = f"quarantined at recovery: the stored task cannot be interpreted ({type(ex).__name__}: {ex})"
+                log.error("quarantining a stored task", task_id=row[0], reason=reason)
+                bad.append((row[0], reason))
+                continue
+            self.tasks[e.id] = e
+            self.by_key[e.key] = e
             self.status_counts[e.status] += 1
             if e.status == TaskStatus.PENDING:
-                self._make_ready(e, run_after if run_after and run_after > now else None)
+                # A stored run_after is wall-clock time: map it onto the monotonic clock once.
+                self._make_ready(e, None if run_after is None or run_after <= wall else mono + (run_after - wall))
+        if bad:
+            for task_id in self.store.quarantine(bad, wall):
+                log.error("a stored task could not be quarantined either; it stays in the tasks table",
+                          task_id=task_id)
         self.payload_missing = sorted((e.id for e in self.tasks.values()), key=lambda i: (self.tasks[i].priority, i))
-        return len(rows)
+        return len(self.tasks)
 
     def start_workers(self) -> None:
         """Spawn the first worker and wait for it: a registry that cannot load fails startup."""
@@ -299,49 +270,29 @@ class Coordinator:
         return w
 
     def serve(self, listener: Listener, authkey: bytes) -> None:
-        """Accept clients on a thread and authenticate each on its own short-lived thread, so a
-        silent or slow peer delays nobody; the loop only ever sees authenticated connections.
+        """Accept and authenticate clients on helper threads (see ``acceptor``); the loop only
+        ever sees authenticated connections. ``listener`` must have no authkey of its own."""
+        self.acceptor = Acceptor(listener, authkey, self._deliver)
+        self.acceptor.start()
 
-        ``listener`` must be created without an authkey (the handshake is done here).
-        """
-        self.listener = listener
+    def _deliver(self, conn: Connection) -> None:
+        """Called on the acceptor's threads: queue an authenticated client for the loop."""
+        self.accepted.put(conn)
+        self._wake()
 
-        def handshake(conn: Connection) -> None:
-            try:
-                mpc.deliver_challenge(conn, authkey)
-                mpc.answer_challenge(conn, authkey)
-            except Exception as e:  # noqa: BLE001 - AuthenticationError, EOF, reset: drop that peer
-                log.warning("client refused", error=f"{type(e).__name__}: {e}")
-                conn.close()
-                return
-            self.accepted.put(conn)
-            try:
-                os.write(self._wake_w, b"x")
-            except BlockingIOError:
-                pass
-
-        def accept_loop() -> None:
-            while True:
-                try:
-                    conn = listener.accept()
-                except OSError as e:
-                    if self.stopping or self.exited or getattr(listener, "_listener", None) is None:
-                        return  # the listener was closed
-                    log.warning("accept failed", error=str(e))
-                    continue
-                threading.Thread(target=handshake, args=(conn,), daemon=True, name="taskmill-auth").start()
-
-        threading.Thread(target=accept_loop, daemon=True, name="taskmill-accept").start()
+    def _wake(self) -> None:
+        """Wake the loop from another thread."""
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass  # a full pipe wakes the loop anyway
 
     # ================================================================== the loop
 
     def request_stop(self) -> None:
         """Ask the loop to shut down (safe from a signal handler)."""
         self._stop_requested = True
-        try:
-            os.write(self._wake_w, b"s")
-        except OSError:
-            pass
+        self._wake()
 
     def run(self) -> None:
         while not self.exited:
@@ -359,10 +310,11 @@ class Coordinator:
                     self._spawn(index)
         if self._stop_requested and not self.stopping:
             self._begin_shutdown(None)
-        now = self.clock()
+        now = self.mono()
         self._fire_timers(now)
+        self.readers.expire(now)
         self.writer.check()
-        if (self.must_commit or self.acks or self.deferred
+        if (self.must_commit or self.acks or self.deferred or self.queries
                 or (self.idle_waiters and not self.tasks)
                 or (self.waiters and any(t in self.waiters for t in self.finished_ids))):
             self._commit()
@@ -377,19 +329,17 @@ class Coordinator:
 
     def _timeout(self) -> float:
         """Seconds until the next thing the loop must do without an event."""
-        now = self.clock()
+        now = self.mono()
         t = self.poll_interval
-        due = self.timers.next_due()
-        if due is not None and due - now < t:
-            t = due - now
+        for due in (self.timers.next_due(), self.readers.next_deadline(), self.stop_deadline):
+            if due is not None and due - now < t:
+                t = due - now
         if self.batch_since is not None and not self.writer.busy and self.batch_since + FLUSH_MAX_DELAY - now < t:
             t = self.batch_since + FLUSH_MAX_DELAY - now  # (a busy writer wakes the loop when it is done)
         if self.wait_deadlines or self.idle_waiters:
             soonest = min([d for d, _, _ in self.wait_deadlines] + [d for _, d in self.idle_waiters if d is not None],
                           default=now + t)
             t = min(t, soonest - now)
-        if self.stop_deadline is not None:
-            t = min(t, self.stop_deadline - now)
         if self._publish_pending:  # a skipped publication is owed soon, so counters never lag
             t = min(t, PUBLISH_INTERVAL)
         return t if t > 0.0 else 0.0
@@ -401,7 +351,7 @@ class Coordinator:
     def _touch_batch(self) -> None:
         self.batch_ops += 1
         if self.batch_since is None:
-            self.batch_since = self.clock()
+            self.batch_since = self.mono()
 
     # ================================================================== inputs
 
@@ -421,29 +371,45 @@ class Coordinator:
                     break
                 self.clients.append(conn)
                 self._watch(conn.fileno(), "client", conn)
+            for conn, usable in self.readers.returned():
+                if usable and conn in self.clients:
+                    self._watch(conn.fileno(), "client", conn)  # the reader gives it back
+                else:
+                    self._drop_client(conn)
         elif kind == "host":
-            if not os.read(self.host_lifeline, 4096):  # type: ignore[arg-type]
-                log.info("host went away; shutting down")
-                self._unwatch(self.host_lifeline)  # type: ignore[arg-type]
-                self.host_lifeline = None
-                self.shutdown_mode = "hard"
-                self._begin_shutdown(None)
+            self._on_host(obj)
+
+    def _on_host(self, fd: int) -> None:
+        """The host's stdin (EOF) or its pidfd (readable once it exited): is the host gone?"""
+        if fd == self.host_lifeline:
+            try:
+                if os.read(fd, 4096):
+                    return
+            except OSError:
+                pass
+        log.info("host went away; shutting down")
+        for lifeline in (self.host_lifeline, self.host_pidfd):
+            if lifeline is not None:
+                self._unwatch(lifeline)
+        self.host_lifeline = self.host_pidfd = None
+        self.shutdown_mode = "hard"
+        self._begin_shutdown(None)
 
     def _on_client(self, conn: Connection) -> None:
         try:
-            req = conn.recv()
+            data = conn.recv_bytes()
         except (EOFError, OSError):
             self._drop_client(conn)
             return
         try:
-            self._handle(conn, req)
-        except Exception as e:  # noqa: BLE001 - every error goes back to the caller
+            self._handle(conn, decode_request(data))
+        except Exception as e:  # noqa: BLE001 - every error goes back to the caller; the loop goes on
             self._reply(conn, protocol.ErrorReply.of(e))
 
     def _drop_client(self, conn: Connection) -> None:
         if conn in self.clients:
             self.clients.remove(conn)
-            self._unwatch(conn.fileno())
+        self._unwatch(conn.fileno())
         for lst in self.waiters.values():
             while conn in lst:
                 lst.remove(conn)
@@ -459,6 +425,12 @@ class Coordinator:
             conn.send(msg)
         except (OSError, ValueError):
             self._drop_client(conn)
+        except Exception as e:  # noqa: BLE001 - a reply that cannot be pickled: say so instead
+            log.error("cannot send a reply", error=f"{type(e).__name__}: {e}")
+            try:
+                conn.send(protocol.ErrorReply.of(SchedulerBroken(f"the reply cannot be sent: {e}")))
+            except Exception:  # noqa: BLE001
+                self._drop_client(conn)
 
     def _handle(self, conn: Connection, req: Any) -> None:
         if self.stopping and not isinstance(req, (protocol.Stop, protocol.Call)):
@@ -468,11 +440,17 @@ class Coordinator:
             self.acks.append((conn, protocol.Reply(outcomes)))
             self.must_commit = True
         elif isinstance(req, protocol.Call):
+            if type(req.name) is not str or type(req.args) is not tuple:
+                raise TypeError("a call is a name and a tuple of arguments")
             self._call(conn, req.name, req.args)
         elif isinstance(req, protocol.Wait):
+            if type(req.task_id) is not int or not _timeout_ok(req.timeout):
+                raise TypeError("wait takes an int task id and a timeout in seconds (or None)")
             self._wait(conn, req.task_id, req.timeout)
         elif isinstance(req, protocol.WaitIdle):
-            deadline = None if req.timeout is None else self.clock() + req.timeout
+            if not _timeout_ok(req.timeout):
+                raise TypeError("wait_idle takes a timeout in seconds (or None)")
+            deadline = None if req.timeout is None else self.mono() + req.timeout
             self.idle_waiters.append((conn, deadline))
         elif isinstance(req, protocol.Stop):
             self._begin_shutdown(conn)
@@ -483,8 +461,13 @@ class Coordinator:
         if name in STORE_QUERIES or name in STORE_WRITES:
             method = getattr(self.store, name)
             self.deferred.append((conn, lambda: method(*args)))
+        elif name == "sql":
+            query, params = args
+            self.queries.append((conn, lambda cur: select_rows(cur, query, params), SQL_TIME_LIMIT))
         elif name == "task_lookup":
             task_type, key = args
+            if type(task_type) is not str or type(key) is not str:
+                raise TypeError("task_lookup takes a task type and a key, both str")
             self.deferred.append((conn, lambda: self.store.task_lookup_by_dedup_key(dedup_key(task_type, key))))
         elif name == "lookup_key":
             self.deferred.append((conn, lambda: self.store.task_lookup_by_dedup_key(args[0])))
@@ -511,11 +494,7 @@ class Coordinator:
 
         Dedup also applies inside the batch. Returns compact outcome tuples in input order.
         """
-        width = len(protocol.SubmitItem._fields)
-        for i, t in enumerate(wire_items):
-            if type(t) is not tuple or len(t) != width:
-                raise InvalidSubmission(f"item {i} is not a resolved submission", index=i)
-        items = [protocol.SubmitItem._make(t) for t in wire_items]
+        items = check_items(wire_items)  # every item, before any is applied
         now = self.clock()
         created = utc(now)
         out: list[tuple] = []
@@ -579,13 +558,16 @@ class Coordinator:
 
     # ================================================================== dispatch (the hot path)
 
-    def _make_ready(self, e: Entry, run_after: float | None) -> None:
+    def _make_ready(self, e: Entry, due: float | None) -> None:
+        """Pending now (``due`` None) or at ``due`` on the monotonic clock."""
         e.status = TaskStatus.PENDING.value
-        e.run_after = run_after
-        if run_after is None:
+        e.run_after = due
+        self.timers.cancel(e.timer)
+        if due is None:
+            e.timer = None
             self.ready.push(e)
         else:
-            self.timers.add(run_after, "due", (e, e.qver))
+            e.timer = self.timers.add(due, "due", e)
 
     def _domain_blocked(self, domain: str) -> bool:
         cap = self.domain_caps.get(domain)
@@ -593,6 +575,7 @@ class Coordinator:
 
     def _dispatch(self, now: float) -> None:
         idle = self.idle
+        wall = self.clock()
         while idle and self.running_total < self.max_concurrency:
             e = self.ready.pop_best(self._domain_blocked)
             if e is None:
@@ -601,14 +584,15 @@ class Coordinator:
                 self._fetch_payloads(e)
             w = idle.pop()
             e.status = TaskStatus.RUNNING.value
-            e.started_at = now
+            e.started_at = wall
+            e.started_mono = now
             e.worker = w
             w.task = e
             self.status_counts["pending"] -= 1
             self.status_counts["running"] += 1
             self.running_total += 1
             self.running_by_domain[e.domain] = self.running_by_domain.get(e.domain, 0) + 1
-            self.batch.running[e.id] = now
+            self.batch.running[e.id] = wall
             self._touch_batch()
             self.shm.set_cancel(w.index, False)
             payload = e.payload
@@ -624,7 +608,7 @@ class Coordinator:
                 pass  # its sentinel fires next: handled as a worker death
             self.counters["dispatched"] += 1
             if e.timeout:
-                self.timers.add(now + e.timeout, "timeout", (w, e))
+                e.timer = self.timers.add(now + e.timeout, "timeout", e)
 
     def _fetch_payloads(self, e: Entry) -> None:
         """Read payloads of queued tasks that are not cached, the wanted one first, in one query."""
@@ -678,6 +662,8 @@ class Coordinator:
     def _release_worker(self, w: WorkerHandle, e: Entry) -> None:
         w.task = None
         e.worker = None
+        self.timers.cancel(e.timer)  # its timeout or kill grace
+        e.timer = None
         self.running_total -= 1
         self.running_by_domain[e.domain] -= 1
         if e.status == TaskStatus.RUNNING:
@@ -692,46 +678,60 @@ class Coordinator:
             self.idle.append(w)
         if e.cancelled:
             return  # already in history as cancelled/superseded
-        io = (msg.read_bytes, msg.write_bytes, msg.net_rx_bytes, msg.net_tx_bytes)
+        ended = Ended(msg.started_at, msg.finished_at, msg.duration * 1000.0,
+                      (msg.read_bytes, msg.write_bytes, msg.net_rx_bytes, msg.net_tx_bytes))
         if msg.error_kind is None:
-            self._finish(e, HistoryStatus.COMPLETED, result=msg.result, started=msg.started_at,
-                         finished=msg.finished_at, io=io)
+            unstorable = _unstorable_result(msg.result)
+            if unstorable is None:
+                self._finish(e, HistoryStatus.COMPLETED, result=msg.result, ended=ended)
+            else:
+                self._finish(e, HistoryStatus.FAILED, error=unstorable, ended=ended)
         elif msg.error_kind == "permanent":
-            self._finish(e, HistoryStatus.FAILED, error=msg.error, started=msg.started_at, finished=msg.finished_at, io=io)
+            self._finish(e, HistoryStatus.FAILED, error=msg.error, ended=ended)
         else:
-            self._retry_or_dead(e, msg.error or "", msg.retry_after, started=msg.started_at, finished=msg.finished_at,
-                                io=io)
+            self._retry_or_dead(e, msg.error or "", msg.retry_after, ended)
 
     def _policy(self, e: Entry) -> RetryPolicy:
         return e.retry or self.type_retry.get(e.task_type) or self.default_retry
 
-    def _retry_or_dead(self, e: Entry, error: str, retry_after: float | None, *, started: float | None,
-                       finished: float, io: tuple = (0, 0, 0, 0)) -> None:
+    def _retry_or_dead(self, e: Entry, error: str, retry_after: Any, ended: Ended | None = None) -> None:
+        if retry_after is not None and not _delay_ok(retry_after):
+            self._finish(e, HistoryStatus.FAILED, error=f"{error}\n(taskmill: retry_after={retry_after!r} is not a "
+                         f"number of seconds in 0..{MAX_DELAY_SECONDS:g}, so the task is failed, not retried)",
+                         ended=ended)
+            return
         if e.retry_count < e.max_retries:
             e.retry_count += 1
             delay = retry_after if retry_after is not None else self._policy(e).delay(e.retry_count, self.rng)
-            now = self.clock()
-            run_after = now + delay if delay > 0 else None
+            delay = min(float(delay), MAX_DELAY_SECONDS)
+            stored = self.clock() + delay if delay > 0 else None  # the wall-clock time users see
             self.batch.forget_running(e.id)
-            self.batch.retries[e.id] = (e.retry_count, run_after, error[:20_000])
+            self.batch.retries[e.id] = (e.retry_count, stored, _clean_text(error))
             self._touch_batch()
             self.status_counts["pending"] += 1
             self.counters["retried"] += 1
-            self._make_ready(e, run_after)
+            self._make_ready(e, self.mono() + delay if delay > 0 else None)
             return
-        self._finish(e, HistoryStatus.DEAD_LETTER, error=error, started=started, finished=finished, io=io)
+        self._finish(e, HistoryStatus.DEAD_LETTER, error=error, ended=ended)
 
     def _finish(self, e: Entry, status: HistoryStatus, *, result: str | None = None, error: str | None = None,
-                started: float | None = None, finished: float | None = None, io: tuple = (0, 0, 0, 0)) -> None:
-        """Record a terminal outcome: a history row now, and the task leaves memory (unless requeued)."""
-        finished = finished if finished is not None else self.clock()
-        if started is None:
-            started = e.started_at
-        duration = (finished - started) * 1000.0 if started is not None else None
+                ended: Ended | None = None) -> None:
+        """Record a terminal outcome: a history row now, and the task leaves memory (unless requeued).
+
+        ``ended`` is what the worker measured; without it (a crash, a cancel) the run
+        ends now and its duration comes from the monotonic clock since dispatch.
+        """
+        if ended is not None:
+            started, finished, duration_ms, io = ended
+        else:
+            started, finished, duration_ms, io = e.started_at, self.clock(), None, (0, 0, 0, 0)
+            if e.started_mono is not None and started is not None:
+                duration_ms = (self.mono() - e.started_mono) * 1000.0
         keep = status == HistoryStatus.COMPLETED and e.requeue
         self.batch.forget_running(e.id)
         self.batch.finished.append(FinishedRow(
-            e.id, status.value, result, error, e.retry_count, started, finished, duration, io[0], io[1], io[2], io[3], keep_active=keep))
+            e.id, status.value, result, None if error is None else _clean_text(error), e.retry_count, started,
+            finished, duration_ms, io[0], io[1], io[2], io[3], keep_active=keep))
         self._touch_batch()
         self.counters[_COUNTER_OF[status]] += 1
         if keep:
@@ -744,6 +744,8 @@ class Coordinator:
             self.status_counts["pending"] += 1
             self._make_ready(e, None)
             return
+        self.timers.cancel(e.timer)
+        e.timer = None
         del self.tasks[e.id]
         if self.by_key.get(e.key) is e:
             del self.by_key[e.key]
@@ -755,6 +757,7 @@ class Coordinator:
         if w.conn.poll():
             self._drain_worker(w, all_pending=True)  # a result sent just before the exit still counts
         code = w.exitcode()
+        w.kill_group()  # whatever its task started dies with it
         self._unwatch(w.conn.fileno())
         self._unwatch(w.sentinel)
         if w in self.idle:
@@ -772,7 +775,7 @@ class Coordinator:
                 reason = w.kill_reason or f"worker process {w.pid} died: {describe_exit(code)}"
                 if w.kill_reason and w.kill_reason.startswith("timed out"):
                     reason = f"{w.kill_reason}; worker process {w.pid} {describe_exit(code)}"
-                self._retry_or_dead(e, reason, None, started=e.started_at, finished=self.clock())
+                self._retry_or_dead(e, reason, None)
             elif not e.cancelled:
                 self._interrupt(e)
         if not planned and not self.stopping:
@@ -781,7 +784,7 @@ class Coordinator:
                 log.warning("worker died", pid=w.pid, cause=describe_exit(code))
             delay = self.pool.respawn_delay(w.index)
             if delay:
-                self.timers.add(self.clock() + delay, "respawn", w.index)
+                self.timers.add(self.mono() + delay, "respawn", w.index)
             else:
                 self._to_spawn.append(w.index)
 
@@ -796,23 +799,27 @@ class Coordinator:
     # ================================================================== timers
 
     def _fire_timers(self, now: float) -> None:
-        for kind, payload in self.timers.pop_due(now):
+        for t in self.timers.pop_due(now):
+            kind = t.kind
             if kind == "due":
-                e, ver = payload
-                if e.qver == ver and e.id in self.tasks and e.status == TaskStatus.PENDING and e.worker is None:
+                e = t.payload
+                if e.timer is t:
+                    e.timer = None
                     e.run_after = None
                     self.ready.push(e)
             elif kind == "timeout":
-                w, e = payload
-                if w.task is e and not e.cancelled:
-                    w.kill(f"timed out after {e.timeout:g}s")
+                e = t.payload
+                if e.timer is t and e.worker is not None and not e.cancelled:
+                    e.timer = None
+                    e.worker.kill(f"timed out after {e.timeout:g}s")
             elif kind == "kill":
-                w, e = payload
-                if w.task is e:
-                    w.kill("did not stop within the cancel grace period")
+                e = t.payload
+                if e.timer is t and e.worker is not None:
+                    e.timer = None
+                    e.worker.kill("did not stop within the cancel grace period")
             elif kind == "respawn":
-                if self.workers[payload] is None and not self.stopping:
-                    self._to_spawn.append(payload)
+                if self.workers[t.payload] is None and not self.stopping:
+                    self._to_spawn.append(t.payload)
         if self.wait_deadlines:
             keep = []
             for d, tid, conn in self.wait_deadlines:
@@ -865,6 +872,12 @@ class Coordinator:
         for conn, reply in self.acks:
             self._reply(conn, reply)
         self.acks.clear()
+        if self.queries:  # the store is flushed: hand each query, and its client, to a reader
+            now = self.mono()
+            queries, self.queries = self.queries, []
+            for conn, query, limit in queries:
+                self._unwatch(conn.fileno())
+                self.readers.run(conn, query, limit, now)
         deferred, self.deferred = self.deferred, []
         for conn, fn in deferred:
             try:
@@ -893,7 +906,7 @@ class Coordinator:
         if task_id in self.tasks:
             self.waiters.setdefault(task_id, []).append(conn)
             if timeout is not None:
-                self.wait_deadlines.append((self.clock() + timeout, task_id, conn))
+                self.wait_deadlines.append((self.mono() + timeout, task_id, conn))
             return
 
         def finished() -> Any:
@@ -919,15 +932,15 @@ class Coordinator:
         if w is not None:
             e.cancelled = True
             self.shm.set_cancel(w.index, True)
-            self.timers.add(self.clock() + CANCEL_GRACE, "kill", (w, e))
-            self._finish(e, status, error=why, started=e.started_at)
+            self._finish(e, status, error=why)  # also ends its timeout timer
+            e.timer = self.timers.add(self.mono() + CANCEL_GRACE, "kill", e)  # until the worker gives it back
             self.status_counts["running"] -= 1
             e.status = "cancelling"
             return
         if e.queued:
             self.ready.discard(e)
-        elif e.run_after is not None:
-            e.qver += 1  # the timer item goes stale
+        self.timers.cancel(e.timer)
+        e.timer = None
         self.status_counts[e.status] -= 1
         e.cancelled = True
         if e.payload is not None:
@@ -968,7 +981,7 @@ class Coordinator:
 
     def progress(self, domain: str | None = None) -> list[TaskProgress]:
         out = []
-        now = self.clock()
+        now = self.mono()
         for w in self.workers:
             if w is None or w.task is None or w.task.cancelled or (domain and w.task.domain != domain):
                 continue
@@ -978,7 +991,7 @@ class Coordinator:
             out.append(TaskProgress(task_id=w.task.id, task_type=w.task.task_type,
                                     fraction=max(s.progress, 0.0), bytes_done=s.bytes_done, bytes_total=s.bytes_total,
                                     read_bytes=s.read_bytes, write_bytes=s.write_bytes,
-                                    elapsed_s=now - (w.task.started_at or now)))
+                                    elapsed_s=now - (w.task.started_mono or now)))
         return out
 
     def snapshot(self, domain: str | None = None) -> SchedulerSnapshot | ModuleSnapshot:
@@ -1020,9 +1033,9 @@ class Coordinator:
             return
         self.stopping = True
         if self.shutdown_mode == "graceful" and self.running_total:
-            self.stop_deadline = self.clock() + self.shutdown_timeout
+            self.stop_deadline = self.mono() + self.shutdown_timeout
         else:
-            self.stop_deadline = self.clock()
+            self.stop_deadline = self.mono()
 
     def _finish_shutdown(self) -> None:
         """Cancel what still runs (re-queued, not failed), stop workers, commit, answer, exit."""
@@ -1052,6 +1065,7 @@ class Coordinator:
                 w.process.join(timeout=2.0)
         for w in self.workers:
             if w is not None:
+                w.kill_group()  # what tasks started and left running (a `sleep 300` …) ends with them
                 try:
                     w.conn.close()
                 except OSError:
@@ -1061,6 +1075,7 @@ class Coordinator:
                 self._unwatch(fd)
         self.workers = [None] * len(self.workers)
         self.idle.clear()
+        self.readers.close()
         self._commit()
         for conn, _ in self.idle_waiters:
             self._reply(conn, protocol.ErrorReply.of(SchedulerBroken("the scheduler shut down")))
@@ -1077,6 +1092,15 @@ class Coordinator:
 
 _PENDING = TaskStatus.PENDING.value
 
+
+class Ended(NamedTuple):
+    """How a run ended, as its worker measured it: wall-clock start and end, monotonic duration, IO."""
+
+    started: float | None
+    finished: float
+    duration_ms: float | None
+    io: tuple[int, int, int, int]
+
 _COUNTER_OF = {
     HistoryStatus.COMPLETED: "completed",
     HistoryStatus.FAILED: "failed",
@@ -1090,3 +1114,61 @@ _COUNTER_OF = {
 
 def _dt(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, timezone.utc)
+
+
+def _timeout_ok(v: Any) -> bool:
+    return v is None or (type(v) in (int, float) and math.isfinite(v) and v >= 0)
+
+
+def _delay_ok(v: Any) -> bool:
+    return type(v) in (int, float) and math.isfinite(v) and 0 <= v <= MAX_DELAY_SECONDS
+
+
+def _clean_text(text: str) -> str:
+    """Error text as the store can keep it: bounded, valid UTF-8 (lone surrogates escaped)."""
+    text = text[:MAX_ERROR_CHARS]
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _unstorable_result(text: str | None) -> str | None:
+    """Why a task's JSON result cannot be stored, or None if it can."""
+    if text is None:
+        return None
+    if len(text) > MAX_RESULT_BYTES // 4 and len(text.encode("utf-8", "surrogatepass")) > MAX_RESULT_BYTES:
+        return f"the return value is larger than {MAX_RESULT_BYTES // (1024 * 1024)} MiB as JSON, so it cannot be stored"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return f"the return value is not valid UTF-8 text ({e}), so it cannot be stored"
+    if "\\ud" in text or "\\uD" in text:  # JSON escapes of UTF-16 halves: DuckDB refuses lone ones
+        try:
+            json.dumps(json.loads(text), ensure_ascii=False).encode("utf-8")
+        except (ValueError, UnicodeEncodeError) as e:
+            return f"the return value holds a lone UTF-16 surrogate ({e}), so it cannot be stored"
+    return None
+
+
+def _entry_from_row(row: tuple) -> tuple[Entry, float | None]:
+    """An in-memory entry from a stored ``tasks`` row (see ``Store.recover``), checked field by field."""
+    (tid, ttype, domain, key, label, prio, status, created, run_after, retries, max_retries, retry_json,
+     timeout, cpus, memory, group, requeue, requeue_prio) = row
+    status = TaskStatus(status).value
+    if not 0 <= prio <= 255 or (requeue_prio is not None and not 0 <= requeue_prio <= 255):
+        raise ValueError(f"priority {prio} is outside 0..255")
+    if retries < 0 or max_retries < 0:
+        raise ValueError("a negative retry count")
+    if timeout is not None and not (math.isfinite(timeout) and 0 < timeout <= MAX_DELAY_SECONDS):
+        raise ValueError(f"timeout {timeout!r} is not a number of seconds in (0, {MAX_DELAY_SECONDS:g}]")
+    if not (math.isfinite(cpus) and cpus > 0) or memory < 0:
+        raise ValueError(f"cpus {cpus!r} / memory {memory!r} out of range")
+    if run_after is not None and not math.isfinite(run_after):
+        raise ValueError(f"run_after {run_after!r} is not a time")
+    policy = RetryPolicy.from_dict(json.loads(retry_json)) if retry_json else None
+    e = Entry(tid, ttype, domain, key, label, prio, status, created, retries, max_retries, policy, timeout, cpus,
+              memory, group)
+    e.requeue = bool(requeue)
+    e.requeue_priority = requeue_prio
+    return e, run_after

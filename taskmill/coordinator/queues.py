@@ -13,7 +13,10 @@ import heapq
 import itertools
 from typing import Any, Callable
 
-__all__ = ["Entry", "ReadyQueues", "Timers"]
+__all__ = ["Entry", "ReadyQueues", "Timer", "Timers"]
+
+#: Dead timers tolerated before a purge is considered (purging tiny heaps is not worth it).
+PURGE_MIN_DEAD = 256
 
 
 class Entry:
@@ -22,7 +25,7 @@ class Entry:
     __slots__ = (
         "id", "task_type", "domain", "key", "label", "priority", "status", "created_at", "run_after",
         "retry_count", "max_retries", "retry", "timeout", "cpus", "memory", "group", "payload", "requeue",
-        "requeue_priority", "started_at", "worker", "qver", "queued", "cancelled",
+        "requeue_priority", "started_at", "started_mono", "worker", "qver", "queued", "cancelled", "timer",
     )
 
     def __init__(self, id: int, task_type: str, domain: str, key: str, label: str, priority: int, status: str,
@@ -46,12 +49,14 @@ class Entry:
         self.payload: str | None = None
         self.requeue = False
         self.requeue_priority: int | None = None
-        self.started_at: float | None = None
+        self.started_at: float | None = None  # wall clock, for records
+        self.started_mono: float | None = None  # monotonic, for durations
+        self.timer: Any = None  # its one live Timer: due (delayed), timeout (running) or kill grace
         self.worker: Any = None
         self.qver = 0
         self.queued = False
         self.cancelled = False
-        self.run_after: float | None = None
+        self.run_after: float | None = None  # monotonic due time while delayed
 
     def __repr__(self) -> str:
         return f"<Entry {self.id} {self.task_type} p={self.priority} {self.status}>"
@@ -124,26 +129,74 @@ class ReadyQueues:
         return best
 
 
+class Timer:
+    """One pending timer; ``Timers.cancel`` kills it without searching the heap."""
+
+    __slots__ = ("due", "kind", "payload", "alive")
+
+    def __init__(self, due: float, kind: str, payload: Any) -> None:
+        self.due = due
+        self.kind = kind
+        self.payload = payload
+        self.alive = True
+
+
 class Timers:
-    """A heap of (due time, kind, payload) with a tie-breaking counter."""
+    """A heap of timers on the monotonic clock, with cancellation.
+
+    A cancelled timer stays in the heap until it reaches the top or a purge
+    drops it; a purge runs whenever dead timers outnumber live ones, so memory
+    follows live timers (a finished task's one-hour timeout does not linger).
+    """
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, str, Any]] = []
+        self._heap: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
+        self._dead = 0
 
     def __len__(self) -> int:
+        """Live timers."""
+        return len(self._heap) - self._dead
+
+    @property
+    def heap_size(self) -> int:
+        """Items held, dead ones included (what memory follows)."""
         return len(self._heap)
 
-    def add(self, due: float, kind: str, payload: Any) -> None:
-        heapq.heappush(self._heap, (due, next(self._seq), kind, payload))
+    def add(self, due: float, kind: str, payload: Any) -> Timer:
+        t = Timer(due, kind, payload)
+        heapq.heappush(self._heap, (due, next(self._seq), t))
+        return t
+
+    def cancel(self, t: Timer | None) -> None:
+        if t is None or not t.alive:
+            return
+        t.alive = False
+        self._dead += 1
+        if self._dead > PURGE_MIN_DEAD and self._dead * 2 > len(self._heap):
+            self._heap = [item for item in self._heap if item[2].alive]
+            heapq.heapify(self._heap)
+            self._dead = 0
+
+    def _drop_dead_top(self) -> None:
+        heap = self._heap
+        while heap and not heap[0][2].alive:
+            heapq.heappop(heap)
+            self._dead -= 1
 
     def next_due(self) -> float | None:
+        self._drop_dead_top()
         return self._heap[0][0] if self._heap else None
 
-    def pop_due(self, now: float) -> list[tuple[str, Any]]:
+    def pop_due(self, now: float) -> list[Timer]:
+        """Live timers due at ``now``, earliest first; they count as fired (no longer alive)."""
         out = []
         heap = self._heap
         while heap and heap[0][0] <= now:
-            _, _, kind, payload = heapq.heappop(heap)
-            out.append((kind, payload))
+            _, _, t = heapq.heappop(heap)
+            if t.alive:
+                t.alive = False
+                out.append(t)
+            else:
+                self._dead -= 1
         return out

@@ -4,6 +4,6 @@ Only the coordinator process opens a store; nothing here imports the
 coordinator, the workers or the host API.
 """
 
-from taskmill.store.store import LATEST_SCHEMA, FinishedRow, Store, WriteBatch
+from taskmill.store.store import LATEST_SCHEMA, FinishedRow, Store, WriteBatch, select
 
-__all__ = ["LATEST_SCHEMA", "FinishedRow", "Store", "WriteBatch"]
+__all__ = ["LATEST_SCHEMA", "FinishedRow", "Store", "WriteBatch", "select"]

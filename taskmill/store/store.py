@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -29,7 +30,7 @@ from taskmill.records import (
     TypeStats,
 )
 
-__all__ = ["LATEST_SCHEMA", "FinishedRow", "Store", "WriteBatch"]
+__all__ = ["LATEST_SCHEMA", "FinishedRow", "Store", "WriteBatch", "select"]
 
 #: DuckDB worker threads for the store; queries are small, the loop is single-threaded.
 DUCKDB_THREADS = 2
@@ -37,6 +38,12 @@ DUCKDB_THREADS = 2
 DUCKDB_MEMORY_LIMIT = "1GB"
 
 APP_NAME = "taskmill"
+#: Most rows one ``sql()`` call returns; beyond it the call fails and asks for a LIMIT.
+SQL_MAX_ROWS = 200_000
+#: Largest ``sql()`` result, measured as pickled bytes (what travels to the host).
+SQL_MAX_BYTES = 64 * 1024 * 1024
+#: Rows fetched per step while a result is checked against the caps.
+SQL_FETCH_ROWS = 2048
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -167,13 +174,17 @@ class Store:
             "memory_limit": DUCKDB_MEMORY_LIMIT,
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": True,
+            "TimeZone": "UTC",
+            # User SQL runs on this database: no file or network access beyond the store itself
+            # (read_text('/etc/shadow'), glob, COPY … TO), and no setting can be changed later.
+            "enable_external_access": False,
+            "lock_configuration": True,
         }
         try:
             self.con = duckdb.connect(path, config=config)
         except duckdb.Error as e:
             raise _map_open_error(path, e) from e
         try:
-            self.con.execute("SET TimeZone = 'UTC'")
             self._migrate()
         except BaseException:
             self.con.close()
@@ -256,6 +267,27 @@ class Store:
                 "group_key, requeue, requeue_priority FROM tasks ORDER BY id"
             ).fetchall()
         return max(next_id, int(top) + 1), rows
+
+    def quarantine(self, rows: Sequence[tuple[int, str]], now: float) -> list[int]:
+        """Move active tasks that recovery cannot interpret to history as ``failed`` with a reason.
+
+        Each row moves in its own transaction, so one that cannot even be copied stays
+        where it is; returns the ids that could not be moved.
+        """
+        stuck = []
+        for task_id, reason in rows:
+            try:
+                with self.transaction() as con:
+                    con.execute(
+                        f"INSERT INTO task_history ({HISTORY_COLUMNS}) SELECT id, task_type, domain, key, label, "
+                        "priority, 'failed', payload, NULL, ?, tags, group_key, retry_count, created_at, started_at, "
+                        "make_timestamp((? * 1e6)::BIGINT), NULL, 0, 0, 0, 0, expected_read_bytes, "
+                        "expected_write_bytes, expected_net_rx_bytes, expected_net_tx_bytes, cpus, memory, parent_id "
+                        "FROM tasks WHERE id = ?", [reason, now, task_id])
+                    con.execute("DELETE FROM tasks WHERE id = ?", [task_id])
+            except StoreError:
+                stuck.append(task_id)
+        return stuck
 
     # ------------------------------------------------------------------ the group commit
 
@@ -475,39 +507,73 @@ class Store:
 
     # ------------------------------------------------------------------ SQL over history (F25)
 
-    def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
-        """Run one SELECT statement; returns ``(column names, rows)``.
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new connection to the same database, for use by one other thread (a reader)."""
+        return self.con.cursor()
 
-        Raises:
-            QueryRefused: not exactly one SELECT statement.
-            StoreError: the query failed (syntax, binder, runtime), from the duckdb error.
-        """
-        if not isinstance(query, str):
-            raise TypeError(f"query must be a str, got {type(query).__name__}")
-        try:
-            statements = duckdb.extract_statements(query)
-        except duckdb.Error as e:
-            raise StoreError(f"malformed SQL: {e}") from e
-        if len(statements) != 1:
-            raise QueryRefused(f"sql() runs exactly one statement, got {len(statements)}")
-        kind = statements[0].type
-        # Only SELECT: EXPLAIN ANALYZE executes the statement it explains (a COPY writes its file).
-        if kind != duckdb.StatementType.SELECT:
-            raise QueryRefused(f"sql() is read-only and runs one SELECT; refused a {kind.name} statement")
+    def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+        """Run one SELECT on a fresh cursor; see :func:`select`."""
         cur = self.con.cursor()
         try:
-            cur.execute("BEGIN TRANSACTION")  # rolled back below: nothing a query does can persist
-            try:
-                cur.execute(query, params if params is not None else None)
-                names = [d[0] for d in cur.description or []]
-                rows = cur.fetchall()
-            finally:
-                cur.execute("ROLLBACK")
-        except duckdb.Error as e:
-            raise StoreError(f"query failed: {e}") from e
+            return select(cur, query, params)
         finally:
             cur.close()
-        return names, rows
+
+
+def select(cur: duckdb.DuckDBPyConnection, query: str, params: Sequence[Any] | dict[str, Any] | None = None, *,
+           max_rows: int = SQL_MAX_ROWS, max_bytes: int = SQL_MAX_BYTES) -> tuple[list[str], list[tuple]]:
+    """Run one SELECT statement on ``cur`` inside a read-only transaction; ``(column names, rows)``.
+
+    Read-only is the engine's rule, not a parse of the text: the statement runs in
+    ``BEGIN TRANSACTION READ ONLY``, so even a ``DELETE … RETURNING`` inside a CTE is
+    refused by DuckDB, and the database has no external access. The one-statement
+    check only keeps a second statement from ending that transaction.
+
+    Raises:
+        QueryRefused: not exactly one SELECT, a write, or a result over ``max_rows``
+            rows or about ``max_bytes`` bytes.
+        StoreError: the query failed (syntax, binder, runtime), from the duckdb error.
+    """
+    if not isinstance(query, str):
+        raise TypeError(f"query must be a str, got {type(query).__name__}")
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as e:
+        raise StoreError(f"malformed SQL: {e}") from e
+    if len(statements) != 1:
+        raise QueryRefused(f"sql() runs exactly one statement, got {len(statements)}")
+    kind = statements[0].type
+    # Only SELECT: EXPLAIN ANALYZE executes the statement it explains (a COPY writes its file).
+    if kind != duckdb.StatementType.SELECT:
+        raise QueryRefused(f"sql() is read-only and runs one SELECT; refused a {kind.name} statement")
+    try:
+        cur.execute("BEGIN TRANSACTION READ ONLY")
+        try:
+            cur.execute(query, params if params is not None else None)
+            names = [d[0] for d in cur.description or []]
+            rows: list[tuple] = []
+            size = 0
+            while True:
+                chunk = cur.fetchmany(SQL_FETCH_ROWS)
+                if not chunk:
+                    break
+                rows.extend(chunk)
+                if len(rows) > max_rows:
+                    raise QueryRefused(f"the result has more than {max_rows:,} rows; add a LIMIT, page with "
+                                       "OFFSET, or aggregate")
+                size += len(pickle.dumps(chunk, pickle.HIGHEST_PROTOCOL))
+                if size > max_bytes:
+                    raise QueryRefused(f"the result is larger than {max_bytes // (1024 * 1024)} MiB; select fewer "
+                                       "columns or rows")
+        finally:
+            cur.execute("ROLLBACK")
+    except duckdb.TransactionException as e:
+        raise QueryRefused(f"sql() is read-only: {e}") from e
+    except duckdb.InterruptException:
+        raise
+    except duckdb.Error as e:
+        raise StoreError(f"query failed: {e}") from e
+    return names, rows
 
 
 def _limit(v: Any) -> int:
@@ -538,10 +604,3 @@ def _history_record(r: tuple) -> TaskHistoryRecord:
         created_at=_aware(r[13]), started_at=_aware(r[14]), completed_at=_aware(r[15]), duration_ms=r[16],
         read_bytes=r[17], write_bytes=r[18], net_rx_bytes=r[19], net_tx_bytes=r[20],
         expected_io=IoBudget(disk_read=r[21], disk_write=r[22], net_rx=r[23], net_tx=r[24]), parent_id=r[27])
-
-
-def state_file_for(path: str) -> str | None:
-    """The state file beside a store (None for ``:memory:``)."""
-    if path == ":memory:":
-        return None
-    return os.path.abspath(path) + ".taskmill.json"

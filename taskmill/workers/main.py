@@ -31,17 +31,27 @@ from taskmill.workers import preload
 __all__ = ["handle_run", "worker_main"]
 
 
+#: Largest task result, as JSON text (bytes); a larger one fails the task (the coordinator checks too).
+MAX_RESULT_BYTES = 16 * 1024 * 1024
+
+
 def _watch_lifeline(lifeline: Any) -> None:
     try:
         lifeline.recv_bytes()
     except (EOFError, OSError):
         pass
-    os._exit(0)  # the coordinator is gone: nobody will read our result
+    # The coordinator is gone: nobody will read our result. Take our process group with us
+    # (what the task started), then ourselves.
+    try:
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    finally:
+        os._exit(0)
 
 
 def handle_run(msg: protocol.Run, registry: dict[str, Any], slot: WorkerSlot | None, conn: Any) -> protocol.Done:
     """Run one task and describe its outcome; never raises."""
     started = time.time()
+    t0 = time.monotonic()
     pid = os.getpid()
     if slot is not None:
         slot.start(pid, msg.task_id)
@@ -61,21 +71,37 @@ def handle_run(msg: protocol.Run, registry: dict[str, Any], slot: WorkerSlot | N
             raise Permanent(f"task type {msg.task_type!r} is not registered with this scheduler")
         payload = json.loads(msg.payload)
         value = fn(ctx, **payload)
-        try:
-            result = json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise Permanent(f"return value of {msg.task_type} is not JSON-serializable: {e}") from None
+        result = _encode_result(msg.task_type, value)
     except Permanent as e:
         kind, error = "permanent", _describe(e)
     except Retryable as e:
         kind, error, retry_after = "retryable", _describe(e), e.retry_after
     except BaseException as e:  # noqa: BLE001 - SystemExit/KeyboardInterrupt inside a task are task errors too
         kind, error = "retryable", _describe(e)
+    duration = time.monotonic() - t0
     finished = time.time()
     io = ctx.io_totals
     if slot is not None:
         slot.clear(pid)
-    return protocol.Done(msg.task_id, result, kind, error, retry_after, started, finished, *io)
+    return protocol.Done(msg.task_id, result, kind, error, retry_after, started, finished, duration, *io)
+
+
+def _encode_result(task_type: str, value: Any) -> str:
+    """The return value as JSON text the store can keep; ``Permanent`` if there is none."""
+    try:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError) as e:  # RecursionError: nested too deeply
+        raise Permanent(f"return value of {task_type} is not JSON-serializable: {type(e).__name__}: {e}") from None
+    if not text.isascii():
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError as e:
+            raise Permanent(f"return value of {task_type} is not valid UTF-8 text: {e}") from None
+    else:
+        size = len(text)
+    if size > MAX_RESULT_BYTES:
+        raise Permanent(f"return value of {task_type} is {size} bytes as JSON; the limit is {MAX_RESULT_BYTES}")
+    return text
 
 
 def _describe(e: BaseException) -> str:
@@ -88,7 +114,10 @@ def _describe(e: BaseException) -> str:
         tb = "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=20))
     except BaseException:  # noqa: BLE001
         tb = "(traceback unavailable)"
-    return f"{type(e).__name__}: {message}\n{tb}"[:20_000]
+    text = f"{type(e).__name__}: {message}\n{tb}"[:20_000]
+    if not text.isascii():  # lone surrogates cannot be stored as text; keep them visible, escaped
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def worker_main(conn: Any, lifeline: Any, slot_index: int, shm_name: str) -> None:

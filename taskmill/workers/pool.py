@@ -74,6 +74,13 @@ class WorkerHandle:
         except ProcessLookupError:
             pass
 
+    def kill_group(self) -> None:
+        """SIGKILL what is left of the worker's process group (once the worker itself is gone)."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
     def exitcode(self) -> int | None:
         self.process.join(timeout=1.0)
         return self.process.exitcode

@@ -1,0 +1,135 @@
+"""Decoding and checking what clients send: nothing a peer sends can stop the loop.
+
+Requests are unpickled by an unpickler that builds only protocol messages and
+plain standard-library values (no user classes, no callables), and every
+submitted item is checked field by field against the store's column types
+before any item of its batch is applied. A request that fails either check is
+answered with an error; the loop goes on. Imports leaves only.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import pickle
+from json import JSONDecoder
+from typing import Any
+
+from taskmill import protocol
+from taskmill.errors import InvalidSubmission
+from taskmill.records import DuplicateStrategy, RetryPolicy
+from taskmill.validation import INT32_MAX, INT64_MAX, MAX_DELAY_SECONDS
+
+__all__ = ["BadRequest", "check_items", "decode_request"]
+
+# The only globals a request may name: protocol messages, and the value types
+# ``sql()`` parameters may carry. Builtin containers and scalars need none.
+_ALLOWED: dict[tuple[str, str], Any] = {
+    ("taskmill.protocol", name): getattr(protocol, name)
+    for name in ("Submit", "Call", "Wait", "WaitIdle", "Stop")
+}
+for _module, _names in (("datetime", ("datetime", "date", "time", "timedelta", "timezone")),
+                        ("decimal", ("Decimal",)), ("uuid", ("UUID", "SafeUUID"))):
+    _mod = __import__(_module)
+    for _name in _names:
+        _ALLOWED[(_module, _name)] = getattr(_mod, _name)
+
+_REQUEST_TYPES = (protocol.Submit, protocol.Call, protocol.Wait, protocol.WaitIdle, protocol.Stop)
+_DUPLICATES = frozenset(s.value for s in DuplicateStrategy)
+_decode_json = JSONDecoder().raw_decode
+
+
+class BadRequest(ValueError):
+    """A request the coordinator cannot decode; answered as an error, never fatal."""
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise BadRequest(
+                f"a request may carry only plain values; it named {module}.{name} "
+                "(convert it to str/int/float/list/dict on the host)") from None
+
+
+def decode_request(data: bytes) -> protocol.HostRequest:
+    """Unpickle one request; raises ``BadRequest`` for anything but a protocol message."""
+    try:
+        msg = _Unpickler(io.BytesIO(data)).load()
+    except BadRequest:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated or crafted bytes: a bad request, not a crash
+        raise BadRequest(f"cannot decode the request: {type(e).__name__}: {e}") from None
+    if not isinstance(msg, _REQUEST_TYPES):
+        raise BadRequest(f"not a request: {type(msg).__name__}")
+    return msg
+
+
+def _int(v: Any, lo: int, hi: int) -> bool:
+    return type(v) is int and lo <= v <= hi
+
+
+def _number(v: Any, lo: float, hi: float, *, open_low: bool = False) -> bool:
+    if type(v) is not float and type(v) is not int:
+        return False
+    return math.isfinite(v) and (lo < v if open_low else lo <= v) and v <= hi
+
+
+def _opt_str(v: Any) -> bool:
+    return v is None or type(v) is str
+
+
+def _json_object(text: Any) -> bool:
+    if type(text) is not str:
+        return False
+    try:
+        value, end = _decode_json(text)
+    except ValueError:
+        return False
+    return end == len(text) and type(value) is dict
+
+
+def _problem(t: Any) -> str | None:
+    """Why a wire item is not a valid resolved submission, or None."""
+    if type(t) is not tuple or len(t) != len(protocol.SubmitItem._fields):
+        return "not a resolved submission"
+    (task_type, domain, key, label, priority, payload, max_retries, retry, timeout, cpus, memory,
+     io_read, io_write, io_rx, io_tx, group, tags, duplicate) = t
+    if not (type(task_type) is str and type(domain) is str and type(key) is str and type(label) is str):
+        return "task_type, domain, key and label must be str"
+    if not _int(priority, 0, 255):
+        return f"priority must be an int in 0..255, got {priority!r}"
+    if not _json_object(payload):
+        return "payload must be the JSON text of an object"
+    if not _int(max_retries, 0, INT32_MAX):
+        return f"max_retries must be an int in 0..{INT32_MAX}"
+    if retry is not None:
+        try:
+            RetryPolicy.from_dict(_decode_json(retry)[0])
+        except Exception as e:  # noqa: BLE001 - any malformed policy text is the item's fault
+            return f"retry policy is not valid: {e}"
+    if timeout is not None and not _number(timeout, 0.0, MAX_DELAY_SECONDS, open_low=True):
+        return f"timeout must be a number in (0, {MAX_DELAY_SECONDS:g}]"
+    if not _number(cpus, 0.0, float(INT32_MAX), open_low=True):
+        return f"cpus must be a finite number > 0, got {cpus!r}"
+    for name, v in (("memory", memory), ("io_read", io_read), ("io_write", io_write), ("io_rx", io_rx),
+                    ("io_tx", io_tx)):
+        if not _int(v, 0, INT64_MAX):
+            return f"{name} must be an int in 0..{INT64_MAX}"
+    if not (_opt_str(group) and (tags is None or _json_object(tags))):
+        return "group must be a str or None and tags the JSON text of an object"
+    if duplicate not in _DUPLICATES:
+        return f"unknown duplicate strategy {duplicate!r}"
+    return None
+
+
+def check_items(wire_items: Any) -> list[protocol.SubmitItem]:
+    """Check every item of a ``Submit`` before any is applied; the first bad one is named."""
+    if type(wire_items) is not list:
+        raise InvalidSubmission("a submission batch must be a list")
+    for i, t in enumerate(wire_items):
+        why = _problem(t)
+        if why is not None:
+            raise InvalidSubmission(f"item {i}: {why}", index=i)
+    return [protocol.SubmitItem._make(t) for t in wire_items]

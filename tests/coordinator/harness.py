@@ -1,0 +1,97 @@
+"""A real coordinator stepped in the test process: real store file, real fork server and workers.
+
+Used where a test must reach inside the loop (its injectable wall clock, its
+timer heap) while tasks still run in real forked processes. Everything is torn
+down at the end: workers, fork server, resource tracker, segment, store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import cloudpickle
+from polling import poll_until
+
+from taskmill import protocol
+from taskmill.coordinator.loop import Coordinator
+from taskmill.domain import canonical_json, dedup_key
+from taskmill.records import RetryPolicy, TaskHistoryRecord
+from taskmill.shm import SharedState
+from taskmill.store import Store
+from taskmill.workers.pool import WorkerPool
+
+
+def item(task_type: str, payload: dict[str, Any], *, timeout: float | None = None, max_retries: int = 3,
+         retry: RetryPolicy | None = None, key: str | None = None) -> tuple:
+    """A resolved submission as the host would send it."""
+    text = canonical_json(payload)
+    return tuple(protocol.SubmitItem(
+        task_type=task_type, domain=task_type.split("::")[0], key=dedup_key(task_type, key or text), label=task_type,
+        priority=128, payload=text, max_retries=max_retries,
+        retry=None if retry is None else json.dumps(retry.to_dict()), timeout=timeout, cpus=1.0, memory=0,
+        io_read=0, io_write=0, io_rx=0, io_tx=0, group=None, tags=None, duplicate="skip"))
+
+
+class Harness:
+    def __init__(self, coord: Coordinator) -> None:
+        self.coord = coord
+
+    def submit(self, *items: tuple) -> list[int]:
+        out = self.coord.submit(list(items))
+        self.coord._commit()
+        return [o[1] for o in out]
+
+    def step_until(self, cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+        """Step the loop until ``cond()`` is truthy."""
+        return poll_until(cond, timeout, what=what, between=self.coord.step)
+
+    def history(self, task_id: int) -> TaskHistoryRecord | None:
+        self.coord._commit()
+        return self.coord.store.history_row(task_id)
+
+    def finished(self, task_id: int, timeout: float = 30.0) -> TaskHistoryRecord:
+        self.step_until(lambda: task_id not in self.coord.tasks, timeout, f"task {task_id} to finish")
+        row = self.history(task_id)
+        assert row is not None
+        return row
+
+
+@contextmanager
+def coordinator(tmp_path: Any, tasks: dict[str, Callable[..., Any]], *, clock: Callable[[], float] = time.time,
+                workers: int = 2) -> Iterator[Harness]:
+    """A started coordinator whose loop the test steps (``Harness.step_until``)."""
+    registry = tmp_path / "registry.pkl"
+    registry.write_bytes(cloudpickle.dumps({"tasks": tasks, "domain_state": {}, "global_state": {}}))
+    shm = SharedState(workers)
+    pool = WorkerPool(str(registry), shm.name)  # fork server before DuckDB, as in the real process
+    store = Store(str(tmp_path / "store.duckdb"))
+    coord = Coordinator(store=store, pool=pool, shm=shm, max_concurrency=workers, domain_caps={}, type_retry={},
+                        default_retry=RetryPolicy(), shutdown_mode="hard", shutdown_timeout=0.0, poll_interval=0.05,
+                        clock=clock)
+    try:
+        coord.start_workers()
+        coord.recover()
+        yield Harness(coord)
+    finally:
+        try:
+            if not coord.exited:
+                coord._begin_shutdown(None)
+                deadline = time.monotonic() + 30
+                while not coord.exited and time.monotonic() < deadline:
+                    coord.step()
+        finally:
+            for w in coord.workers:
+                if w is not None:
+                    w.kill("test over")
+            coord.readers.close()
+            coord.writer.close()
+            store.close()
+            pool.close()
+            shm.close()
+            WorkerPool.stop_resource_tracker()
+            os.environ.pop("TASKMILL_REGISTRY", None)
