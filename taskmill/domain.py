@@ -134,7 +134,8 @@ def _check_tags(tags: Any) -> dict[str, str]:
     for k, v in tags.items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise TypeError(f"tags must map str to str, got {describe(k)} {k!r}: {describe(v)} {v!r}")
-        k, v = str.__str__(k), str.__str__(v)  # StrEnum members and other subclasses travel as plain str
+        k = as_str(k, "tag key")  # StrEnum members and other subclasses travel as plain str
+        v = as_str(v, f"tag value for {k!r}")
         if len(k.encode()) > MAX_TAG_KEY_BYTES:
             raise ValueError(f"tag key {k[:20]!r}… is over {MAX_TAG_KEY_BYTES} bytes")
         if len(v.encode()) > MAX_TAG_VALUE_BYTES:

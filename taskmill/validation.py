@@ -97,12 +97,18 @@ def as_str(value: Any, what: str, *, expected: str = "a str") -> str:
 
     Raises:
         TypeError: not a str (a plain ``Enum`` member, a number, None …).
+        ValueError: not valid UTF-8 text (a lone surrogate), so the store could not keep it.
     """
-    if type(value) is str:
-        return value
-    if isinstance(value, str):
-        return str.__str__(value)
-    raise TypeError(f"{what} must be {expected}, got {describe(value)} {value!r}")
+    if type(value) is not str:
+        if not isinstance(value, str):
+            raise TypeError(f"{what} must be {expected}, got {describe(value)} {value!r}")
+        value = str.__str__(value)
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{what} must be valid UTF-8 text: {e.reason} at position {e.start}") from None
+    return value
 
 
 def as_opt_str(value: Any, what: str) -> str | None:

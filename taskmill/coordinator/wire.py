@@ -10,6 +10,7 @@ answered with an error; the loop goes on. Imports leaves only.
 from __future__ import annotations
 
 import io
+import json
 import math
 import pickle
 from json import JSONDecoder
@@ -76,32 +77,48 @@ def _number(v: Any, lo: float, hi: float, *, open_low: bool = False) -> bool:
     return math.isfinite(v) and (lo < v if open_low else lo <= v) and v <= hi
 
 
-def _opt_str(v: Any) -> bool:
-    return v is None or type(v) is str
+def _text(v: Any) -> bool:
+    """A str the store can hold: valid UTF-8 (no lone surrogates)."""
+    if type(v) is not str:
+        return False
+    if v.isascii():
+        return True
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _json_object(text: Any) -> bool:
-    if type(text) is not str:
+    """JSON text of an object that DuckDB's JSON type accepts (it refuses escaped lone surrogates)."""
+    if not _text(text):
         return False
     try:
         value, end = _decode_json(text)
     except ValueError:
         return False
-    return end == len(text) and type(value) is dict
+    if end != len(text) or type(value) is not dict:
+        return False
+    if "\\u" in text and ("\\ud" in text or "\\uD" in text):  # rare: UTF-16 halves; only pairs are valid
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return True
 
 
-def _problem(t: Any) -> str | None:
-    """Why a wire item is not a valid resolved submission, or None."""
-    if type(t) is not tuple or len(t) != len(protocol.SubmitItem._fields):
-        return "not a resolved submission"
-    (task_type, domain, key, label, priority, payload, max_retries, retry, timeout, cpus, memory,
-     io_read, io_write, io_rx, io_tx, group, tags, duplicate) = t
-    if not (type(task_type) is str and type(domain) is str and type(key) is str and type(label) is str):
-        return "task_type, domain, key and label must be str"
+def _shared_problem(rest: tuple) -> str | None:
+    """Why the fields an item shares with its batch's template are invalid, or None.
+
+    ``rest`` is the item without its key, label and payload (see ``_split``).
+    """
+    (task_type, domain, priority, max_retries, retry, timeout, cpus, memory, io_read, io_write, io_rx, io_tx,
+     group, tags, duplicate) = rest
+    if not (_text(task_type) and _text(domain)):
+        return "task_type and domain must be str"
     if not _int(priority, 0, 255):
         return f"priority must be an int in 0..255, got {priority!r}"
-    if not _json_object(payload):
-        return "payload must be the JSON text of an object"
     if not _int(max_retries, 0, INT32_MAX):
         return f"max_retries must be an int in 0..{INT32_MAX}"
     if retry is not None:
@@ -117,19 +134,46 @@ def _problem(t: Any) -> str | None:
                     ("io_tx", io_tx)):
         if not _int(v, 0, INT64_MAX):
             return f"{name} must be an int in 0..{INT64_MAX}"
-    if not (_opt_str(group) and (tags is None or _json_object(tags))):
-        return "group must be a str or None and tags the JSON text of an object"
+    if not (group is None or _text(group)):
+        return "group must be a str (valid UTF-8) or None"
+    if not (tags is None or _json_object(tags)):
+        return "tags must be the JSON text of an object of str"
     if duplicate not in _DUPLICATES:
         return f"unknown duplicate strategy {duplicate!r}"
     return None
 
 
+def _split(t: tuple) -> tuple:
+    """An item without its key (2), label (3) and payload (5): what a batch's items share."""
+    return t[:2] + t[4:5] + t[6:]
+
+
 def check_items(wire_items: Any) -> list[protocol.SubmitItem]:
-    """Check every item of a ``Submit`` before any is applied; the first bad one is named."""
+    """Check every item of a ``Submit`` before any is applied; the first bad one is named.
+
+    The fields an item shares with others (everything but key, label and payload)
+    are checked once per distinct combination in the batch: a batch of one task
+    type costs one full check plus three cheap ones per item.
+    """
     if type(wire_items) is not list:
         raise InvalidSubmission("a submission batch must be a list")
+    width = len(protocol.SubmitItem._fields)
+    checked: set[tuple] = set()
     for i, t in enumerate(wire_items):
-        why = _problem(t)
-        if why is not None:
-            raise InvalidSubmission(f"item {i}: {why}", index=i)
+        if type(t) is not tuple or len(t) != width:
+            raise InvalidSubmission(f"item {i}: not a resolved submission", index=i)
+        rest = _split(t)
+        try:
+            known = rest in checked
+        except TypeError:  # an unhashable field (a list …) cannot be valid anyway
+            known = False
+        if not known:
+            why = _shared_problem(rest)
+            if why is not None:
+                raise InvalidSubmission(f"item {i}: {why}", index=i)
+            checked.add(rest)
+        if not (_text(t[2]) and _text(t[3])):
+            raise InvalidSubmission(f"item {i}: key and label must be str (valid UTF-8)", index=i)
+        if not _json_object(t[5]):
+            raise InvalidSubmission(f"item {i}: payload must be the JSON text of an object", index=i)
     return [protocol.SubmitItem._make(t) for t in wire_items]

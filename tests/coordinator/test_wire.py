@@ -87,6 +87,10 @@ def test_anything_but_a_request_is_refused(obj: Any) -> None:
 # --------------------------------------------------------------------------- submitted items
 
 
+def test_surrogate_pairs_and_control_escapes_are_fine() -> None:
+    check_items([good_item(payload='{"smile":"\\ud83d\\ude00","nul":"\\u0000"}', label="caf\u00e9")])
+
+
 def test_a_resolved_item_passes() -> None:
     items = check_items([good_item(), good_item(retry=json.dumps({"kind": "constant", "max_retries": 1}),
                                                 timeout=5.0, group="g", tags='{"a":"b"}', duplicate="supersede")])
@@ -118,6 +122,12 @@ BAD_FIELDS = [
     ({"duplicate": "bogus"}, "duplicate"),
     ({"key": MyStr("k")}, "key"),
     ({"label": None}, "label"),
+    # text the store cannot hold: the commit would fail for everyone
+    ({"label": "a\udcffb"}, "label"),
+    ({"group": "g\ud800"}, "group"),
+    ({"payload": '{"a":"\\udcff"}'}, "payload"),
+    ({"payload": '{"a":"\udcff"}'}, "payload"),
+    ({"tags": '{"t":"\\ud800"}'}, "tags"),
 ]
 
 

@@ -655,3 +655,16 @@ def test_a_scheduler_that_is_not_started_says_so_and_a_closed_one_says_closed() 
                  lambda: s.task(1)):
         with pytest.raises(tm.SchedulerClosed, match="^the scheduler is closed$"):
             call()
+
+
+@pytest.mark.parametrize("opts", [{"label": "a\udcff"}, {"tags": {"k": "v\udcff"}}, {"tags": {"k\ud800": "v"}},
+                                  {"group": "g\udcff"}, {"key": "k\udcff"}])
+def test_text_the_store_cannot_hold_is_refused_on_the_host(opts: dict[str, Any]) -> None:
+    d = Domain("surrogates")
+
+    @d.task
+    def f(ctx: Any, x: int) -> int:
+        return x
+
+    with pytest.raises(ValueError, match="valid UTF-8"):
+        resolve(f.options(**opts).call(x=1), Defaults())
