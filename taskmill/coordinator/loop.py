@@ -1,69 +1,57 @@
-"""The coordinator loop: one thread owns all scheduling state.
+"""The coordinator loop: the I/O shell around the task lifecycle.
 
     clients ──requests──▶ ┌──────────── one iteration ─────────────┐
     workers ──results───▶ │ 1 drain every ready connection/sentinel │
-    stdin EOF (host died) │ 2 fire due timers (delays, timeouts)    │
-    acceptor thread ─────▶│ 3 group commit (one DuckDB transaction) │──▶ store
-                          │ 4 answer: acks, queries, waiters        │──▶ clients
+    host gone (pidfd/EOF) │ 2 fire due timers (delays, timeouts)    │
+    acceptor, readers,  ─▶│ 3 group commit (one DuckDB transaction) │──▶ store (writer thread)
+    writer (wake pipe)    │ 4 answer: acks, queries, waiters        │──▶ clients / reader threads
                           │ 5 dispatch ready tasks to idle workers  │──▶ workers
                           │ 6 publish counters to shared memory     │──▶ shm
                           └─────────────────────────────────────────┘
+
+Every decision about a task is the ``Lifecycle``'s (plain code, no I/O); this
+module feeds it inputs (requests, results, worker deaths, the clocks) and
+carries out its effects (commits, replies, cancel signals to workers). It owns
+the poll set, the clients, the workers and their timers (timeouts, kill grace,
+respawns), the writer and reader threads, and shutdown.
 
 Invariants: a submission is answered only after the commit that stored it;
 every other write (running marks, finished tasks) is written behind, at the
 latest ``FLUSH_MAX_DELAY`` later or before any query reads the store, so a
 crash re-runs at most the unflushed work (at-least-once, never a duplicate
 history row). Nothing a client or a task sends can end the loop: requests are
-decoded and checked in ``wire``, results are checked before they are stored.
-Timers, deadlines and durations read the monotonic clock only; the wall clock
-gives the timestamps stored for users. Blocks only in one ``poll``.
-Imports the store, the worker pool and leaves; never the host API.
+decoded and checked in ``wire``, results are checked by the lifecycle before
+they are stored. Timers, deadlines and durations read the monotonic clock
+only; the wall clock gives the timestamps stored for users. Blocks only in one
+``poll``. Imports the store, the worker pool and leaves; never the host API.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import pickle
 import queue
-import random
 import select
 import time
-from datetime import datetime, timezone
 from multiprocessing.connection import Connection, Listener, wait
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import structlog
 
 from taskmill import protocol
+from taskmill.coordinator import snapshots
 from taskmill.coordinator.acceptor import Acceptor
-from taskmill.coordinator.queues import Entry, ReadyQueues, Timers
+from taskmill.coordinator.lifecycle import Ended, Lifecycle
+from taskmill.coordinator.queues import Entry, Timers
 from taskmill.coordinator.reader import QueryRunner
+from taskmill.coordinator.routes import Kind, route
 from taskmill.coordinator.wire import check_items, decode_request
 from taskmill.coordinator.writer import Writer
-from taskmill.domain import dedup_key
-from taskmill.errors import (
-    SchedulerBroken,
-    SchedulerClosed,
-    StoreError,
-    TaskNotFound,
-    WaitTimeout,
-)
-from taskmill.records import (
-    DuplicateStrategy,
-    HistoryStatus,
-    ModuleSnapshot,
-    RetryPolicy,
-    SchedulerSnapshot,
-    TaskProgress,
-    TaskRecord,
-    TaskStatus,
-)
+from taskmill.errors import SchedulerBroken, SchedulerClosed, StoreError, TaskNotFound, WaitTimeout
+from taskmill.records import DuplicateStrategy, ModuleSnapshot, RetryPolicy, SchedulerSnapshot, TaskRecord
 from taskmill.shm import SharedState
-from taskmill.store import FinishedRow, Store, WriteBatch, select as select_rows
-from taskmill.store.store import utc
-from taskmill.validation import MAX_DELAY_SECONDS
+from taskmill.store import Queries, Store
 from taskmill.workers.pool import WorkerHandle, WorkerPool, describe_exit
 
 __all__ = ["Coordinator"]
@@ -80,33 +68,17 @@ FLUSH_MAX_DELAY = 0.2
 PUBLISH_INTERVAL = 0.02
 #: Seconds a cancelled running task gets to notice ``ctx.cancelled`` before its worker is killed.
 CANCEL_GRACE = 5.0
-#: Payload bytes kept in memory for queued tasks; beyond it payloads are read back at dispatch.
-PAYLOAD_CACHE_BYTES = 256 * 1024 * 1024
-#: Payloads fetched per query when a recovered (uncached) task is dispatched.
-PAYLOAD_FETCH_CHUNK = 2000
 #: Longest the coordinator waits for a new worker's ``Ready``.
 WORKER_READY_TIMEOUT = 60.0
-#: Seconds an ``sql()`` query may run (or wait for a reader) before it is interrupted.
-SQL_TIME_LIMIT = 30.0
-#: Longest text stored as a task's error (characters).
-MAX_ERROR_CHARS = 20_000
-#: Largest task result stored, as JSON text (bytes); larger results fail the task.
-MAX_RESULT_BYTES = 16 * 1024 * 1024
-
-# Store methods a client may call by name (seed query API); each reads only.
-STORE_QUERIES = frozenset({
-    "running_tasks", "running_count", "pending_tasks", "pending_count", "pending_by_type", "paused_tasks",
-    "paused_count", "task_by_id", "task_by_key", "running_io_totals", "history", "history_by_type",
-    "history_by_key", "failed_tasks", "history_stats", "avg_throughput", "dead_letter_tasks",
-})
-STORE_WRITES = frozenset({"prune_history_by_count", "prune_history_by_age"})
+#: Seconds a query (``sql()`` and the seed's queries) may run, or wait for a reader, before it is interrupted.
+QUERY_TIME_LIMIT = 30.0
 
 
 class Coordinator:
-    """All scheduling state and the loop that drives it.
+    """The loop and everything it owns besides the lifecycle.
 
-    ``step()`` runs one iteration and is usable from tests with an injected
-    clock; ``run()`` loops until shutdown.
+    ``step()`` runs one iteration and is usable from tests with injected
+    clocks; ``run()`` loops until shutdown.
     """
 
     def __init__(
@@ -131,40 +103,25 @@ class Coordinator:
         self.pool = pool
         self.shm = shm
         self.max_concurrency = max_concurrency
-        self.domain_caps = domain_caps
-        self.type_retry = type_retry
-        self.default_retry = default_retry
         self.shutdown_mode = shutdown_mode
         self.shutdown_timeout = shutdown_timeout
         self.poll_interval = poll_interval
         self.clock = clock  # wall clock: only for timestamps stored for users
         self.mono = mono  # every timer, deadline and duration
-        self.rng = random.Random()
-
-        self.tasks: dict[int, Entry] = {}
-        self.by_key: dict[str, Entry] = {}
-        self.ready = ReadyQueues()
-        self.timers = Timers()
-        self.running_total = 0
-        self.running_by_domain: dict[str, int] = {}
-        self.status_counts = {s.value: 0 for s in TaskStatus}
-        self.next_id = 1
-        self.payload_bytes = 0
-        self.payload_missing: list[int] = []
+        self.type_retry = type_retry
+        self.lc = Lifecycle(domain_caps=domain_caps, type_retry=type_retry, default_retry=default_retry)
 
         self.workers: list[WorkerHandle | None] = [None] * max_concurrency
         self.idle: list[WorkerHandle] = []
+        self.timers = Timers()  # the shell's own: worker timeouts, kill graces, respawns
 
-        self.batch = WriteBatch()
-        self.batch_ops = 0
-        self.batch_since: float | None = None
         self.must_commit = False
         self.acks: list[tuple[Connection, Any]] = []
         self.deferred: list[tuple[Connection, Callable[[], Any]]] = []
+        self.queries: list[tuple[Connection, Callable[[Any], Any], float]] = []  # (client, fn(cursor), limit)
         self.waiters: dict[int, list[Connection]] = {}
         self.wait_deadlines: list[tuple[float, int, Connection]] = []
         self.idle_waiters: list[tuple[Connection, float | None]] = []
-        self.finished_ids: list[int] = []
 
         self.clients: list[Connection] = []
         self.accepted: queue.SimpleQueue[Connection] = queue.SimpleQueue()
@@ -173,7 +130,6 @@ class Coordinator:
         self.host_lifeline = host_lifeline
         self.host_pidfd = host_pidfd
         self.acceptor: Acceptor | None = None
-        self.queries: list[tuple[Connection, Callable[[Any], Any], float]] = []  # (client, fn(cursor), limit)
         # One persistent poll set (multiprocessing.connection.wait builds a selector per call,
         # which cost ~20 µs a task here): fd -> (kind, object).
         self._poller = select.poll()
@@ -185,12 +141,10 @@ class Coordinator:
         self._to_spawn: list[int] = []
         self._published = 0.0
         self._publish_pending = False
+        self.commits = 0
         self.writer = Writer(store, self._wake_w)
         self.readers = QueryRunner(store, self._wake)
 
-        self.counters: dict[str, int] = {k: 0 for k in (
-            "submitted", "dispatched", "completed", "failed", "retried", "dead_lettered", "cancelled",
-            "superseded", "commits")}
         self.stopping = False  # no more dispatch
         self.stop_deadline: float | None = None
         self.stop_waiters: list[Connection] = []
@@ -206,29 +160,14 @@ class Coordinator:
         ``failed`` with the reason, and logged. Recovery goes on.
         """
         next_id, rows = self.store.recover()
-        self.next_id = next_id
-        wall, mono = self.clock(), self.mono()
-        bad: list[tuple[int, str]] = []
-        for row in rows:
-            try:
-                e, run_after = _entry_from_row(row)
-            except Exception as ex:  # noqa: BLE001 - any uninterpretable row is quarantined, not fatal
-                reason = f"quarantined at recovery: the stored task cannot be interpreted ({type(ex).__name__}: {ex})"
-                log.error("quarantining a stored task", task_id=row[0], reason=reason)
-                bad.append((row[0], reason))
-                continue
-            self.tasks[e.id] = e
-            self.by_key[e.key] = e
-            self.status_counts[e.status] += 1
-            if e.status == TaskStatus.PENDING:
-                # A stored run_after is wall-clock time: map it onto the monotonic clock once.
-                self._make_ready(e, None if run_after is None or run_after <= wall else mono + (run_after - wall))
+        bad = self.lc.recover(next_id, rows, self.clock(), self.mono())
+        for task_id, reason in bad:
+            log.error("quarantining a stored task", task_id=task_id, reason=reason)
         if bad:
-            for task_id in self.store.quarantine(bad, wall):
+            for task_id in self.store.quarantine(bad, self.clock()):
                 log.error("a stored task could not be quarantined either; it stays in the tasks table",
                           task_id=task_id)
-        self.payload_missing = sorted((e.id for e in self.tasks.values()), key=lambda i: (self.tasks[i].priority, i))
-        return len(self.tasks)
+        return len(self.lc.tasks)
 
     def start_workers(self) -> None:
         """Spawn the first worker and wait for it: a registry that cannot load fails startup."""
@@ -311,19 +250,22 @@ class Coordinator:
         if self._stop_requested and not self.stopping:
             self._begin_shutdown(None)
         now = self.mono()
+        self.lc.fire(now)
         self._fire_timers(now)
         self.readers.expire(now)
         self.writer.check()
+        self._signal_cancels(now)
+        lc = self.lc
         if (self.must_commit or self.acks or self.deferred or self.queries
-                or (self.idle_waiters and not self.tasks)
-                or (self.waiters and any(t in self.waiters for t in self.finished_ids))):
+                or (self.idle_waiters and not lc.tasks)
+                or (self.waiters and any(t in self.waiters for t in lc.finished))):
             self._commit()
         elif self._batch_due(now) and not self.writer.busy:
             self._commit(background=True)
         self._answer()
         if not self.stopping:
             self._dispatch(now)
-        elif self.running_total == 0 or (self.stop_deadline is not None and now >= self.stop_deadline):
+        elif lc.running_total == 0 or (self.stop_deadline is not None and now >= self.stop_deadline):
             self._finish_shutdown()
         self._publish()
 
@@ -331,11 +273,12 @@ class Coordinator:
         """Seconds until the next thing the loop must do without an event."""
         now = self.mono()
         t = self.poll_interval
-        for due in (self.timers.next_due(), self.readers.next_deadline(), self.stop_deadline):
+        for due in (self.lc.next_due(), self.timers.next_due(), self.readers.next_deadline(), self.stop_deadline):
             if due is not None and due - now < t:
                 t = due - now
-        if self.batch_since is not None and not self.writer.busy and self.batch_since + FLUSH_MAX_DELAY - now < t:
-            t = self.batch_since + FLUSH_MAX_DELAY - now  # (a busy writer wakes the loop when it is done)
+        since = self.lc.dirty_since
+        if since is not None and not self.writer.busy and since + FLUSH_MAX_DELAY - now < t:
+            t = since + FLUSH_MAX_DELAY - now  # (a busy writer wakes the loop when it is done)
         if self.wait_deadlines or self.idle_waiters:
             soonest = min([d for d, _, _ in self.wait_deadlines] + [d for _, d in self.idle_waiters if d is not None],
                           default=now + t)
@@ -345,13 +288,8 @@ class Coordinator:
         return t if t > 0.0 else 0.0
 
     def _batch_due(self, now: float) -> bool:
-        return self.batch_since is not None and (
-            now - self.batch_since >= FLUSH_MAX_DELAY or self.batch_ops >= FLUSH_MAX_OPS)
-
-    def _touch_batch(self) -> None:
-        self.batch_ops += 1
-        if self.batch_since is None:
-            self.batch_since = self.mono()
+        since = self.lc.dirty_since
+        return since is not None and (now - since >= FLUSH_MAX_DELAY or self.lc.batch_ops >= FLUSH_MAX_OPS)
 
     # ================================================================== inputs
 
@@ -436,7 +374,7 @@ class Coordinator:
         if self.stopping and not isinstance(req, (protocol.Stop, protocol.Call)):
             raise SchedulerClosed("the scheduler is shutting down")
         if isinstance(req, protocol.Submit):
-            outcomes = self.submit(req.items)
+            outcomes = self.lc.submit(check_items(req.items), self.mono(), self.clock())
             self.acks.append((conn, protocol.Reply(outcomes)))
             self.must_commit = True
         elif isinstance(req, protocol.Call):
@@ -458,179 +396,57 @@ class Coordinator:
             raise TypeError(f"unknown request {type(req).__name__}")
 
     def _call(self, conn: Connection, name: str, args: tuple) -> None:
-        if name in STORE_QUERIES or name in STORE_WRITES:
-            method = getattr(self.store, name)
-            self.deferred.append((conn, lambda: method(*args)))
-        elif name == "sql":
-            query, params = args
-            self.queries.append((conn, lambda cur: select_rows(cur, query, params), SQL_TIME_LIMIT))
-        elif name == "task_lookup":
-            task_type, key = args
-            if type(task_type) is not str or type(key) is not str:
-                raise TypeError("task_lookup takes a task type and a key, both str")
-            self.deferred.append((conn, lambda: self.store.task_lookup_by_dedup_key(dedup_key(task_type, key))))
-        elif name == "lookup_key":
-            self.deferred.append((conn, lambda: self.store.task_lookup_by_dedup_key(args[0])))
-        elif name == "cancel":
-            self.acks.append((conn, protocol.Reply(self.cancel(args[0], domain=args[1] if len(args) > 1 else None))))
+        """Schedule a call by its route (see ``routes``)."""
+        r = route(name, args)
+        if r.kind is Kind.MEMORY:
+            self._reply(conn, protocol.Reply(r.fn(self, *args)))
+        elif r.kind is Kind.CHANGE:
+            self.acks.append((conn, protocol.Reply(r.fn(self, *args))))
             self.must_commit = True
-        elif name == "retry_dead_letter":
-            self.deferred.append((conn, lambda: self.retry_dead_letter(args[0], args[1] if len(args) > 1 else None)))
-        elif name == "snapshot":
-            self._reply(conn, protocol.Reply(self.snapshot(args[0] if args else None)))
-        elif name == "active_tasks":
-            self._reply(conn, protocol.Reply(self.active_tasks(args[0] if args else None)))
-        elif name == "task":
-            self.deferred.append((conn, lambda: self.store.task_by_id(args[0])))
-        elif name == "ping":
-            self._reply(conn, protocol.Reply({"pid": os.getpid(), "shm": self.shm.name}))
+        elif r.kind is Kind.READ:
+            fn = r.fn
+            self.queries.append((conn, lambda cur: fn(Queries(cur), *args), QUERY_TIME_LIMIT))
         else:
-            raise ValueError(f"unknown call {name!r}")
-
-    # ================================================================== submission (F3, F4, F6)
-
-    def submit(self, wire_items: list[tuple[Any, ...]]) -> list[tuple]:
-        """Apply a batch of resolved submissions in memory; the caller commits before answering.
-
-        Dedup also applies inside the batch. Returns compact outcome tuples in input order.
-        """
-        items = check_items(wire_items)  # every item, before any is applied
-        now = self.clock()
-        created = utc(now)
-        out: list[tuple] = []
-        inserts = self.batch.inserts
-        for it in items:
-            existing = self.by_key.get(it.key)
-            if existing is not None:
-                strategy = it.duplicate
-                if strategy == DuplicateStrategy.REJECT:
-                    out.append(("r", existing.id))
-                    continue
-                if strategy == DuplicateStrategy.SUPERSEDE:
-                    replaced = existing.id
-                    self._cancel_entry(existing, HistoryStatus.SUPERSEDED, "superseded by a newer submission")
-                    new = self._insert(it, now, created, inserts)
-                    out.append(("s", new.id, replaced))
-                    continue
-                out.append(self._skip_duplicate(existing, it.priority))
-                continue
-            out.append(("i", self._insert(it, now, created, inserts).id, False))
-        self.counters["submitted"] += len(items)
-        self.batch.next_id = self.next_id
-        self._touch_batch()
-        return out
-
-    def _skip_duplicate(self, e: Entry, priority: int) -> tuple:
-        if e.status in (TaskStatus.PENDING, TaskStatus.PAUSED) and not e.cancelled:
-            if priority < e.priority:
-                e.priority = priority
-                self.batch.priorities[e.id] = priority
-                if e.queued:
-                    self.ready.push(e)  # re-key the heap item
-                return ("u", e.id)
-            return ("d", e.id)
-        if e.status == TaskStatus.RUNNING and not e.cancelled:
-            if not e.requeue:
-                e.requeue = True
-                e.requeue_priority = min(priority, e.priority)
-                self.batch.requeue_marks[e.id] = e.requeue_priority
-                return ("q", e.id)
-        return ("d", e.id)
-
-    def _insert(self, it: protocol.SubmitItem, now: float, created: Any, inserts: list) -> Entry:
-        tid = self.next_id
-        self.next_id = tid + 1
-        (task_type, domain, key, label, priority, payload, max_retries, retry, timeout, cpus, memory,
-         io_read, io_write, io_rx, io_tx, group, tags, _dup) = it
-        e = Entry(tid, task_type, domain, key, label, priority, _PENDING, now, 0, max_retries,
-                  RetryPolicy.from_dict(json.loads(retry)) if retry else None, timeout, cpus, memory, group)
-        if self.payload_bytes < PAYLOAD_CACHE_BYTES:
-            e.payload = payload
-            self.payload_bytes += len(payload)
-        inserts.append((tid, task_type, domain, key, label, priority, _PENDING, payload, tags, group, created, None,
-                        None, 0, max_retries, retry, None, timeout, cpus, memory, io_read, io_write, io_rx, io_tx,
-                        False, None, None))
-        self.tasks[tid] = e
-        self.by_key[key] = e
-        self.status_counts[_PENDING] += 1
-        self.ready.push(e)
-        return e
+            self.deferred.append((conn, lambda: r.fn(self, *args)))
 
     # ================================================================== dispatch (the hot path)
 
-    def _make_ready(self, e: Entry, due: float | None) -> None:
-        """Pending now (``due`` None) or at ``due`` on the monotonic clock."""
-        e.status = TaskStatus.PENDING.value
-        e.run_after = due
-        self.timers.cancel(e.timer)
-        if due is None:
-            e.timer = None
-            self.ready.push(e)
-        else:
-            e.timer = self.timers.add(due, "due", e)
-
-    def _domain_blocked(self, domain: str) -> bool:
-        cap = self.domain_caps.get(domain)
-        return cap is not None and self.running_by_domain.get(domain, 0) >= cap
-
     def _dispatch(self, now: float) -> None:
         idle = self.idle
+        lc = self.lc
         wall = self.clock()
-        while idle and self.running_total < self.max_concurrency:
-            e = self.ready.pop_best(self._domain_blocked)
+        while idle and lc.running_total < self.max_concurrency:
+            e = lc.pick()
             if e is None:
                 return
             if e.payload is None:
-                self._fetch_payloads(e)
+                self.writer.join()
+                lc.fill_payloads(self.store.fetch_payloads(lc.payload_chunk(e)))
             w = idle.pop()
-            e.status = TaskStatus.RUNNING.value
-            e.started_at = wall
-            e.started_mono = now
-            e.worker = w
+            payload = lc.started(e, w, now, wall)
             w.task = e
-            self.status_counts["pending"] -= 1
-            self.status_counts["running"] += 1
-            self.running_total += 1
-            self.running_by_domain[e.domain] = self.running_by_domain.get(e.domain, 0) + 1
-            self.batch.running[e.id] = wall
-            self._touch_batch()
             self.shm.set_cancel(w.index, False)
-            payload = e.payload
-            if payload is not None:
-                self.payload_bytes -= len(payload)
-                e.payload = None
             try:
                 # plain pickle: Connection.send builds a ForkingPickler per call; recv() on the other end is the same
                 w.conn.send_bytes(pickle.dumps(
-                    (e.id, e.task_type, payload or "{}", e.retry_count, e.key, e.label, e.priority),  # a protocol.Run
+                    (e.id, e.task_type, payload, e.retry_count, e.key, e.label, e.priority),  # a protocol.Run
                     pickle.HIGHEST_PROTOCOL))
             except (OSError, ValueError):
                 pass  # its sentinel fires next: handled as a worker death
-            self.counters["dispatched"] += 1
             if e.timeout:
-                e.timer = self.timers.add(now + e.timeout, "timeout", e)
+                w.timer = self.timers.add(now + e.timeout, "timeout", w)
 
-    def _fetch_payloads(self, e: Entry) -> None:
-        """Read payloads of queued tasks that are not cached, the wanted one first, in one query."""
-        ids = [e.id]
-        keep = []
-        for tid in self.payload_missing:
-            other = self.tasks.get(tid)
-            if other is None or other.payload is not None or other is e:
-                continue
-            if len(ids) < PAYLOAD_FETCH_CHUNK:
-                ids.append(tid)
-            else:
-                keep.append(tid)
-        self.payload_missing = keep
-        self.writer.join()
-        for tid, payload in self.store.fetch_payloads(ids).items():
-            entry = self.tasks.get(tid)
-            if entry is not None and entry.payload is None:
-                entry.payload = payload
-                self.payload_bytes += len(payload)
-        if e.payload is None:
-            e.payload = "{}"
+    def _signal_cancels(self, now: float) -> None:
+        """Running tasks the lifecycle cancelled: their workers see ``ctx.cancelled`` and get a grace period."""
+        if not self.lc.to_signal:
+            return
+        signals, self.lc.to_signal = self.lc.to_signal, []
+        for e in signals:
+            w = e.worker
+            if w is not None and w.task is e:
+                self.shm.set_cancel(w.index, True)
+                self.timers.cancel(w.timer)  # a timeout gives way to the kill grace
+                w.timer = self.timers.add(now + CANCEL_GRACE, "kill", w)
 
     # ================================================================== results
 
@@ -659,97 +475,33 @@ class Coordinator:
         except (EOFError, OSError):
             pass  # the sentinel reports the death
 
-    def _release_worker(self, w: WorkerHandle, e: Entry) -> None:
-        w.task = None
-        e.worker = None
-        self.timers.cancel(e.timer)  # its timeout or kill grace
-        e.timer = None
-        self.running_total -= 1
-        self.running_by_domain[e.domain] -= 1
-        if e.status == TaskStatus.RUNNING:
-            self.status_counts["running"] -= 1
+    def _release(self, w: WorkerHandle) -> Entry | None:
+        """The worker is done with its task (if any): free the slot, end its timer."""
+        e = w.task
+        self.timers.cancel(w.timer)
+        w.timer = None
+        if e is not None:
+            w.task = None
+            self.lc.run_ended(e)
+        return e
 
     def _on_done(self, w: WorkerHandle, msg: protocol.Done) -> None:
-        e = w.task
-        if e is None or e.id != msg.task_id:
+        if w.task is None or w.task.id != msg.task_id:
             return
-        self._release_worker(w, e)
+        e = self._release(w)
+        assert e is not None
         if w.ready and not w.stopping and w.kill_reason is None:
             self.idle.append(w)
         if e.cancelled:
             return  # already in history as cancelled/superseded
         ended = Ended(msg.started_at, msg.finished_at, msg.duration * 1000.0,
                       (msg.read_bytes, msg.write_bytes, msg.net_rx_bytes, msg.net_tx_bytes))
+        now, wall = self.mono(), self.clock()
         if msg.error_kind is None:
-            unstorable = _unstorable_result(msg.result)
-            if unstorable is None:
-                self._finish(e, HistoryStatus.COMPLETED, result=msg.result, ended=ended)
-            else:
-                self._finish(e, HistoryStatus.FAILED, error=unstorable, ended=ended)
-        elif msg.error_kind == "permanent":
-            self._finish(e, HistoryStatus.FAILED, error=msg.error, ended=ended)
+            self.lc.completed(e, msg.result, ended, now, wall)
         else:
-            self._retry_or_dead(e, msg.error or "", msg.retry_after, ended)
-
-    def _policy(self, e: Entry) -> RetryPolicy:
-        return e.retry or self.type_retry.get(e.task_type) or self.default_retry
-
-    def _retry_or_dead(self, e: Entry, error: str, retry_after: Any, ended: Ended | None = None) -> None:
-        if retry_after is not None and not _delay_ok(retry_after):
-            self._finish(e, HistoryStatus.FAILED, error=f"{error}\n(taskmill: retry_after={retry_after!r} is not a "
-                         f"number of seconds in 0..{MAX_DELAY_SECONDS:g}, so the task is failed, not retried)",
-                         ended=ended)
-            return
-        if e.retry_count < e.max_retries:
-            e.retry_count += 1
-            delay = retry_after if retry_after is not None else self._policy(e).delay(e.retry_count, self.rng)
-            delay = min(float(delay), MAX_DELAY_SECONDS)
-            stored = self.clock() + delay if delay > 0 else None  # the wall-clock time users see
-            self.batch.forget_running(e.id)
-            self.batch.retries[e.id] = (e.retry_count, stored, _clean_text(error))
-            self._touch_batch()
-            self.status_counts["pending"] += 1
-            self.counters["retried"] += 1
-            self._make_ready(e, self.mono() + delay if delay > 0 else None)
-            return
-        self._finish(e, HistoryStatus.DEAD_LETTER, error=error, ended=ended)
-
-    def _finish(self, e: Entry, status: HistoryStatus, *, result: str | None = None, error: str | None = None,
-                ended: Ended | None = None) -> None:
-        """Record a terminal outcome: a history row now, and the task leaves memory (unless requeued).
-
-        ``ended`` is what the worker measured; without it (a crash, a cancel) the run
-        ends now and its duration comes from the monotonic clock since dispatch.
-        """
-        if ended is not None:
-            started, finished, duration_ms, io = ended
-        else:
-            started, finished, duration_ms, io = e.started_at, self.clock(), None, (0, 0, 0, 0)
-            if e.started_mono is not None and started is not None:
-                duration_ms = (self.mono() - e.started_mono) * 1000.0
-        keep = status == HistoryStatus.COMPLETED and e.requeue
-        self.batch.forget_running(e.id)
-        self.batch.finished.append(FinishedRow(
-            e.id, status.value, result, None if error is None else _clean_text(error), e.retry_count, started,
-            finished, duration_ms, io[0], io[1], io[2], io[3], keep_active=keep))
-        self._touch_batch()
-        self.counters[_COUNTER_OF[status]] += 1
-        if keep:
-            e.requeue = False
-            prio = e.requeue_priority if e.requeue_priority is not None else e.priority
-            e.priority = prio
-            e.requeue_priority = None
-            e.retry_count = 0
-            self.batch.requeued_runs[e.id] = prio
-            self.status_counts["pending"] += 1
-            self._make_ready(e, None)
-            return
-        self.timers.cancel(e.timer)
-        e.timer = None
-        del self.tasks[e.id]
-        if self.by_key.get(e.key) is e:
-            del self.by_key[e.key]
-        self.finished_ids.append(e.id)
+            self.lc.failed(e, msg.error or "", permanent=msg.error_kind == "permanent", retry_after=msg.retry_after,
+                           ended=ended, now=now, wall=wall)
 
     def _on_worker_exit(self, w: WorkerHandle) -> None:
         if self.workers[w.index] is not w:
@@ -767,17 +519,17 @@ class Coordinator:
         except OSError:
             pass
         self.workers[w.index] = None
-        e = w.task
-        planned = w.stopping and e is None
-        if e is not None:
-            self._release_worker(w, e)
-            if not e.cancelled and not self.stopping:
+        planned = w.stopping and w.task is None
+        e = self._release(w)
+        if e is not None and not e.cancelled:
+            if self.stopping:
+                self.lc.interrupted(e, self.mono())
+            else:
                 reason = w.kill_reason or f"worker process {w.pid} died: {describe_exit(code)}"
                 if w.kill_reason and w.kill_reason.startswith("timed out"):
                     reason = f"{w.kill_reason}; worker process {w.pid} {describe_exit(code)}"
-                self._retry_or_dead(e, reason, None)
-            elif not e.cancelled:
-                self._interrupt(e)
+                self.lc.failed(e, reason, permanent=False, retry_after=None, ended=None, now=self.mono(),
+                               wall=self.clock())
         if not planned and not self.stopping:
             if w.kill_reason is None:
                 self.pool.crashes[w.index] = self.pool.crashes.get(w.index, 0) + 1
@@ -788,38 +540,22 @@ class Coordinator:
             else:
                 self._to_spawn.append(w.index)
 
-    def _interrupt(self, e: Entry) -> None:
-        """A running task stopped by shutdown: back to pending, no retry counted (F11)."""
-        self.batch.forget_running(e.id)
-        self.batch.to_pending.add(e.id)
-        self._touch_batch()
-        e.status = TaskStatus.PENDING.value
-        self.status_counts["pending"] += 1
-
     # ================================================================== timers
 
     def _fire_timers(self, now: float) -> None:
         for t in self.timers.pop_due(now):
-            kind = t.kind
-            if kind == "due":
-                e = t.payload
-                if e.timer is t:
-                    e.timer = None
-                    e.run_after = None
-                    self.ready.push(e)
-            elif kind == "timeout":
-                e = t.payload
-                if e.timer is t and e.worker is not None and not e.cancelled:
-                    e.timer = None
-                    e.worker.kill(f"timed out after {e.timeout:g}s")
-            elif kind == "kill":
-                e = t.payload
-                if e.timer is t and e.worker is not None:
-                    e.timer = None
-                    e.worker.kill("did not stop within the cancel grace period")
-            elif kind == "respawn":
+            if t.kind == "respawn":
                 if self.workers[t.payload] is None and not self.stopping:
                     self._to_spawn.append(t.payload)
+                continue
+            w: WorkerHandle = t.payload
+            if w.timer is not t or w.task is None:
+                continue
+            w.timer = None
+            if t.kind == "timeout" and not w.task.cancelled:
+                w.kill(f"timed out after {w.task.timeout:g}s")
+            elif t.kind == "kill":
+                w.kill("did not stop within the cancel grace period")
         if self.wait_deadlines:
             keep = []
             for d, tid, conn in self.wait_deadlines:
@@ -832,7 +568,7 @@ class Coordinator:
         if self.idle_waiters:
             still: list[tuple[Connection, float | None]] = []
             for conn, until in self.idle_waiters:
-                if until is not None and until <= now and not self._is_idle():
+                if until is not None and until <= now and not self.lc.idle:
                     self._reply(conn, protocol.ErrorReply.of(WaitTimeout("the scheduler did not become idle in time")))
                 else:
                     still.append((conn, until))
@@ -843,17 +579,17 @@ class Coordinator:
     def _commit(self, background: bool = False) -> None:
         """Write the buffered batch: on the writer thread, or here (after joining it) when
         someone waits for durability or the loop is about to read the store."""
+        lc = self.lc
         if background:
-            if len(self.batch):
-                batch, self.batch = self.batch, WriteBatch()
-                self.writer.submit(batch)
-                self.counters["commits"] += 1
-            self.batch_since = None
-            self.batch_ops = 0
+            if len(lc.batch):
+                self.writer.submit(lc.take_batch())
+                self.commits += 1
+            else:
+                lc.take_batch()
             return
         self.writer.join()  # also when there is nothing to write: the loop may read the store next
-        if len(self.batch):
-            batch, self.batch = self.batch, WriteBatch()
+        batch = lc.take_batch()
+        if len(batch):
             try:
                 self.store.apply(batch)
             except StoreError as e:
@@ -863,9 +599,7 @@ class Coordinator:
                     self._reply(conn, protocol.ErrorReply.of(broken))
                 self.acks.clear()
                 raise
-            self.counters["commits"] += 1
-        self.batch_since = None
-        self.batch_ops = 0
+            self.commits += 1
         self.must_commit = False
 
     def _answer(self) -> None:
@@ -886,24 +620,21 @@ class Coordinator:
                 self._reply(conn, protocol.ErrorReply.of(e))
             else:
                 self._reply(conn, protocol.Reply(value))
-        if self.finished_ids:
-            done = [t for t in self.finished_ids if t in self.waiters]
-            self.finished_ids = []
+        if self.lc.finished:
+            done = [t for t in self.lc.finished if t in self.waiters]
+            self.lc.finished = []
             if done:
                 rows = self.store.history_rows(done)
                 for tid in done:
                     for conn in self.waiters.pop(tid, []):
                         self._reply(conn, protocol.Reply(rows.get(tid)))
-        if self.idle_waiters and self._is_idle():
+        if self.idle_waiters and self.lc.idle:
             for conn, _ in self.idle_waiters:
                 self._reply(conn, protocol.Reply(True))
             self.idle_waiters = []
 
-    def _is_idle(self) -> bool:
-        return not self.tasks and self.batch_since is None
-
     def _wait(self, conn: Connection, task_id: int, timeout: float | None) -> None:
-        if task_id in self.tasks:
+        if task_id in self.lc.tasks:
             self.waiters.setdefault(task_id, []).append(conn)
             if timeout is not None:
                 self.wait_deadlines.append((self.mono() + timeout, task_id, conn))
@@ -917,98 +648,33 @@ class Coordinator:
 
         self.deferred.append((conn, finished))
 
-    # ================================================================== control
+    # ================================================================== calls (see routes)
 
     def cancel(self, task_id: int, domain: str | None = None) -> bool:
         """Cancel one active task (F23 subset); True if it was found and cancelled."""
-        e = self.tasks.get(task_id)
-        if e is None or e.cancelled or (domain is not None and e.domain != domain):
-            return False
-        self._cancel_entry(e, HistoryStatus.CANCELLED, "cancelled")
-        return True
+        if type(task_id) is not int or not (domain is None or type(domain) is str):
+            raise TypeError("cancel takes an int task id (and a domain name)")
+        return self.lc.cancel(task_id, domain, self.mono(), self.clock())
 
-    def _cancel_entry(self, e: Entry, status: HistoryStatus, why: str) -> None:
-        w = e.worker
-        if w is not None:
-            e.cancelled = True
-            self.shm.set_cancel(w.index, True)
-            self._finish(e, status, error=why)  # also ends its timeout timer
-            e.timer = self.timers.add(self.mono() + CANCEL_GRACE, "kill", e)  # until the worker gives it back
-            self.status_counts["running"] -= 1
-            e.status = "cancelling"
-            return
-        if e.queued:
-            self.ready.discard(e)
-        self.timers.cancel(e.timer)
-        e.timer = None
-        self.status_counts[e.status] -= 1
-        e.cancelled = True
-        if e.payload is not None:
-            self.payload_bytes -= len(e.payload)
-            e.payload = None
-        e.requeue = False
-        self._finish(e, status, error=why)
-
-    def retry_dead_letter(self, task_id: int, domain: str | None) -> tuple:
-        """Resubmit the newest dead-letter execution of ``task_id`` as a new task."""
-        row = self.store.dead_letter_row(task_id)
-        if row is None:
-            raise TaskNotFound(f"no dead-letter task with id {task_id}")
+    def resubmit_dead_letter(self, row: tuple) -> tuple:
+        """Submit a dead-letter execution again as a new task with a fresh retry budget; committed."""
         (task_type, dom, key, label, prio, payload, tags, group, cpus, memory, rb, wb, rx, tx, _parent) = row
-        if domain is not None and dom != domain:
-            raise TaskNotFound(f"dead-letter task {task_id} belongs to domain {dom!r}, not {domain!r}")
-        policy = self.type_retry.get(task_type) or self.default_retry
+        policy = self.type_retry.get(task_type) or self.lc.default_retry
         item = protocol.SubmitItem(task_type, dom, key, label, prio, payload, policy.max_retries, None, None, cpus,
                                    memory, rb, wb, rx, tx, group, tags, DuplicateStrategy.SKIP.value)
-        out = self.submit([tuple(item)])[0]
+        out = self.lc.submit([item], self.mono(), self.clock())[0]
         self._commit()
         return out
 
-    # ================================================================== snapshots
-
-    def _record(self, e: Entry) -> TaskRecord:
-        return TaskRecord(id=e.id, task_type=e.task_type, domain=e.domain, key=e.key, label=e.label,
-                          priority=e.priority, status=TaskStatus(e.status) if e.status != "cancelling" else TaskStatus.RUNNING,
-                          group=e.group, created_at=_dt(e.created_at), started_at=_dt(e.started_at),
-                          retry_count=e.retry_count, max_retries=e.max_retries, timeout=e.timeout, cpus=e.cpus,
-                          memory=e.memory, requeue=e.requeue)
-
     def active_tasks(self, domain: str | None = None) -> list[TaskRecord]:
-        out = [self._record(w.task) for w in self.workers
-               if w is not None and w.task is not None and not w.task.cancelled
-               and (domain is None or w.task.domain == domain)]
-        return sorted(out, key=lambda r: (r.priority, r.id))
+        return snapshots.active_tasks(self.lc, domain)
 
-    def progress(self, domain: str | None = None) -> list[TaskProgress]:
-        out = []
-        now = self.mono()
-        for w in self.workers:
-            if w is None or w.task is None or w.task.cancelled or (domain and w.task.domain != domain):
-                continue
-            s = self.shm.read_slot(w.index)
-            if s.task_id != w.task.id:
-                continue
-            out.append(TaskProgress(task_id=w.task.id, task_type=w.task.task_type,
-                                    fraction=max(s.progress, 0.0), bytes_done=s.bytes_done, bytes_total=s.bytes_total,
-                                    read_bytes=s.read_bytes, write_bytes=s.write_bytes,
-                                    elapsed_s=now - (w.task.started_mono or now)))
-        return out
+    def _slot_of(self, e: Entry) -> Any:
+        return self.shm.read_slot(e.worker.index) if e.worker is not None else None
 
     def snapshot(self, domain: str | None = None) -> SchedulerSnapshot | ModuleSnapshot:
-        if domain is None:
-            c = self.status_counts
-            return SchedulerSnapshot(
-                running=self.active_tasks(), running_count=self.running_total, pending_count=c["pending"],
-                paused_count=c["paused"], blocked_count=c["blocked"], waiting_count=c["waiting"], pressure=0.0,
-                progress=self.progress(), max_concurrency=self.max_concurrency,
-                workers=sum(1 for w in self.workers if w is not None))
-        counts = {s.value: 0 for s in TaskStatus}
-        for e in self.tasks.values():
-            if e.domain == domain and e.status in counts:
-                counts[e.status] += 1
-        return ModuleSnapshot(domain=domain, running=self.active_tasks(domain), pending_count=counts["pending"],
-                              paused_count=counts["paused"], blocked_count=counts["blocked"],
-                              waiting_count=counts["waiting"], progress=self.progress(domain))
+        return snapshots.snapshot(self.lc, self._slot_of, self.mono(), max_concurrency=self.max_concurrency,
+                                  workers=sum(1 for w in self.workers if w is not None), domain=domain)
 
     def _publish(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -1017,9 +683,10 @@ class Coordinator:
             return
         self._published = now
         self._publish_pending = False
-        c = dict(self.counters)
-        c.update(self.status_counts)
-        c["running"] = self.running_total
+        c = dict(self.lc.counters)
+        c.update(self.lc.counts)
+        c["commits"] = self.commits
+        c["running"] = self.lc.running_total
         c["workers"] = sum(1 for w in self.workers if w is not None)
         c["max_concurrency"] = self.max_concurrency
         self.shm.publish(c)
@@ -1032,7 +699,7 @@ class Coordinator:
         if self.stopping:
             return
         self.stopping = True
-        if self.shutdown_mode == "graceful" and self.running_total:
+        if self.shutdown_mode == "graceful" and self.lc.running_total:
             self.stop_deadline = self.mono() + self.shutdown_timeout
         else:
             self.stop_deadline = self.mono()
@@ -1042,12 +709,11 @@ class Coordinator:
         for w in list(self.workers):
             if w is None:
                 continue
-            e = w.task
-            if e is not None:
-                if not e.cancelled:
-                    self.shm.set_cancel(w.index, True)
-                    self._release_worker(w, e)
-                    self._interrupt(e)
+            if w.task is not None:
+                self.shm.set_cancel(w.index, True)
+                e = self._release(w)
+                if e is not None and not e.cancelled:
+                    self.lc.interrupted(e, self.mono())
                 w.kill("shutdown")
             else:
                 w.stopping = True
@@ -1090,85 +756,5 @@ class Coordinator:
         self.exited = True
 
 
-_PENDING = TaskStatus.PENDING.value
-
-
-class Ended(NamedTuple):
-    """How a run ended, as its worker measured it: wall-clock start and end, monotonic duration, IO."""
-
-    started: float | None
-    finished: float
-    duration_ms: float | None
-    io: tuple[int, int, int, int]
-
-_COUNTER_OF = {
-    HistoryStatus.COMPLETED: "completed",
-    HistoryStatus.FAILED: "failed",
-    HistoryStatus.DEAD_LETTER: "dead_lettered",
-    HistoryStatus.CANCELLED: "cancelled",
-    HistoryStatus.SUPERSEDED: "superseded",
-    HistoryStatus.EXPIRED: "cancelled",
-    HistoryStatus.DEPENDENCY_FAILED: "failed",
-}
-
-
-def _dt(ts: float | None) -> datetime | None:
-    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc)
-
-
 def _timeout_ok(v: Any) -> bool:
     return v is None or (type(v) in (int, float) and math.isfinite(v) and v >= 0)
-
-
-def _delay_ok(v: Any) -> bool:
-    return type(v) in (int, float) and math.isfinite(v) and 0 <= v <= MAX_DELAY_SECONDS
-
-
-def _clean_text(text: str) -> str:
-    """Error text as the store can keep it: bounded, valid UTF-8 (lone surrogates escaped)."""
-    text = text[:MAX_ERROR_CHARS]
-    if not text.isascii():
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
-def _unstorable_result(text: str | None) -> str | None:
-    """Why a task's JSON result cannot be stored, or None if it can."""
-    if text is None:
-        return None
-    if len(text) > MAX_RESULT_BYTES // 4 and len(text.encode("utf-8", "surrogatepass")) > MAX_RESULT_BYTES:
-        return f"the return value is larger than {MAX_RESULT_BYTES // (1024 * 1024)} MiB as JSON, so it cannot be stored"
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as e:
-            return f"the return value is not valid UTF-8 text ({e}), so it cannot be stored"
-    if "\\ud" in text or "\\uD" in text:  # JSON escapes of UTF-16 halves: DuckDB refuses lone ones
-        try:
-            json.dumps(json.loads(text), ensure_ascii=False).encode("utf-8")
-        except (ValueError, UnicodeEncodeError) as e:
-            return f"the return value holds a lone UTF-16 surrogate ({e}), so it cannot be stored"
-    return None
-
-
-def _entry_from_row(row: tuple) -> tuple[Entry, float | None]:
-    """An in-memory entry from a stored ``tasks`` row (see ``Store.recover``), checked field by field."""
-    (tid, ttype, domain, key, label, prio, status, created, run_after, retries, max_retries, retry_json,
-     timeout, cpus, memory, group, requeue, requeue_prio) = row
-    status = TaskStatus(status).value
-    if not 0 <= prio <= 255 or (requeue_prio is not None and not 0 <= requeue_prio <= 255):
-        raise ValueError(f"priority {prio} is outside 0..255")
-    if retries < 0 or max_retries < 0:
-        raise ValueError("a negative retry count")
-    if timeout is not None and not (math.isfinite(timeout) and 0 < timeout <= MAX_DELAY_SECONDS):
-        raise ValueError(f"timeout {timeout!r} is not a number of seconds in (0, {MAX_DELAY_SECONDS:g}]")
-    if not (math.isfinite(cpus) and cpus > 0) or memory < 0:
-        raise ValueError(f"cpus {cpus!r} / memory {memory!r} out of range")
-    if run_after is not None and not math.isfinite(run_after):
-        raise ValueError(f"run_after {run_after!r} is not a time")
-    policy = RetryPolicy.from_dict(json.loads(retry_json)) if retry_json else None
-    e = Entry(tid, ttype, domain, key, label, prio, status, created, retries, max_retries, policy, timeout, cpus,
-              memory, group)
-    e.requeue = bool(requeue)
-    e.requeue_priority = requeue_prio
-    return e, run_after

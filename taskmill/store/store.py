@@ -1,36 +1,27 @@
 """The DuckDB store: schema, migrations, the group commit and every query.
 
 Invariant: one ``Store`` per database file, used from one thread (the
-coordinator loop). Writes arrive as one ``WriteBatch`` per commit and are
-applied in a single transaction; methods return records, never cursors.
-Imports only the leaf modules ``records`` and ``errors``.
+coordinator loop); reader threads query through their own cursors
+(``cursor()``, see ``queries``). Writes arrive as one ``WriteBatch`` per
+commit and are applied in a single transaction. Imports leaves and the
+store's own modules only.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import pickle
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from typing import Any, Iterator, Sequence
 
 import duckdb
 
-from taskmill.errors import NotATaskmillStore, QueryRefused, SchemaTooNew, StoreError, StoreLocked
-from taskmill.records import (
-    HistoryStatus,
-    IoBudget,
-    TaskHistoryRecord,
-    TaskLookup,
-    TaskRecord,
-    TaskStatus,
-    TypeStats,
-)
+from taskmill.errors import NotATaskmillStore, SchemaTooNew, StoreError, StoreLocked
+from taskmill.store.batch import FinishedRow, WriteBatch
+from taskmill.store.queries import HISTORY_COLUMNS, Queries, select
 
-__all__ = ["LATEST_SCHEMA", "FinishedRow", "Store", "WriteBatch", "select"]
+__all__ = ["LATEST_SCHEMA", "Store"]
 
 #: DuckDB worker threads for the store; queries are small, the loop is single-threaded.
 DUCKDB_THREADS = 2
@@ -38,14 +29,6 @@ DUCKDB_THREADS = 2
 DUCKDB_MEMORY_LIMIT = "1GB"
 
 APP_NAME = "taskmill"
-#: Most rows one ``sql()`` call returns; beyond it the call fails and asks for a LIMIT.
-SQL_MAX_ROWS = 200_000
-#: Largest ``sql()`` result, measured as pickled bytes (what travels to the host).
-SQL_MAX_BYTES = 64 * 1024 * 1024
-#: Rows fetched per step while a result is checked against the caps.
-SQL_FETCH_ROWS = 2048
-
-
 def _migrations() -> list[tuple[int, str]]:
     out = []
     for entry in resources.files("taskmill.store").joinpath("migrations").iterdir():
@@ -55,83 +38,6 @@ def _migrations() -> list[tuple[int, str]]:
 
 
 LATEST_SCHEMA = max(v for v, _ in _migrations())
-
-TASK_COLUMNS = (
-    "id, task_type, domain, key, label, priority, status, payload, tags, group_key, created_at, run_after, "
-    "started_at, retry_count, max_retries, retry_policy, last_error, timeout_s, cpus, memory, "
-    "expected_read_bytes, expected_write_bytes, expected_net_rx_bytes, expected_net_tx_bytes, requeue, "
-    "requeue_priority, parent_id"
-)
-HISTORY_COLUMNS = (
-    "id, task_type, domain, key, label, priority, status, payload, result, error, tags, group_key, retry_count, "
-    "created_at, started_at, completed_at, duration_ms, read_bytes, write_bytes, net_rx_bytes, net_tx_bytes, "
-    "expected_read_bytes, expected_write_bytes, expected_net_rx_bytes, expected_net_tx_bytes, cpus, memory, parent_id"
-)
-_ACTIVE = "('pending','running','paused','waiting','blocked')"
-
-
-def utc(ts: float) -> datetime:
-    """Epoch seconds to the naive-UTC datetime the store keeps."""
-    return datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None)
-
-
-def _aware(v: datetime | None) -> datetime | None:
-    return None if v is None else v.replace(tzinfo=timezone.utc)
-
-
-def _json(v: str | None) -> Any:
-    return None if v is None else json.loads(v)
-
-
-@dataclass(slots=True)
-class FinishedRow:
-    """A task execution that ended: becomes one ``task_history`` row."""
-
-    id: int
-    status: str
-    result: str | None
-    error: str | None
-    retry_count: int
-    started_at: float | None  # epoch seconds
-    completed_at: float  # epoch seconds
-    duration_ms: float | None
-    read_bytes: int = 0
-    write_bytes: int = 0
-    net_rx_bytes: int = 0
-    net_tx_bytes: int = 0
-    keep_active: bool = False  # requeued: the task stays, back to pending
-
-
-@dataclass(slots=True)
-class WriteBatch:
-    """Everything one loop iteration changed, applied in one transaction in this order."""
-
-    inserts: list[tuple] = field(default_factory=list)  # full ``tasks`` rows
-    priorities: dict[int, int] = field(default_factory=dict)  # upgrades
-    requeue_marks: dict[int, int] = field(default_factory=dict)  # id -> requeue priority
-    running: dict[int, float] = field(default_factory=dict)  # id -> started_at (epoch s)
-    retries: dict[int, tuple[int, float | None, str]] = field(default_factory=dict)  # id -> (count, run_after epoch s, error)
-    finished: list[FinishedRow] = field(default_factory=list)
-    requeued_runs: dict[int, int] = field(default_factory=dict)  # id -> priority, after its history row
-    to_pending: set[int] = field(default_factory=set)  # interrupted runs, no retry counted
-    next_id: int | None = None
-
-    def __len__(self) -> int:
-        return (
-            len(self.inserts)
-            + len(self.priorities)
-            + len(self.requeue_marks)
-            + len(self.running)
-            + len(self.retries)
-            + len(self.finished)
-            + len(self.requeued_runs)
-            + len(self.to_pending)
-        )
-
-    def forget_running(self, task_id: int) -> None:
-        """The task ended before its ``running`` mark was written: skip the mark."""
-        self.running.pop(task_id, None)
-
 
 #: DuckDB database files carry this magic at byte 8 (after a checksum).
 _DUCKDB_MAGIC = b"DUCK"
@@ -157,7 +63,7 @@ def _map_open_error(path: str, e: duckdb.Error) -> StoreError:
     return StoreError(f"cannot open store {path}: {text}")
 
 
-class Store:
+class Store(Queries):
     """A taskmill store in one DuckDB database (a file, or ``":memory:"``).
 
     Raises on open:
@@ -166,7 +72,7 @@ class Store:
         StoreLocked: another process holds the file.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str) -> None:  # noqa: D107 - Queries gets its connection below
         self.path = path
         _check_duckdb_file(path)
         config: dict[str, str | bool | int | float | list[str]] = {
@@ -362,121 +268,6 @@ class Store:
                                 [list(ids)]).fetchall()
         return {i: p for i, p in rows}
 
-    def history_row(self, task_id: int) -> TaskHistoryRecord | None:
-        """The newest history row of a task id (used to answer ``wait``)."""
-        rows = self._history("WHERE id = ? ORDER BY completed_at DESC LIMIT 1", [task_id])
-        return rows[0] if rows else None
-
-    def history_rows(self, ids: Sequence[int]) -> dict[int, TaskHistoryRecord]:
-        out: dict[int, TaskHistoryRecord] = {}
-        for r in self._history("WHERE id IN (SELECT unnest($1::BIGINT[])) ORDER BY completed_at", [list(ids)]):
-            out[r.id] = r
-        return out
-
-    # ------------------------------------------------------------------ record mapping
-
-    def _tasks(self, where: str, params: Sequence[Any] = ()) -> list[TaskRecord]:
-        rows = self.con.execute(f"SELECT {TASK_COLUMNS} FROM tasks {where}", list(params)).fetchall()
-        return [_task_record(r) for r in rows]
-
-    def _history(self, where: str, params: Sequence[Any] = ()) -> list[TaskHistoryRecord]:
-        rows = self.con.execute(f"SELECT {HISTORY_COLUMNS} FROM task_history {where}", list(params)).fetchall()
-        return [_history_record(r) for r in rows]
-
-    def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return self._one(sql, params)[0]
-
-    def _one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...]:
-        row = self.con.execute(sql, list(params)).fetchone()
-        if row is None:  # aggregates always return a row
-            raise StoreError(f"no row from: {sql[:80]}")
-        return row
-
-    # ------------------------------------------------------------------ seed: active task queries
-
-    def running_tasks(self) -> list[TaskRecord]:
-        return self._tasks("WHERE status = 'running' ORDER BY priority, id")
-
-    def running_count(self) -> int:
-        return int(self._scalar("SELECT count(*) FROM tasks WHERE status = 'running'"))
-
-    def pending_tasks(self, limit: int) -> list[TaskRecord]:
-        return self._tasks("WHERE status = 'pending' ORDER BY priority, id LIMIT ?", [_limit(limit)])
-
-    def pending_count(self) -> int:
-        return int(self._scalar("SELECT count(*) FROM tasks WHERE status = 'pending'"))
-
-    def pending_by_type(self, task_type: str) -> list[TaskRecord]:
-        return self._tasks("WHERE status = 'pending' AND task_type = ? ORDER BY priority, id", [task_type])
-
-    def paused_tasks(self) -> list[TaskRecord]:
-        return self._tasks("WHERE status = 'paused' ORDER BY priority, id")
-
-    def paused_count(self) -> int:
-        return int(self._scalar("SELECT count(*) FROM tasks WHERE status = 'paused'"))
-
-    def task_by_id(self, task_id: int) -> TaskRecord | None:
-        rows = self._tasks("WHERE id = ?", [task_id])
-        return rows[0] if rows else None
-
-    def task_by_key(self, key: str) -> TaskRecord | None:
-        rows = self._tasks("WHERE key = ? ORDER BY id LIMIT 1", [key])
-        return rows[0] if rows else None
-
-    def running_io_totals(self) -> tuple[int, int]:
-        r, w = self._one(
-            "SELECT coalesce(sum(expected_read_bytes), 0), coalesce(sum(expected_write_bytes), 0) "
-            "FROM tasks WHERE status = 'running'")
-        return int(r), int(w)
-
-    # ------------------------------------------------------------------ seed: history queries
-
-    def history(self, limit: int, offset: int = 0) -> list[TaskHistoryRecord]:
-        return self._history("ORDER BY completed_at DESC, id DESC LIMIT ? OFFSET ?", [_limit(limit), _offset(offset)])
-
-    def history_by_type(self, task_type: str, limit: int) -> list[TaskHistoryRecord]:
-        return self._history("WHERE task_type = ? ORDER BY completed_at DESC, id DESC LIMIT ?", [task_type, _limit(limit)])
-
-    def history_by_key(self, key: str) -> list[TaskHistoryRecord]:
-        return self._history("WHERE key = ? ORDER BY completed_at DESC, id DESC", [key])
-
-    def failed_tasks(self, limit: int) -> list[TaskHistoryRecord]:
-        return self._history("WHERE status IN ('failed', 'dead_letter') ORDER BY completed_at DESC, id DESC LIMIT ?",
-                             [_limit(limit)])
-
-    def dead_letter_tasks(self, domain: str | None, limit: int, offset: int = 0) -> list[TaskHistoryRecord]:
-        where = "WHERE status = 'dead_letter'" + (" AND domain = ?" if domain else "")
-        params: list[Any] = [domain] if domain else []
-        return self._history(f"{where} ORDER BY completed_at DESC, id DESC LIMIT ? OFFSET ?",
-                             params + [_limit(limit), _offset(offset)])
-
-    def history_stats(self, task_type: str) -> TypeStats:
-        n, dur, rb, wb, failed, finished = self._one(
-            "SELECT count(*) FILTER (WHERE status = 'completed'), "
-            "avg(duration_ms) FILTER (WHERE status = 'completed'), "
-            "avg(read_bytes) FILTER (WHERE status = 'completed'), "
-            "avg(write_bytes) FILTER (WHERE status = 'completed'), "
-            "count(*) FILTER (WHERE status IN ('failed', 'dead_letter')), "
-            "count(*) FILTER (WHERE status IN ('completed', 'failed', 'dead_letter')) "
-            "FROM task_history WHERE task_type = ?", [task_type])
-        return TypeStats(count=int(n), avg_duration_ms=float(dur or 0.0), avg_read_bytes=float(rb or 0.0),
-                         avg_write_bytes=float(wb or 0.0), failure_rate=(failed / finished) if finished else 0.0)
-
-    def avg_throughput(self, task_type: str, limit: int) -> tuple[float, float]:
-        r, w = self._one(
-            "SELECT coalesce(avg(read_bytes * 1000.0 / duration_ms), 0), coalesce(avg(write_bytes * 1000.0 / duration_ms), 0) "
-            "FROM (SELECT read_bytes, write_bytes, duration_ms FROM task_history WHERE task_type = ? "
-            "AND status = 'completed' AND duration_ms > 0 ORDER BY completed_at DESC LIMIT ?)",
-            [task_type, _limit(limit)])
-        return float(r), float(w)
-
-    def task_lookup_by_dedup_key(self, key: str) -> TaskLookup:
-        active = self.task_by_key(key)
-        if active is not None:
-            return TaskLookup(active=active)
-        rows = self._history("WHERE key = ? ORDER BY completed_at DESC, id DESC LIMIT 1", [key])
-        return TaskLookup(history=rows[0] if rows else None)
-
     def dead_letter_row(self, task_id: int) -> tuple[Any, ...] | None:
         """The newest dead-letter row of ``task_id`` as a full ``tasks`` row template."""
         return self.con.execute(
@@ -518,89 +309,3 @@ class Store:
             return select(cur, query, params)
         finally:
             cur.close()
-
-
-def select(cur: duckdb.DuckDBPyConnection, query: str, params: Sequence[Any] | dict[str, Any] | None = None, *,
-           max_rows: int = SQL_MAX_ROWS, max_bytes: int = SQL_MAX_BYTES) -> tuple[list[str], list[tuple]]:
-    """Run one SELECT statement on ``cur`` inside a read-only transaction; ``(column names, rows)``.
-
-    Read-only is the engine's rule, not a parse of the text: the statement runs in
-    ``BEGIN TRANSACTION READ ONLY``, so even a ``DELETE … RETURNING`` inside a CTE is
-    refused by DuckDB, and the database has no external access. The one-statement
-    check only keeps a second statement from ending that transaction.
-
-    Raises:
-        QueryRefused: not exactly one SELECT, a write, or a result over ``max_rows``
-            rows or about ``max_bytes`` bytes.
-        StoreError: the query failed (syntax, binder, runtime), from the duckdb error.
-    """
-    if not isinstance(query, str):
-        raise TypeError(f"query must be a str, got {type(query).__name__}")
-    try:
-        statements = duckdb.extract_statements(query)
-    except duckdb.Error as e:
-        raise StoreError(f"malformed SQL: {e}") from e
-    if len(statements) != 1:
-        raise QueryRefused(f"sql() runs exactly one statement, got {len(statements)}")
-    kind = statements[0].type
-    # Only SELECT: EXPLAIN ANALYZE executes the statement it explains (a COPY writes its file).
-    if kind != duckdb.StatementType.SELECT:
-        raise QueryRefused(f"sql() is read-only and runs one SELECT; refused a {kind.name} statement")
-    try:
-        cur.execute("BEGIN TRANSACTION READ ONLY")
-        try:
-            cur.execute(query, params if params is not None else None)
-            names = [d[0] for d in cur.description or []]
-            rows: list[tuple] = []
-            size = 0
-            while True:
-                chunk = cur.fetchmany(SQL_FETCH_ROWS)
-                if not chunk:
-                    break
-                rows.extend(chunk)
-                if len(rows) > max_rows:
-                    raise QueryRefused(f"the result has more than {max_rows:,} rows; add a LIMIT, page with "
-                                       "OFFSET, or aggregate")
-                size += len(pickle.dumps(chunk, pickle.HIGHEST_PROTOCOL))
-                if size > max_bytes:
-                    raise QueryRefused(f"the result is larger than {max_bytes // (1024 * 1024)} MiB; select fewer "
-                                       "columns or rows")
-        finally:
-            cur.execute("ROLLBACK")
-    except duckdb.TransactionException as e:
-        raise QueryRefused(f"sql() is read-only: {e}") from e
-    except duckdb.InterruptException:
-        raise
-    except duckdb.Error as e:
-        raise StoreError(f"query failed: {e}") from e
-    return names, rows
-
-
-def _limit(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ValueError(f"limit must be an int >= 0, got {v!r}")
-    return v
-
-
-def _offset(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ValueError(f"offset must be an int >= 0, got {v!r}")
-    return v
-
-
-def _task_record(r: tuple) -> TaskRecord:
-    return TaskRecord(
-        id=r[0], task_type=r[1], domain=r[2], key=r[3], label=r[4], priority=r[5], status=TaskStatus(r[6]),
-        payload=_json(r[7]), tags=_json(r[8]) or {}, group=r[9], created_at=_aware(r[10]), run_after=_aware(r[11]),
-        started_at=_aware(r[12]), retry_count=r[13], max_retries=r[14], last_error=r[16], timeout=r[17], cpus=r[18],
-        memory=r[19], expected_io=IoBudget(disk_read=r[20], disk_write=r[21], net_rx=r[22], net_tx=r[23]),
-        requeue=bool(r[24]), parent_id=r[26])
-
-
-def _history_record(r: tuple) -> TaskHistoryRecord:
-    return TaskHistoryRecord(
-        id=r[0], task_type=r[1], domain=r[2], key=r[3], label=r[4], priority=r[5], status=HistoryStatus(r[6]),
-        payload=_json(r[7]), result=_json(r[8]), error=r[9], tags=_json(r[10]) or {}, group=r[11], retry_count=r[12],
-        created_at=_aware(r[13]), started_at=_aware(r[14]), completed_at=_aware(r[15]), duration_ms=r[16],
-        read_bytes=r[17], write_bytes=r[18], net_rx_bytes=r[19], net_tx_bytes=r[20],
-        expected_io=IoBudget(disk_read=r[21], disk_write=r[22], net_rx=r[23], net_tx=r[24]), parent_id=r[27])

@@ -45,7 +45,7 @@ def describe_exit(exitcode: int | None) -> str:
 class WorkerHandle:
     """One worker process as the coordinator sees it."""
 
-    __slots__ = ("index", "process", "conn", "pid", "ready", "task", "kill_reason", "stopping")
+    __slots__ = ("index", "process", "conn", "pid", "ready", "task", "kill_reason", "stopping", "timer")
 
     def __init__(self, index: int, process: Any, conn: Connection) -> None:
         self.index = index
@@ -56,6 +56,7 @@ class WorkerHandle:
         self.task: Any = None  # the Entry it runs, or None when idle
         self.kill_reason: str | None = None
         self.stopping = False
+        self.timer: Any = None  # the coordinator's timer for its task: timeout, or kill grace after a cancel
 
     @property
     def sentinel(self) -> int:

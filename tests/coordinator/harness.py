@@ -19,6 +19,7 @@ from polling import poll_until
 
 from taskmill import protocol
 from taskmill.coordinator.loop import Coordinator
+from taskmill.coordinator.wire import check_items
 from taskmill.domain import canonical_json, dedup_key
 from taskmill.records import RetryPolicy, TaskHistoryRecord
 from taskmill.shm import SharedState
@@ -42,8 +43,9 @@ class Harness:
         self.coord = coord
 
     def submit(self, *items: tuple) -> list[int]:
-        out = self.coord.submit(list(items))
-        self.coord._commit()
+        c = self.coord
+        out = c.lc.submit(check_items(list(items)), c.mono(), c.clock())
+        c._commit()
         return [o[1] for o in out]
 
     def step_until(self, cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
@@ -55,7 +57,7 @@ class Harness:
         return self.coord.store.history_row(task_id)
 
     def finished(self, task_id: int, timeout: float = 30.0) -> TaskHistoryRecord:
-        self.step_until(lambda: task_id not in self.coord.tasks, timeout, f"task {task_id} to finish")
+        self.step_until(lambda: task_id not in self.coord.lc.tasks, timeout, f"task {task_id} to finish")
         row = self.history(task_id)
         assert row is not None
         return row

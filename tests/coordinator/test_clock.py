@@ -47,7 +47,7 @@ def test_a_forward_step_does_not_time_out_a_running_task(tmp_path: Any) -> None:
     clock = SteppedClock()
     with coordinator(tmp_path, {"t::sleep": sleeper}, clock=clock) as h:
         (tid,) = h.submit(item("t::sleep", {"seconds": 2.0}, timeout=60.0))
-        h.step_until(lambda: h.coord.tasks[tid].worker is not None, what="dispatch")
+        h.step_until(lambda: h.coord.lc.tasks[tid].worker is not None, what="dispatch")
         clock.offset = HOUR  # the wall clock jumps an hour ahead while the task runs
         row = h.finished(tid)
         assert row.status == HistoryStatus.COMPLETED, row.error
@@ -60,7 +60,7 @@ def test_a_backward_step_does_not_stretch_a_retry_delay(tmp_path: Any) -> None:
     marker = str(tmp_path / "attempted")
     with coordinator(tmp_path, {"t::flaky": flaky}, clock=clock) as h:
         (tid,) = h.submit(item("t::flaky", {"marker": marker}, retry=RetryPolicy.constant(3, 1.0)))
-        h.step_until(lambda: h.coord.tasks[tid].retry_count == 1, what="the first failure")
+        h.step_until(lambda: h.coord.lc.tasks[tid].retry_count == 1, what="the first failure")
         clock.offset = -HOUR  # an hour back: a wall-clock timer would now wait an hour
         started = time.monotonic()
         row = h.finished(tid, timeout=20)
@@ -72,7 +72,7 @@ def test_a_backward_step_does_not_stretch_a_retry_delay(tmp_path: Any) -> None:
 def test_finished_tasks_leave_no_timers_behind(tmp_path: Any) -> None:
     with coordinator(tmp_path, {"t::sleep": sleeper}) as h:
         ids = h.submit(*(item("t::sleep", {"seconds": 0.0, "i": i}, timeout=3600.0) for i in range(600)))
-        h.step_until(lambda: not h.coord.tasks, timeout=90, what="600 tasks")
+        h.step_until(lambda: not h.coord.lc.tasks, timeout=90, what="600 tasks")
         assert len(h.coord.timers) == 0
         assert h.coord.timers.heap_size < 600  # dead one-hour timeouts were purged, not kept for an hour
         assert h.history(ids[-1]).status == HistoryStatus.COMPLETED  # type: ignore[union-attr]

@@ -259,7 +259,7 @@ def test_sql_writes_are_refused_by_the_engine_even_inside_a_select(store_path: s
 
 
 def test_sql_results_are_capped_with_a_clear_error(store_path: str) -> None:
-    from taskmill.store.store import SQL_MAX_ROWS
+    from taskmill.store.queries import SQL_MAX_ROWS
 
     with sched(store_path) as s:
         with pytest.raises(tm.QueryRefused, match="LIMIT"):

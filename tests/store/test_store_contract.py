@@ -25,7 +25,7 @@ from taskmill.errors import NotATaskmillStore, QueryRefused, SchemaTooNew, Store
 from taskmill.records import HistoryStatus, IoBudget, TaskStatus, TypeStats
 from taskmill.store import LATEST_SCHEMA, FinishedRow, Store, WriteBatch
 from taskmill.store import store as store_module
-from taskmill.store.store import utc
+from taskmill.store.batch import utc
 
 #: A fixed epoch second (2023-11-14) with exact binary fractions, so timestamps round-trip exactly.
 T0 = 1_700_000_000.0
