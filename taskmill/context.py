@@ -33,7 +33,7 @@ class TaskContext:
         log: A structlog logger bound with the task id and type.
     """
 
-    __slots__ = ("record", "log", "_slot", "_send", "_state", "_global", "_io", "_bytes_done", "_bytes_total",
+    __slots__ = ("record", "log", "_slot", "_send", "_submit", "_state", "_global", "_io", "_bytes_done", "_bytes_total",
                  "_fraction", "_last_msg", "_pid")
 
     def __init__(
@@ -42,6 +42,7 @@ class TaskContext:
         *,
         slot: WorkerSlot | None = None,
         send: Callable[[int, float | None, str | None], None] | None = None,
+        submit: Callable[..., Any] | None = None,
         domain_state: dict[str, Any] | None = None,
         global_state: dict[str, Any] | None = None,
     ) -> None:
@@ -49,6 +50,7 @@ class TaskContext:
         self.log = structlog.get_logger("taskmill.task").bind(task_id=record.id, task_type=record.task_type)
         self._slot = slot
         self._send = send
+        self._submit = submit  # (kind, task, payload, domain) -> SubmitOutcome, from the worker
         self._state = domain_state or {}
         self._global = global_state or {}
         self._io = [0, 0, 0, 0]
@@ -146,6 +148,68 @@ class TaskContext:
                 raise KeyError(f"no state named {name!r} in domain {self.record.domain!r} or the scheduler")
             return default
         return value
+
+
+    # ------------------------------------------------------------------ work from inside a task (F14)
+
+    def _spawn(self, kind: str, task: Any, payload: dict[str, Any], domain: str | None = None) -> Any:
+        if self._submit is None:
+            raise RuntimeError("this context cannot submit tasks (it is not running in a worker)")
+        return self._submit(kind, task, payload, domain)
+
+    def spawn_child(self, task: Any, /, **payload: Any) -> Any:
+        """Submit a child of this task (any domain; returns its ``SubmitOutcome`` once durable).
+
+        The child inherits this task's tags (its own win), the more urgent of the two
+        priorities and what is left of this task's TTL. When this task returns while
+        children are active it waits for them; its ``finalize`` step (if any) then runs.
+        """
+        return self._spawn("child", task, payload)
+
+    def spawn_sibling(self, task: Any, /, **payload: Any) -> Any:
+        """Submit another child of this task's parent.
+
+        Raises:
+            ValueError: this task has no parent (a root task has no siblings).
+        """
+        if self.record.parent_id is None:
+            raise ValueError(f"task {self.record.id} has no parent, so it cannot spawn a sibling")
+        return self._spawn("sibling", task, payload)
+
+    def domain(self, domain: Any) -> _DomainSubmitter:
+        """A handle to submit ordinary (non-child) work to ``domain`` (a Domain or its name),
+        with that domain's defaults: ``ctx.domain("mail").submit(send, to=...)``."""
+        name = getattr(domain, "name", domain)
+        if not isinstance(name, str):
+            raise TypeError(f"domain() takes a Domain or its name, got {type(domain).__name__}")
+        return _DomainSubmitter(self, name)
+
+    def try_domain(self, domain: Any) -> _DomainSubmitter | None:
+        """Like :meth:`domain`; None if no such domain is registered."""
+        try:
+            handle = self.domain(domain)
+            self._spawn("check", None, {}, handle.name)
+        except LookupError:
+            return None
+        return handle
+
+
+class _DomainSubmitter:
+    """``submit``/``submit_batch`` of ordinary work into one domain, from inside a task."""
+
+    __slots__ = ("_ctx", "name")
+
+    def __init__(self, ctx: TaskContext, name: str) -> None:
+        self._ctx = ctx
+        self.name = name
+
+    def submit(self, task: Any, /, **payload: Any) -> Any:
+        """Submit one task of this domain; returns its ``SubmitOutcome`` once durable."""
+        return self._ctx._spawn("plain", task, payload, self.name)
+
+    def submit_batch(self, submissions: Any) -> Any:
+        """Submit many tasks of this domain in one transaction; returns a ``BatchOutcome``."""
+        return self._ctx._spawn("plain_batch", submissions, {}, self.name)
 
 
 def _nonneg(n: Any, what: str) -> int:

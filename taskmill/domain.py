@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from taskmill.errors import ConfigError, InvalidPayload
+from taskmill.options import LIFECYCLE_OPTIONS, check_ttl_from, lifecycle_fields
 from taskmill.protocol import SubmitItem
 from taskmill.records import DuplicateStrategy, IoBudget, Priority, RetryPolicy
 from taskmill.validation import (
@@ -35,7 +36,7 @@ from taskmill.validation import (
     usable_cpus,
 )
 
-__all__ = ["Domain", "Submission", "TaskOptions", "TaskType", "dedup_key"]
+__all__ = ["Domain", "Submission", "TaskOptions", "TaskType", "as_submission", "dedup_key"]
 
 #: Largest accepted payload, as UTF-8 JSON bytes (SPEC F3).
 MAX_PAYLOAD_BYTES = 1024 * 1024
@@ -47,7 +48,7 @@ MAX_TAG_VALUE_BYTES = 256
 _NOT_GIVEN: Any = object()
 _OVERRIDES = frozenset(
     {"priority", "key", "label", "tags", "group", "expected_io", "cpus", "memory", "retry", "timeout", "duplicate"}
-)
+) | LIFECYCLE_OPTIONS
 
 
 _STR = frozenset({str})
@@ -274,6 +275,7 @@ class Domain:
             otherwise; None falls back to the scheduler's default.
         retry: Default retry policy for its task types.
         timeout: Default per-task timeout in seconds.
+        ttl: Default time to live in seconds (F16): a task not started in time expires.
         group: Default group key.
         tags: Default tags merged under each submission's tags.
         state: Objects handed to task functions through ``ctx.state(name)``.
@@ -293,6 +295,7 @@ class Domain:
         default_priority: int | None = None,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
+        ttl: float | None = None,
         group: str | None = None,
         tags: Mapping[str, str] | None = None,
         state: Mapping[str, Any] | None = None,
@@ -311,6 +314,7 @@ class Domain:
                                  else _check_priority(default_priority, f"domain {name!r} default_priority"))
         self.retry = _check_retry(retry)
         self.timeout = None if timeout is None else check_timeout(timeout, f"domain {name!r} timeout")
+        self.ttl = None if ttl is None else as_seconds(ttl, f"domain {name!r} ttl", lo_open=True)
         self.group = _check_group(group, f"domain {name!r} group")
         self.tags = _check_tags(tags)
         self.state: dict[str, Any] = {as_str(k, "state key"): v for k, v in (state or {}).items()}
@@ -330,6 +334,8 @@ class Domain:
         priority: int | None = None,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
+        ttl: float | None = None,
+        ttl_from: str = "submission",
         group: str | None = None,
         key: str | Callable[..., str] | None = None,
         duplicate: str | DuplicateStrategy = DuplicateStrategy.SKIP,
@@ -371,6 +377,8 @@ class Domain:
                 key=key,
                 duplicate=duplicate,
                 tags=tags,
+                ttl=ttl,
+                ttl_from=ttl_from,
             )
             self.tasks[tname] = tt
             return tt
@@ -402,6 +410,8 @@ class TaskType:
         key: str | Callable[..., str] | None,
         duplicate: str | DuplicateStrategy,
         tags: Mapping[str, str] | None,
+        ttl: float | None = None,
+        ttl_from: str = "submission",
     ) -> None:
         if not callable(fn):
             raise TypeError(f"task function must be callable, got {fn!r}")
@@ -425,6 +435,10 @@ class TaskType:
         self.key = key
         self.duplicate = _check_duplicate(duplicate)
         self.tags = _check_tags(tags)
+        self.ttl = None if ttl is None else as_seconds(ttl, f"{self.qualified} ttl", lo_open=True)
+        self.ttl_from = check_ttl_from(ttl_from, f"{self.qualified} ttl_from")
+        self.finalizer: Callable[..., Any] | None = None
+        self.cancel_hook: Callable[..., Any] | None = None
         self._resolved: tuple[Defaults, SubmitItem] | None = None  # resolve()'s per-type cache
         self.__doc__ = getattr(fn, "__doc__", None)
         self.__wrapped__ = fn
@@ -439,9 +453,29 @@ class TaskType:
         """Build a submission of this task with ``payload`` as keyword arguments."""
         return Submission(task=self, payload=payload, overrides={})
 
+    def finalize(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Register this task's finalize step (F14), as a decorator: ``fn(ctx, memo, **payload)``.
+
+        It runs once every child the task spawned has finished, with ``memo`` the
+        task's own return value; its return value becomes the task's result.
+        """
+        if not callable(fn):
+            raise TypeError(f"finalize takes a function, got {describe(fn)}")
+        self.finalizer = fn
+        return fn
+
+    def on_cancel(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Register a hook run when a running task of this type is cancelled (F23), as a
+        decorator: ``fn(ctx, **payload)``, bounded by the scheduler's ``cancel_hook_timeout``."""
+        if not callable(fn):
+            raise TypeError(f"on_cancel takes a function, got {describe(fn)}")
+        self.cancel_hook = fn
+        return fn
+
     def options(self, **overrides: Any) -> TaskOptions:
-        """This task with per-submission overrides (priority, key, label, tags, group,
-        expected_io, cpus, memory, retry, timeout, duplicate)."""
+        """This task with per-submission overrides (F5): priority, key, label, tags, group,
+        expected_io, cpus, memory, retry, timeout, duplicate, ttl, ttl_from, run_after, run_at,
+        depends_on, on_dependency_failure, parent, fail_fast, recurring."""
         unknown = set(overrides) - _OVERRIDES
         if unknown:
             raise TypeError(f"unknown option(s) {sorted(unknown)}; allowed: {sorted(_OVERRIDES)}")
@@ -487,6 +521,19 @@ class Defaults:
     retry: RetryPolicy = RetryPolicy()
     timeout: float | None = None
     cpu_capacity: float = field(default_factory=usable_cpus)
+    ttl: float | None = None
+
+
+def as_submission(task: Any, payload: dict[str, Any], what: str = "submit()") -> Submission:
+    """``task`` (a TaskType, ``task.options(...)`` or ``task.call(...)``) with ``payload`` as a Submission."""
+    if isinstance(task, Submission):
+        if payload:
+            raise TypeError("pass the payload either to .call(...) or to submit(), not both")
+        return task
+    if isinstance(task, (TaskOptions, TaskType)):
+        return task.call(**payload)
+    raise TypeError(f"{what} takes a task (decorated function), task.options(...) or task.call(...), "
+                    f"got {type(task).__name__}")
 
 
 def _encode_payload(t: TaskType, payload: Mapping[str, Any]) -> str:
@@ -578,6 +625,7 @@ def _resolve_options(t: TaskType, o: Mapping[str, Any], raw_payload: Mapping[str
     tags = {**t.domain.tags, **t.tags, **_check_tags(o.get("tags"))}
     group = _check_group(o["group"]) if "group" in o else (t.group if t.group is not None else t.domain.group)
     duplicate = _check_duplicate(o.get("duplicate", t.duplicate))
+    lifecycle = lifecycle_fields(o, t.ttl, t.ttl_from, t.domain.ttl, defaults.ttl)
 
     return SubmitItem(
         task_type=t.qualified,
@@ -598,4 +646,5 @@ def _resolve_options(t: TaskType, o: Mapping[str, Any], raw_payload: Mapping[str
         group=group,
         tags=json.dumps(tags, sort_keys=True) if tags else None,
         duplicate=duplicate.value,
+        **lifecycle,
     )

@@ -20,8 +20,10 @@ Coordinator ↔ worker, one duplex pipe per worker::
 
     coordinator                             worker
      │◀──────────────── Ready(pid, error) ───│ after loading the registry
-     │── Run(task) ─────────────────────────▶│ marks its shm slot, calls fn
+     │── Run(task) ─────────────────────────▶│ marks its shm slot, calls fn (or finalize, on_cancel)
      │◀──────────────── Progress(msg) ───────│ (text progress only; numbers go to shm)
+     │◀──────────────── Spawn(items) ────────│ ctx.spawn_child / spawn_sibling / ctx.domain(...).submit
+     │── Reply(outcomes) ───────────────────▶│ after the commit that stored them
      │◀──────────────── Done(outcome) ───────│ clears its slot
      │── Stop ──────────────────────────────▶│
      │◀──────────────── Goodbye ─────────────│ a silent sentinel therefore means a crash
@@ -46,6 +48,7 @@ __all__ = [
     "Ready",
     "Reply",
     "Run",
+    "Spawn",
     "Stop",
     "Submit",
     "SubmitItem",
@@ -104,6 +107,14 @@ class SubmitItem(NamedTuple):
     group: str | None
     tags: str | None  # JSON object text
     duplicate: str  # DuplicateStrategy value
+    ttl: float | None = None  # seconds
+    ttl_from: str = "submission"  # "submission" | "first_attempt"
+    run_after: float | None = None  # absolute wall-clock time, epoch seconds
+    depends_on: tuple[int, ...] | None = None  # prerequisite task ids
+    on_dependency_failure: str = "cancel"  # "cancel" | "fail" | "ignore"
+    parent: int | None = None  # parent task id
+    fail_fast: bool = True
+    recurring: tuple[float, int | None, float] | None = None  # (interval, max executions, initial delay)
 
 
 # --------------------------------------------------------------------------- host → coordinator
@@ -203,6 +214,19 @@ class Run(NamedTuple):
     key: str
     label: str
     priority: int
+    parent_id: int | None = None
+    phase: str = "execute"  # "execute" | "finalize" (memo: the execute run's result) | "on_cancel"
+    memo: str | None = None  # JSON text
+
+
+@dataclass(**_MSG)
+class Spawn:
+    """Submissions from inside a running task: ``kind`` "child" (parent = that task), "sibling"
+    (parent = its parent) or "plain" (no parent). Answered with ``Reply(outcomes)`` once durable."""
+
+    task_id: int
+    kind: str
+    items: list[tuple[Any, ...]]
 
 
 @dataclass(**_MSG)

@@ -12,19 +12,34 @@ import enum
 import math
 import random
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Iterator, Sequence
 
-from taskmill.validation import INT32_MAX, INT64_MAX, MAX_DELAY_SECONDS, as_float, as_int, as_seconds
+from taskmill.validation import (
+    INT32_MAX,
+    INT64_MAX,
+    MAX_DELAY_SECONDS,
+    MAX_PRUNE_DAYS,
+    as_float,
+    as_int,
+    as_seconds,
+)
 
 __all__ = [
     "BatchOutcome",
     "Duplicate",
+    "DuplicateStrategy",
+    "EstimatedProgress",
     "HistoryStatus",
     "Inserted",
     "IoBudget",
+    "MaxAgeDays",
+    "MaxCount",
     "ModuleSnapshot",
+    "PausedGroupInfo",
     "Priority",
+    "Recurring",
+    "RecurringScheduleInfo",
     "Rejected",
     "Requeued",
     "RetryPolicy",
@@ -32,6 +47,7 @@ __all__ = [
     "Shutdown",
     "SubmitOutcome",
     "Superseded",
+    "TaskEventHeader",
     "TaskHistoryRecord",
     "TaskLookup",
     "TaskProgress",
@@ -98,6 +114,8 @@ class DuplicateStrategy(enum.StrEnum):
     SKIP = "skip"
     SUPERSEDE = "supersede"
     REJECT = "reject"
+    #: Like ``skip``, and a key whose newest history row is ``completed`` is a duplicate too.
+    SKIP_COMPLETED = "skip_completed"
 
 
 class Priority(int):
@@ -319,12 +337,78 @@ class Shutdown(_ToDict):
         return cls(mode="graceful", timeout=as_seconds(timeout, "graceful shutdown timeout", wrong_type=ValueError))
 
 
+@dataclass(frozen=True, slots=True, init=False)
+class Recurring(_ToDict):
+    """A recurring schedule (F15): run every ``interval`` seconds, at most ``max_executions`` times.
+
+    ``Recurring(interval, max_executions=None, initial_delay=0)``. Durations are
+    seconds or ``timedelta``s (stored as float seconds): ``interval`` finite, > 0
+    and <= ``MAX_DELAY_SECONDS``; ``initial_delay`` (before the first run) finite in
+    0..``MAX_DELAY_SECONDS``; ``max_executions`` None (no limit) or an int >= 1.
+
+    Raises:
+        TypeError: a field of the wrong type (the message names it).
+        ValueError: a field out of range (the message names it).
+    """
+
+    interval: float
+    max_executions: int | None
+    initial_delay: float
+
+    def __init__(self, interval: float | timedelta, max_executions: int | None = None,
+                 initial_delay: float | timedelta = 0.0) -> None:
+        object.__setattr__(self, "interval", as_seconds(interval, "Recurring.interval", lo_open=True))
+        object.__setattr__(self, "max_executions", None if max_executions is None
+                           else as_int(max_executions, "Recurring.max_executions", lo=1))
+        object.__setattr__(self, "initial_delay", as_seconds(initial_delay, "Recurring.initial_delay"))
+
+
+@dataclass(frozen=True, slots=True)
+class MaxCount(_ToDict):
+    """Retention (F26): keep the ``n`` newest history rows (``n`` an int >= 0).
+
+    Raises:
+        TypeError: ``n`` is not an int.
+        ValueError: ``n`` is negative.
+    """
+
+    n: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "n", as_int(self.n, "MaxCount.n"))
+
+
+@dataclass(frozen=True, slots=True)
+class MaxAgeDays(_ToDict):
+    """Retention (F26): delete history rows completed more than ``days`` days ago
+    (a finite number in 0..``MAX_PRUNE_DAYS``).
+
+    Raises:
+        TypeError: ``days`` is not a number.
+        ValueError: ``days`` is negative, too large, nan or infinite.
+    """
+
+    days: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "days", as_float(self.days, "MaxAgeDays.days", hi=MAX_PRUNE_DAYS, unit="days"))
+
+
 # --------------------------------------------------------------------------- task records
+
+#: Placeholder of ``TaskRecord.effective_priority`` when not given: the stored priority is used.
+_SAME_AS_PRIORITY = -1
 
 
 @dataclass(**_RECORD)
 class TaskRecord(_ToDict):
-    """A snapshot of an active task."""
+    """A snapshot of an active task (a row of ``tasks``, or the coordinator's memory of it).
+
+    ``dependencies`` are the prerequisites it still waits on; ``pause_reasons`` lists
+    ``"global"``, ``"domain"``, ``"group"`` or ``"preempted"``; ``memo`` is a waiting
+    parent's return value, kept until its finalize step runs. ``effective_priority``
+    defaults to ``priority``.
+    """
 
     id: int
     task_type: str
@@ -334,25 +418,47 @@ class TaskRecord(_ToDict):
     priority: int
     status: TaskStatus
     payload: dict[str, Any] | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-    group: str | None = None
-    created_at: datetime | None = None
-    run_after: datetime | None = None
-    started_at: datetime | None = None
+    expected_io: IoBudget = field(default_factory=IoBudget)
     retry_count: int = 0
     max_retries: int = 3
     last_error: str | None = None
-    expected_io: IoBudget = field(default_factory=IoBudget)
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    requeue: bool = False
+    requeue_priority: int | None = None
+    parent_id: int | None = None
+    fail_fast: bool = True
+    group: str | None = None
+    ttl_seconds: float | None = None
+    ttl_from: str = "submission"
+    expires_at: datetime | None = None
+    run_after: datetime | None = None
+    recurring_interval_secs: float | None = None
+    recurring_max_executions: int | None = None
+    recurring_execution_count: int = 0
+    recurring_paused: bool = False
+    dependencies: list[int] = field(default_factory=list)
+    on_dependency_failure: str = "cancel"
+    tags: dict[str, str] = field(default_factory=dict)
     cpus: float = 1.0
     memory: int = 0
     timeout: float | None = None
-    requeue: bool = False
-    parent_id: int | None = None
+    effective_priority: int = _SAME_AS_PRIORITY
+    pause_reasons: list[str] = field(default_factory=list)
+    memo: Any = None
+
+    def __post_init__(self) -> None:
+        if self.effective_priority == _SAME_AS_PRIORITY:
+            object.__setattr__(self, "effective_priority", self.priority)
 
 
 @dataclass(**_RECORD)
 class TaskHistoryRecord(_ToDict):
-    """A finished task execution (a row of ``task_history``)."""
+    """A finished task execution (a row of ``task_history``).
+
+    ``expected_io`` is what the task declared, ``actual_io`` what it recorded
+    (``ctx.record_read_bytes`` …); ``last_error`` is the final error text.
+    """
 
     id: int
     task_type: str
@@ -363,20 +469,24 @@ class TaskHistoryRecord(_ToDict):
     status: HistoryStatus
     payload: dict[str, Any] | None = None
     result: Any = None
-    error: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-    group: str | None = None
+    expected_io: IoBudget = field(default_factory=IoBudget)
+    actual_io: IoBudget = field(default_factory=IoBudget)
     retry_count: int = 0
+    last_error: str | None = None
     created_at: datetime | None = None
     started_at: datetime | None = None
     completed_at: datetime | None = None
     duration_ms: float | None = None
-    read_bytes: int = 0
-    write_bytes: int = 0
-    net_rx_bytes: int = 0
-    net_tx_bytes: int = 0
-    expected_io: IoBudget = field(default_factory=IoBudget)
     parent_id: int | None = None
+    fail_fast: bool = True
+    group: str | None = None
+    ttl_seconds: float | None = None
+    ttl_from: str | None = None
+    expires_at: datetime | None = None
+    run_after: datetime | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    cpus: float = 1.0
+    memory: int = 0
 
 
 @dataclass(**_RECORD)
@@ -403,18 +513,74 @@ class TaskLookup(_ToDict):
 
 
 @dataclass(**_RECORD)
-class TaskProgress(_ToDict):
-    """Live progress of a running task, read from shared memory."""
+class RecurringScheduleInfo(_ToDict):
+    """One recurring schedule (seed: ``recurring_schedules()``); ``next_run`` is the
+    pending instance's ``run_after`` (None: due now, or running)."""
 
     task_id: int
     task_type: str
-    fraction: float
-    message: str | None = None
-    bytes_done: int = 0
-    bytes_total: int = 0
-    read_bytes: int = 0
-    write_bytes: int = 0
-    elapsed_s: float = 0.0
+    label: str
+    interval_secs: float
+    next_run: datetime | None
+    execution_count: int
+    max_executions: int | None
+    paused: bool
+
+
+# --------------------------------------------------------------------------- progress and snapshots
+
+
+@dataclass(**_RECORD)
+class TaskEventHeader(_ToDict):
+    """Who a task event (or a progress estimate) is about: carried by every task event."""
+
+    task_id: int
+    task_type: str
+    domain: str
+    key: str
+    label: str
+    tags: dict[str, str] = field(default_factory=dict)
+    base_priority: int = 128
+    effective_priority: int = 128
+
+
+@dataclass(**_RECORD)
+class EstimatedProgress(_ToDict):
+    """Progress of a running task: what it reported, what its type's average duration
+    extrapolates, and the best of the two (``percent``); fractions 0.0..1.0."""
+
+    header: TaskEventHeader
+    reported_percent: float | None = None
+    extrapolated_percent: float | None = None
+    percent: float = 0.0
+
+
+@dataclass(**_RECORD)
+class TaskProgress(_ToDict):
+    """Byte-level progress of a running task: EWMA throughput (bytes/s) and ETA.
+
+    ``elapsed`` and ``eta`` are seconds; ``bytes_total`` and ``eta`` are None until known.
+    """
+
+    task_id: int
+    task_type: str
+    key: str
+    label: str
+    bytes_completed: int = 0
+    bytes_total: int | None = None
+    throughput_bps: float = 0.0
+    elapsed: float = 0.0
+    eta: float | None = None
+
+
+@dataclass(**_RECORD)
+class PausedGroupInfo(_ToDict):
+    """A paused group: since when, how many of its tasks are paused, and when it resumes (None: by hand)."""
+
+    group: str
+    paused_at: datetime
+    paused_task_count: int = 0
+    resume_at: datetime | None = None
 
 
 @dataclass(**_RECORD)
@@ -427,25 +593,39 @@ class ModuleSnapshot(_ToDict):
     paused_count: int
     blocked_count: int
     waiting_count: int
-    progress: list[TaskProgress]
+    progress: list[EstimatedProgress] = field(default_factory=list)
+    byte_progress: list[TaskProgress] = field(default_factory=list)
     is_paused: bool = False
 
 
 @dataclass(**_RECORD)
 class SchedulerSnapshot(_ToDict):
-    """Global aggregates (seed: ``scheduler.snapshot()``)."""
+    """Global aggregates (seed: ``scheduler.snapshot()``).
+
+    ``pressure_breakdown`` is ``[(source name, value)]``; ``rate_limits``,
+    ``aging_config``, ``group_allocations`` and ``capacity`` are filled by the
+    features that own them (empty/None until then); ``workers`` is the pool size.
+    """
 
     running: list[TaskRecord]
     running_count: int
     pending_count: int
     paused_count: int
-    blocked_count: int
     waiting_count: int
-    pressure: float
-    progress: list[TaskProgress]
-    max_concurrency: int
-    workers: int
+    blocked_count: int
+    progress: list[EstimatedProgress] = field(default_factory=list)
+    byte_progress: list[TaskProgress] = field(default_factory=list)
+    pressure: float = 0.0
+    pressure_breakdown: list[tuple[str, float]] = field(default_factory=list)
+    max_concurrency: int = 0
     is_paused: bool = False
+    recurring_schedules: list[RecurringScheduleInfo] = field(default_factory=list)
+    paused_groups: list[PausedGroupInfo] = field(default_factory=list)
+    rate_limits: list[Any] = field(default_factory=list)
+    aging_config: Any = None
+    group_allocations: list[Any] = field(default_factory=list)
+    capacity: Any = None
+    workers: int = 0
 
 
 # --------------------------------------------------------------------------- submit outcomes

@@ -1,4 +1,4 @@
-"""The host API: ``Scheduler``, ``DomainHandle`` and the unscoped ``TaskStore``.
+"""The host API's entry point: ``Scheduler`` (``DomainHandle`` and ``TaskStore`` live beside it).
 
 Everything here is a thin, synchronous proxy: submissions are resolved and
 validated on the host (nothing reaches the coordinator half-checked), then
@@ -13,24 +13,20 @@ import os
 import sys
 import time
 import weakref
-from typing import Any, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import cloudpickle
 
 from taskmill import protocol
 from taskmill.client import CoordinatorProcess
-from taskmill.domain import Defaults, Domain, Submission, TaskOptions, TaskType, check_timeout, resolve
-from taskmill.errors import (
-    ConfigError,
-    InvalidSubmission,
-    SchedulerClosed,
-    UnknownDomain,
-    UnknownTaskType,
-    WaitTimeout,
-)
+from taskmill.domain import Defaults, Domain, Submission, check_timeout
+from taskmill.errors import ConfigError, SchedulerClosed, UnknownDomain, WaitTimeout
+from taskmill.handles import DomainHandle
 from taskmill.records import (
-    BatchOutcome,
-    ModuleSnapshot,
+    MaxAgeDays,
+    MaxCount,
+    PausedGroupInfo,
     Priority,
     RetryPolicy,
     SchedulerSnapshot,
@@ -39,15 +35,15 @@ from taskmill.records import (
     TaskHistoryRecord,
     TaskLookup,
     TaskRecord,
-    TypeStats,
     outcomes_from_wire,
 )
+from taskmill.taskstore import TaskStore
 from taskmill.validation import (
     INT32_MAX,
     MAX_POLL_INTERVAL,
-    MAX_PRUNE_DAYS,
     as_float,
     as_int,
+    as_seconds,
     as_str,
     as_wait_timeout,
     describe,
@@ -61,228 +57,6 @@ __all__ = ["DEFAULT_STORE", "DomainHandle", "Scheduler", "TaskStore"]
 DEFAULT_STORE = "taskmill.duckdb"
 #: Seconds between progress-bar refreshes in ``wait_idle(progress=True)``.
 PROGRESS_REFRESH = 0.2
-
-
-class TaskStore:
-    """Unscoped queries over all tasks (the seed's ``TaskStore``); ``sched.store``.
-
-    Store-level calls take qualified task types (``"media::thumbnail"``).
-
-    Every method checks its arguments on the host first: ids, limits and offsets
-    are ints in 0..``INT64_MAX`` (int subclasses such as ``IntEnum`` converted),
-    task types and keys are str (subclasses converted); anything else is a
-    ``TypeError``/``ValueError`` naming the argument, and nothing is sent.
-    """
-
-    def __init__(self, sched: Scheduler) -> None:
-        self._s = sched
-
-    def _call(self, name: str, *args: Any) -> Any:
-        return self._s._proc().call(name, *args)
-
-    def running_tasks(self) -> list[TaskRecord]:
-        """All running tasks, ordered by priority."""
-        return self._call("running_tasks")
-
-    def running_count(self) -> int:
-        """Count of running tasks."""
-        return self._call("running_count")
-
-    def pending_tasks(self, limit: int) -> list[TaskRecord]:
-        """Pending tasks, ordered by priority then age, at most ``limit``."""
-        self._s._check_open()
-        return self._call("pending_tasks", as_int(limit, "limit"))
-
-    def pending_count(self) -> int:
-        """Count of pending tasks."""
-        return self._call("pending_count")
-
-    def pending_by_type(self, task_type: str) -> list[TaskRecord]:
-        """Pending tasks of one qualified task type."""
-        self._s._check_open()
-        return self._call("pending_by_type", as_str(task_type, "task_type"))
-
-    def paused_tasks(self) -> list[TaskRecord]:
-        """All paused (preempted) tasks."""
-        return self._call("paused_tasks")
-
-    def paused_count(self) -> int:
-        """Count of paused tasks."""
-        return self._call("paused_count")
-
-    def task_by_id(self, task_id: int) -> TaskRecord | None:
-        """An active task by id, or None."""
-        self._s._check_open()
-        return self._call("task_by_id", as_int(task_id, "task_id"))
-
-    def task_by_key(self, key: str) -> TaskRecord | None:
-        """An active task by dedup key (the SHA-256 hex), or None."""
-        self._s._check_open()
-        return self._call("task_by_key", as_str(key, "key"))
-
-    def running_io_totals(self) -> tuple[int, int]:
-        """Sum of expected disk (read, write) bytes across running tasks."""
-        r, w = self._call("running_io_totals")
-        return int(r), int(w)
-
-    def history(self, limit: int, offset: int = 0) -> list[TaskHistoryRecord]:
-        """Finished executions, newest first, paginated."""
-        self._s._check_open()
-        return self._call("history", as_int(limit, "limit"), as_int(offset, "offset"))
-
-    def history_by_type(self, task_type: str, limit: int = 100) -> list[TaskHistoryRecord]:
-        """History of one qualified task type, newest first."""
-        self._s._check_open()
-        return self._call("history_by_type", as_str(task_type, "task_type"), as_int(limit, "limit"))
-
-    def history_by_key(self, key: str) -> list[TaskHistoryRecord]:
-        """All past executions with this dedup key."""
-        self._s._check_open()
-        return self._call("history_by_key", as_str(key, "key"))
-
-    def failed_tasks(self, limit: int = 100) -> list[TaskHistoryRecord]:
-        """Recent failures (``failed`` and ``dead_letter``) with their errors."""
-        self._s._check_open()
-        return self._call("failed_tasks", as_int(limit, "limit"))
-
-    def history_stats(self, task_type: str) -> TypeStats:
-        """Aggregates for one qualified task type."""
-        self._s._check_open()
-        return self._call("history_stats", as_str(task_type, "task_type"))
-
-    def avg_throughput(self, task_type: str, limit: int = 100) -> tuple[float, float]:
-        """Average (read, write) bytes per second over the ``limit`` most recent completions."""
-        self._s._check_open()
-        r, w = self._call("avg_throughput", as_str(task_type, "task_type"), as_int(limit, "limit"))
-        return float(r), float(w)
-
-    def task_lookup(self, task_type: str, key: str) -> TaskLookup:
-        """Find a task by qualified type and explicit key (or canonical payload JSON):
-        the active task, else its newest history row, else ``not_found``."""
-        self._s._check_open()
-        return self._call("task_lookup", as_str(task_type, "task_type"), as_str(key, "key"))
-
-    def lookup_typed(self, submission: Submission) -> TaskLookup:
-        """Like :meth:`task_lookup`, with the key computed from a ``task.call(...)`` submission.
-
-        Raises:
-            TypeError: ``submission`` is not a ``task.call(...)`` (or ``task.options(...).call(...)``).
-        """
-        self._s._check_open()
-        if not isinstance(submission, Submission):
-            raise TypeError(f"lookup_typed() takes task.call(...) (a Submission), got {describe(submission)}")
-        item = resolve(submission, self._s._defaults)
-        return self._call("lookup_key", item.key)
-
-    def prune_history_by_count(self, keep: int) -> int:
-        """Delete all but the ``keep`` most recent history rows; returns how many went."""
-        self._s._check_open()
-        return self._call("prune_history_by_count", as_int(keep, "keep"))
-
-    def prune_history_by_age(self, days: float) -> int:
-        """Delete history rows older than ``days`` (0..``MAX_PRUNE_DAYS``); returns how many went."""
-        self._s._check_open()
-        return self._call("prune_history_by_age", as_float(days, "days", hi=MAX_PRUNE_DAYS))
-
-
-class DomainHandle:
-    """Submit to and query one domain (``sched.domain(media)``)."""
-
-    def __init__(self, sched: Scheduler, domain: Domain) -> None:
-        self._s = sched
-        self.domain = domain
-        self.name = domain.name
-
-    def __repr__(self) -> str:
-        return f"<DomainHandle {self.name}>"
-
-    def _submission(self, task: TaskType | TaskOptions | Submission, payload: dict[str, Any]) -> Submission:
-        if isinstance(task, Submission):
-            if payload:
-                raise TypeError("pass the payload either to .call(...) or to submit(), not both")
-            sub = task
-        elif isinstance(task, TaskOptions):
-            sub = task.call(**payload)
-        elif isinstance(task, TaskType):
-            sub = task.call(**payload)
-        else:
-            raise TypeError(f"submit() takes a task (decorated function), task.options(...) or task.call(...), "
-                            f"got {type(task).__name__}")
-        t = sub.task
-        if t.domain is not self.domain and t.domain.name != self.name:
-            raise UnknownTaskType(f"task {t.qualified} belongs to domain {t.domain.name!r}, not {self.name!r}")
-        if t.qualified not in self._s._registered:
-            raise UnknownTaskType(f"task {t.qualified} was not registered when the scheduler started")
-        return sub
-
-    def submit(self, task: TaskType | TaskOptions | Submission, /, **payload: Any) -> SubmitOutcome:
-        """Submit one task; returns once it is durable.
-
-        Example:
-            >>> h.submit(thumbnail, path="/a.jpg", size=256)          # doctest: +SKIP
-            Inserted(task_id=1, group_paused=False)
-
-        Raises:
-            InvalidPayload: payload not JSON-serializable or over 1 MiB.
-            UnknownTaskType: the task is not this domain's.
-            ValueError, TypeError: an option breaks its rule, or the payload does
-                not fit the task function's signature (named in the message).
-            SchedulerClosed: the scheduler is closed or not started.
-        """
-        self._s._check_open()
-        item = resolve(self._submission(task, payload), self._s._defaults)
-        wire = self._s._proc().request(protocol.Submit([tuple(item)]))
-        return outcomes_from_wire(wire)[0]
-
-    def submit_batch(self, submissions: Iterable[Submission | TaskType | TaskOptions]) -> BatchOutcome:
-        """Submit many tasks in one transaction; dedup applies inside the batch too.
-
-        A batch with one invalid item writes nothing; ``InvalidSubmission.index`` names it.
-
-        Raises:
-            InvalidSubmission: an item is invalid (``index`` names it).
-            TypeError: ``submissions`` is not an iterable of submissions (e.g. a single one).
-        """
-        self._s._check_open()
-        if isinstance(submissions, (Submission, TaskType, TaskOptions, str, bytes, Mapping)) or not isinstance(
-                submissions, Iterable):
-            raise TypeError(f"submit_batch() takes a list of submissions (task.call(...)), got {describe(submissions)}")
-        items = []
-        for i, sub in enumerate(submissions):
-            try:
-                items.append(resolve(self._submission(sub, {}), self._s._defaults))
-            except (ValueError, TypeError, LookupError) as e:
-                raise InvalidSubmission(f"batch item {i} is invalid: {e}", index=i) from e
-        if not items:
-            return BatchOutcome(())
-        wire = self._s._proc().request(protocol.Submit([tuple(it) for it in items]))
-        return BatchOutcome(outcomes_from_wire(wire))
-
-    def cancel(self, task_id: int) -> bool:
-        """Cancel one of this domain's tasks; True if it was found and cancelled."""
-        self._s._check_open()
-        task_id = as_int(task_id, "task_id")
-        return bool(self._s._proc().call("cancel", task_id, self.name))
-
-    def snapshot(self) -> ModuleSnapshot:
-        """Running tasks, counts and progress for this domain."""
-        return self._s._proc().call("snapshot", self.name)
-
-    def active_tasks(self) -> list[TaskRecord]:
-        """This domain's running tasks, from the coordinator's memory."""
-        return self._s._proc().call("active_tasks", self.name)
-
-    def dead_letter_tasks(self, limit: int = 100, offset: int = 0) -> list[TaskHistoryRecord]:
-        """This domain's dead-letter executions, newest first."""
-        self._s._check_open()
-        limit, offset = as_int(limit, "limit"), as_int(offset, "offset")
-        return self._s._proc().call("dead_letter_tasks", self.name, limit, offset)
-
-    def retry_dead_letter(self, task_id: int) -> SubmitOutcome:
-        """Resubmit a dead-letter task of this domain with a fresh retry budget."""
-        self._s._check_open()
-        task_id = as_int(task_id, "task_id")
-        return outcomes_from_wire([self._s._proc().call("retry_dead_letter", task_id, self.name)])[0]
 
 
 class Scheduler:
@@ -301,6 +75,15 @@ class Scheduler:
             in (0, ``MAX_POLL_INTERVAL``]).
         resource_monitoring: Accepted for API compatibility; resource admission
             (F18) is not built yet, see the README.
+        max_retries: Retries of task types and domains that set no retry policy
+            (shorthand for ``default_retry``'s ``max_retries``; default 3).
+        default_ttl: Time to live in seconds where nothing else sets one (F16).
+        expiry_sweep_interval: Seconds between two TTL sweeps (tasks are also
+            checked when they would be dispatched).
+        start_paused: Nothing dispatches until ``resume_all()``.
+        retention: ``MaxCount(n)`` or ``MaxAgeDays(d)``: history is pruned to it
+            every ``retention_every`` finished executions (F26).
+        cancel_hook_timeout: Seconds an ``on_cancel`` hook may run.
 
     Every argument is checked here, on the host: a bad one is a ``TypeError`` or
     ``ValueError`` naming it (``ConfigError`` for two domains of one name). A task
@@ -326,6 +109,13 @@ class Scheduler:
         state: dict[str, Any] | None = None,
         poll_interval: float = 0.5,
         resource_monitoring: bool = False,
+        max_retries: int | None = None,
+        default_ttl: float | None = None,
+        expiry_sweep_interval: float = 30.0,
+        start_paused: bool = False,
+        retention: MaxCount | MaxAgeDays | None = None,
+        retention_every: int = 100,
+        cancel_hook_timeout: float = 30.0,
     ) -> None:
         path = os.fspath(store_path) if isinstance(store_path, os.PathLike) else store_path
         if not isinstance(path, str):
@@ -363,12 +153,27 @@ class Scheduler:
             raise TypeError(f"state must be a dict of names to objects or None, got {describe(state)}")
         if not isinstance(resource_monitoring, bool):
             raise TypeError(f"resource_monitoring must be a bool, got {describe(resource_monitoring)}")
+        if max_retries is not None:
+            base = default_retry or RetryPolicy()
+            default_retry = RetryPolicy.from_dict({**base.to_dict(), "max_retries": as_int(
+                max_retries, "max_retries", hi=INT32_MAX)})
+        self._ttl = None if default_ttl is None else as_seconds(default_ttl, "default_ttl", lo_open=True)
+        self._sweep = as_seconds(expiry_sweep_interval, "expiry_sweep_interval", lo_open=True)
+        if not isinstance(start_paused, bool):
+            raise TypeError(f"start_paused must be a bool, got {describe(start_paused)}")
+        self._start_paused = start_paused
+        if retention is not None and not isinstance(retention, (MaxCount, MaxAgeDays)):
+            raise TypeError(f"retention must be MaxCount(n), MaxAgeDays(d) or None, got {describe(retention)}")
+        self._retention = (None if retention is None else ("count", retention.n) if isinstance(retention, MaxCount)
+                           else ("age_days", retention.days))
+        self._retention_every = as_int(retention_every, "retention_every", lo=1, hi=INT32_MAX)
+        self._hook_timeout = as_seconds(cancel_hook_timeout, "cancel_hook_timeout", lo_open=True)
         self.store_path = path if path == ":memory:" else os.path.abspath(path)
         self._domains = names
         self.max_concurrency = max_concurrency
         self.shutdown_mode = shutdown or Shutdown.hard()
         self._defaults = Defaults(priority=priority, retry=default_retry or RetryPolicy(), timeout=timeout,
-                                  cpu_capacity=usable_cpus())
+                                  cpu_capacity=usable_cpus(), ttl=self._ttl)
         self._state = {as_str(k, "state key"): v for k, v in (state or {}).items()}
         self._poll = poll
         self.resource_monitoring = resource_monitoring
@@ -385,11 +190,18 @@ class Scheduler:
         if self._process is not None:
             return self
         self._closed = False
-        tasks = {t.qualified: t.fn for d in self._domains.values() for t in d.tasks.values()}
+        types = [t for d in self._domains.values() for t in d.tasks.values()]
+        tasks = {t.qualified: t.fn for t in types}
+        finalizers = {t.qualified: t.finalizer for t in types if t.finalizer is not None}
+        hooks = {t.qualified: t.cancel_hook for t in types if t.cancel_hook is not None}
         registry = cloudpickle.dumps({
             "tasks": tasks,
+            "finalizers": finalizers,
+            "on_cancel": hooks,
             "domain_state": {d.name: d.state for d in self._domains.values()},
             "global_state": self._state,
+            "domains": dict(self._domains),  # for submissions from inside tasks (ctx.spawn_child …)
+            "defaults": self._defaults,
         })
         config = {
             "sys_path": list(sys.path),
@@ -404,6 +216,13 @@ class Scheduler:
             "shutdown": self.shutdown_mode,
             "poll_interval": self._poll,
             "embedded": True,
+            "finalizers": sorted(finalizers),
+            "cancel_hooks": sorted(hooks),
+            "cancel_hook_timeout": self._hook_timeout,
+            "expiry_sweep_interval": self._sweep,
+            "retention": self._retention,
+            "retention_every": self._retention_every,
+            "start_paused": self._start_paused,
         }
         self._process = CoordinatorProcess(config)
         # A scheduler that is never closed still stops its processes: when it is collected, or at
@@ -497,6 +316,106 @@ class Scheduler:
         self._check_open()
         task_id = as_int(task_id, "task_id")
         return outcomes_from_wire([self._proc().call("retry_dead_letter", task_id)])[0]
+
+    def _call(self, name: str, *args: Any) -> Any:
+        self._check_open()
+        return self._proc().call(name, *args)
+
+    # ------------------------------------------------------------------ cancellation (F23), any domain
+
+    def cancel(self, task_id: int) -> bool:
+        """Cancel one active task of any domain (and its children); True if it was found."""
+        return bool(self._call("cancel", as_int(task_id, "task_id")))
+
+    def cancel_group(self, group: str) -> list[int]:
+        """Cancel every active task of ``group``; their ids."""
+        return self._call("cancel_group", as_str(group, "group"))
+
+    def cancel_type(self, task_type: str) -> list[int]:
+        """Cancel every active task of a qualified type (``"media::thumbnail"``); their ids."""
+        return self._call("cancel_type", as_str(task_type, "task_type"))
+
+    def cancel_by_tag(self, key: str, value: str) -> list[int]:
+        """Cancel every active task whose tag ``key`` is ``value``; their ids."""
+        return self._call("cancel_by_tag", as_str(key, "key"), as_str(value, "value"))
+
+    def cancel_by_tag_key_prefix(self, prefix: str) -> list[int]:
+        """Cancel every active task with a tag key starting with ``prefix``; their ids."""
+        return self._call("cancel_by_tag_key_prefix", as_str(prefix, "prefix"))
+
+    def cancel_where(self, predicate: Callable[[TaskRecord], bool]) -> list[int]:
+        """Cancel the active tasks (any domain) for which ``predicate(record)`` is true; their ids.
+
+        The predicate runs here, on the host, over a snapshot of the active tasks.
+        """
+        if not callable(predicate):
+            raise TypeError(f"cancel_where() takes a function of a TaskRecord, got {describe(predicate)}")
+        ids = [r.id for r in self._call("active_tasks_in", None) if predicate(r)]
+        return self._call("cancel_ids", ids) if ids else []
+
+    # ------------------------------------------------------------------ pause and resume (F22)
+
+    def pause_all(self) -> int:
+        """Pause everything: running tasks are asked to stop and come back paused; nothing dispatches
+        until ``resume_all()``. Returns how many tasks it moved."""
+        return self._call("pause", "global", "")
+
+    def resume_all(self) -> int:
+        """Lift the global pause; returns how many tasks became pending."""
+        return self._call("resume", "global", "")
+
+    def is_paused(self) -> bool:
+        """Whether the whole scheduler is paused."""
+        return self._call("is_paused", "global", "")
+
+    def pause_group(self, group: str) -> int:
+        """Pause a group in every domain; its tasks (and new ones) wait as paused. Returns how many moved."""
+        return self._call("pause", "group", as_str(group, "group"))
+
+    def pause_group_until(self, group: str, when: datetime | float) -> int:
+        """Pause a group until ``when`` (a timezone-aware datetime or epoch seconds), then resume it."""
+        if isinstance(when, datetime):
+            if when.tzinfo is None:
+                raise ValueError("when must be a timezone-aware datetime (or epoch seconds)")
+            until = when.timestamp()
+        else:
+            until = as_float(when, "when (epoch seconds)")
+        return self._call("pause", "group", as_str(group, "group"), until)
+
+    def resume_group(self, group: str) -> int:
+        """Lift a group's pause; returns how many tasks became pending."""
+        return self._call("resume", "group", as_str(group, "group"))
+
+    def is_group_paused(self, group: str) -> bool:
+        return self._call("is_paused", "group", as_str(group, "group"))
+
+    def paused_groups(self) -> list[PausedGroupInfo]:
+        """Every paused group: when, how many tasks it holds, when it resumes by itself."""
+        return self._call("paused_groups")
+
+    # ------------------------------------------------------------------ recurring schedules (F15)
+
+    def pause_recurring(self, task_id: int) -> bool:
+        """Stop new occurrences of a recurring task (any domain); False if there is no such schedule."""
+        return self._call("recurring", "pause", as_int(task_id, "task_id"))
+
+    def resume_recurring(self, task_id: int) -> bool:
+        """Let a paused schedule go on from its grid (a time already passed runs at once)."""
+        return self._call("recurring", "resume", as_int(task_id, "task_id"))
+
+    def cancel_recurring(self, task_id: int) -> bool:
+        """End a schedule for good: a waiting occurrence is cancelled, a running one is its last."""
+        return self._call("recurring", "cancel", as_int(task_id, "task_id"))
+
+    # ------------------------------------------------------------------ lookups
+
+    def task_lookup(self, task_type: str, key: str) -> TaskLookup:
+        """See ``TaskStore.task_lookup``."""
+        return self.store.task_lookup(task_type, key)
+
+    def lookup_typed(self, submission: Submission) -> TaskLookup:
+        """See ``TaskStore.lookup_typed``."""
+        return self.store.lookup_typed(submission)
 
     def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run one read-only SQL statement on the store; rows as dicts by column name.

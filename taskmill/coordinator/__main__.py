@@ -160,7 +160,12 @@ def main() -> int:
             domain_caps=config["domain_caps"], type_retry=config["type_retry"],
             default_retry=config["default_retry"], shutdown_mode=config["shutdown"].mode,
             shutdown_timeout=config["shutdown"].timeout, poll_interval=config["poll_interval"],
-            host_lifeline=sys.stdin.fileno() if config.get("embedded", True) else None, host_pidfd=host_pidfd)
+            host_lifeline=sys.stdin.fileno() if config.get("embedded", True) else None, host_pidfd=host_pidfd,
+            finalizers=frozenset(config.get("finalizers", ())), cancel_hooks=frozenset(config.get("cancel_hooks", ())),
+            cancel_hook_timeout=config.get("cancel_hook_timeout", 30.0),
+            expiry_sweep_interval=config.get("expiry_sweep_interval", 30.0),
+            retention=config.get("retention"), retention_every=config.get("retention_every", 100),
+            start_paused=config.get("start_paused", False))
         try:
             coord.start_workers()
         except RuntimeError as e:

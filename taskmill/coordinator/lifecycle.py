@@ -1,17 +1,21 @@
 """The task lifecycle: every active task and every transition, as plain code without I/O.
 
-    submit ─▶ pending ─pick/started─▶ running ─completed─────────────▶ history
-                ▲  ▲                     │  ├─failed (permanent)──────▶ history: failed
-                │  └──retry (a timer)────┘  ├─failed (retries spent)─▶ history: dead_letter
-                │                           └─cancel─────────────────▶ history: cancelled (signal the worker)
-                └────────── interrupted (shutdown): no retry counted
+    submit ─┬─▶ blocked ──prerequisites done──┐
+            ├─▶ paused ◀──scope paused / resumed──▶ pending (ready, or due later) ◀─┐
+            └──────────────────────────────────────▶ pending ─pick/started─▶ running │
+                                                                            │   ├─retry────┘
+         history ◀──completed / failed / dead_letter / cancelled / expired ─┤   └─returned with
+                                                                            │     children─▶ waiting ─▶ finalize
+    Recurring tasks come back to pending (same id); requeued ones run once more.
 
 Every method takes what it needs (``now`` on the monotonic clock, ``wall`` for
 stored timestamps) and records its effects for the loop to carry out: rows in
 ``batch`` for the next commit, ``finished`` ids whose waiters may be answered,
-``to_signal`` running tasks whose workers must see ``ctx.cancelled``. Worker
-handles are opaque here (``Entry.worker`` is whatever the loop passed to
-``started``). Imports leaves and the store's plain write-batch types only.
+``to_signal`` running tasks whose workers must see ``ctx.cancelled``,
+``hooks`` (``on_cancel`` runs to start). Worker handles are opaque here. The
+graph rules live in ``relations``, pauses in ``pauses``, time in ``schedules``;
+this module holds the table, submission, dispatch and outcomes. Imports leaves
+and the store's plain write-batch types only.
 """
 
 from __future__ import annotations
@@ -20,15 +24,19 @@ import json
 import math
 import random
 from collections import deque
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from taskmill import protocol
-from taskmill.coordinator.queues import Entry, ReadyQueues, Timers
-from taskmill.records import DuplicateStrategy, HistoryStatus, RetryPolicy, TaskStatus
-from taskmill.store.batch import FinishedRow, WriteBatch, utc
+from taskmill.coordinator.entry import PAUSE_REASONS, Entry, Schedule
+from taskmill.coordinator.pauses import GROUP, Pauses, reason_names
+from taskmill.coordinator.relations import Relations
+from taskmill.coordinator.schedules import SWEEP_INTERVAL, Schedules
+from taskmill.errors import InvalidSubmission
+from taskmill.records import HistoryStatus, RetryPolicy, TaskStatus
+from taskmill.store.batch import FinishedRow, utc
 from taskmill.validation import MAX_DELAY_SECONDS
 
-__all__ = ["Ended", "Lifecycle", "clean_text", "unstorable_result"]
+__all__ = ["CANCELLING", "Ended", "Lifecycle", "clean_text", "unstorable_result"]
 
 #: Payload bytes kept in memory for queued tasks; beyond it payloads are read back at dispatch.
 PAYLOAD_CACHE_BYTES = 256 * 1024 * 1024
@@ -41,7 +49,11 @@ MAX_RESULT_BYTES = 16 * 1024 * 1024
 
 _PENDING = TaskStatus.PENDING.value
 _RUNNING = TaskStatus.RUNNING.value
-#: A running task already in history (cancelled, superseded) whose worker has not given it back yet.
+_PAUSED = TaskStatus.PAUSED.value
+_BLOCKED = TaskStatus.BLOCKED.value
+_WAITING = TaskStatus.WAITING.value
+#: A running task already in history (cancelled, superseded, failed by its children) whose worker
+#: has not given it back yet: out of the table, its slot still held.
 CANCELLING = "cancelling"
 
 _COUNTER_OF = {
@@ -64,7 +76,7 @@ class Ended(NamedTuple):
     io: tuple[int, int, int, int]
 
 
-class Lifecycle:
+class Lifecycle(Relations, Pauses, Schedules):
     """The task table and its transitions; the loop feeds it inputs and carries out its effects."""
 
     def __init__(
@@ -73,139 +85,86 @@ class Lifecycle:
         domain_caps: dict[str, int | None] | None = None,
         type_retry: dict[str, RetryPolicy] | None = None,
         default_retry: RetryPolicy | None = None,
+        finalizers: frozenset[str] = frozenset(),
+        cancel_hooks: frozenset[str] = frozenset(),
+        sweep_interval: float = SWEEP_INTERVAL,
+        retention: tuple[str, float] | None = None,
+        retention_every: int = 100,
         rng: random.Random | None = None,
     ) -> None:
-        self.domain_caps = domain_caps or {}
-        self.type_retry = type_retry or {}
-        self.default_retry = default_retry or RetryPolicy()
-        self.rng = rng or random.Random()
+        self.retention = retention  # ("count", keep) or ("age_days", days), pruned every retention_every rows
+        self.retention_every = retention_every
+        self._rows_since_prune = 0
+        super().__init__(domain_caps=domain_caps, type_retry=type_retry, default_retry=default_retry,
+                         finalizers=finalizers, cancel_hooks=cancel_hooks, rng=rng)
+        self._init_relations()
+        self._init_pauses()
+        self._init_schedules(sweep_interval)
 
-        self.tasks: dict[int, Entry] = {}
-        self.by_key: dict[str, Entry] = {}
-        self.ready = ReadyQueues()
-        self.timers = Timers()  # task timers: due (delayed) tasks
-        self.counts: dict[str, int] = {s.value: 0 for s in TaskStatus}
-        self.domain_counts: dict[str, dict[str, int]] = {}
-        self.running: dict[int, Entry] = {}  # entries with a worker, cancelling runs included
-        self.running_total = 0  # slots in use, cancelling runs included
-        self.running_by_domain: dict[str, int] = {}
-        self.next_id = 1
-        self.payload_bytes = 0
-        self.payload_missing: deque[int] = deque()  # recovered ids in dispatch order, payloads not loaded
+    def lookups(self, items: list[protocol.SubmitItem]) -> tuple[set[int], set[str]]:
+        """What ``submit`` needs the store to answer first: prerequisite ids that are not active
+        (for their outcomes) and keys of ``skip_completed`` items that are not active."""
+        ids: set[int] = set()
+        keys: set[str] = set()
+        for it in items:
+            if it.depends_on:
+                ids.update(d for d in it.depends_on if d not in self.tasks)
+            if it.duplicate == "skip_completed" and it.key not in self.by_key:
+                keys.add(it.key)
+        return ids, keys
 
-        # effects, for the loop to carry out
-        self.batch = WriteBatch()
-        self.batch_ops = 0
-        self.dirty_since: float | None = None  # monotonic time of the oldest unwritten change
-        self.finished: list[int] = []
-        self.to_signal: list[Entry] = []
-        self.counters: dict[str, int] = {k: 0 for k in (
-            "submitted", "dispatched", "completed", "failed", "retried", "dead_lettered", "cancelled",
-            "superseded")}
+    def submit(self, items: list[protocol.SubmitItem], now: float, wall: float, *,
+               outcomes: dict[int, str] | None = None, completed: dict[str, int] | None = None) -> list[tuple]:
+        """Apply checked submissions; dedup also applies inside the batch. Compact outcomes in input order.
 
-    # ------------------------------------------------------------------ status bookkeeping
-
-    def _move(self, e: Entry, status: str) -> None:
-        """Change ``e``'s status, keeping the global and per-domain counts true."""
-        old = e.status
-        if old == status:
-            return
-        dc = self.domain_counts.get(e.domain)
-        if dc is None:
-            dc = self.domain_counts[e.domain] = {s.value: 0 for s in TaskStatus}
-        if old in dc:
-            self.counts[old] -= 1
-            dc[old] -= 1
-        if status in dc:
-            self.counts[status] += 1
-            dc[status] += 1
-        e.status = status
-
-    def _add(self, e: Entry) -> None:
-        """A new or recovered entry joins the table (its status counted)."""
-        status, e.status = e.status, ""
-        self.tasks[e.id] = e
-        self.by_key[e.key] = e
-        self._move(e, status)
-
-    def _remove(self, e: Entry) -> None:
-        """``e`` leaves the table (its history row is written)."""
-        self._move(e, "")
-        self.timers.cancel(e.timer)
-        e.timer = None
-        del self.tasks[e.id]
-        if self.by_key.get(e.key) is e:
-            del self.by_key[e.key]
-
-    # ------------------------------------------------------------------ effects
-
-    def _touch(self, now: float) -> None:
-        self.batch_ops += 1
-        if self.dirty_since is None:
-            self.dirty_since = now
-
-    def take_batch(self) -> WriteBatch:
-        """The buffered writes, handed to the store; the buffer starts empty again."""
-        batch, self.batch = self.batch, WriteBatch()
-        self.batch_ops = 0
-        self.dirty_since = None
-        return batch
-
-    @property
-    def idle(self) -> bool:
-        """No active task and nothing left to write."""
-        return not self.tasks and self.dirty_since is None
-
-    # ------------------------------------------------------------------ recovery
-
-    def recover(self, next_id: int, rows: list[tuple], wall: float, now: float) -> list[tuple[int, str]]:
-        """Load stored active tasks (see ``Store.recover``); returns ``(id, reason)`` of rows that
-        cannot be interpreted, for the loop to quarantine."""
-        self.next_id = next_id
-        bad: list[tuple[int, str]] = []
-        for row in rows:
-            try:
-                e, run_after = entry_from_row(row)
-            except Exception as ex:  # noqa: BLE001 - any uninterpretable row is quarantined, not fatal
-                bad.append((row[0], "quarantined at recovery: the stored task cannot be interpreted "
-                                    f"({type(ex).__name__}: {ex})"))
-                continue
-            self._add(e)
-            if e.status == _PENDING:
-                # A stored run_after is wall-clock time: mapped onto the monotonic clock once.
-                self._make_ready(e, None if run_after is None or run_after <= wall else now + (run_after - wall))
-        order = sorted(self.tasks.values(), key=lambda e: (e.priority, e.id))
-        self.payload_missing = deque(e.id for e in order)
-        return bad
-
-    # ------------------------------------------------------------------ submission (F3, F4, F6)
-
-    def submit(self, items: list[protocol.SubmitItem], now: float, wall: float) -> list[tuple]:
-        """Apply checked submissions; dedup also applies inside the batch. Compact outcomes in input order."""
+        ``outcomes``: history status of prerequisites that are not active; ``completed``: keys whose
+        newest history row completed (see ``lookups``). A batch with one bad item applies none.
+        """
+        outcomes = outcomes or {}
+        for i, it in enumerate(items):
+            why = self._refused(it, outcomes)
+            if why is not None:
+                raise InvalidSubmission(f"item {i}: {why}", index=i)
         created = utc(wall)
         out: list[tuple] = []
         for it in items:
             existing = self.by_key.get(it.key)
-            if existing is not None:
-                strategy = it.duplicate
-                if strategy == DuplicateStrategy.REJECT:
-                    out.append(("r", existing.id))
-                    continue
-                if strategy == DuplicateStrategy.SUPERSEDE:
-                    replaced = existing.id
-                    self._cancel(existing, HistoryStatus.SUPERSEDED, "superseded by a newer submission", now, wall)
-                    out.append(("s", self._insert(it, wall, created).id, replaced))
-                    continue
-                out.append(self._skip_duplicate(existing, it.priority))
+            if existing is None:
+                done = completed.get(it.key) if completed and it.duplicate == "skip_completed" else None
+                out.append(("d", done) if done is not None else self._insert(it, now, wall, created))
                 continue
-            out.append(("i", self._insert(it, wall, created).id, False))
+            strategy = it.duplicate
+            if strategy == "reject":
+                out.append(("r", existing.id))
+            elif strategy == "supersede":
+                new = self._insert(it, now, wall, created)
+                self._prerequisite_replaced(existing, self.tasks[new[1]])
+                self._end(existing, HistoryStatus.SUPERSEDED, f"superseded by task {new[1]}", now, wall)
+                out.append(("s", new[1], existing.id))
+            else:
+                out.append(self._skip_duplicate(existing, it.priority))
         self.counters["submitted"] += len(items)
         self.batch.next_id = self.next_id
         self._touch(now)
         return out
 
+    def _refused(self, it: protocol.SubmitItem, outcomes: dict[int, str]) -> str | None:
+        """Why an item cannot be inserted as it stands (checked for every item before any is applied)."""
+        for d in it.depends_on or ():
+            if d in self.tasks:
+                continue
+            status = outcomes.get(d)
+            if status is None:
+                return (f"depends_on: task {d} does not exist (a task can only depend on tasks submitted "
+                        "before it, so dependency cycles cannot form)")
+            if status != HistoryStatus.COMPLETED and it.on_dependency_failure != "ignore":
+                return f"depends_on: task {d} already ended as {status}"
+        if it.parent is not None and it.parent not in self.tasks:
+            return f"parent: task {it.parent} is not active (it does not exist or has finished)"
+        return None
+
     def _skip_duplicate(self, e: Entry, priority: int) -> tuple:
-        if e.status in (TaskStatus.PENDING, TaskStatus.PAUSED) and not e.cancelled:
+        if e.status in (_PENDING, _PAUSED) and not e.cancelled:
             if priority < e.priority:
                 e.priority = priority
                 self.batch.priorities[e.id] = priority
@@ -213,51 +172,88 @@ class Lifecycle:
                     self.ready.push(e)  # re-key the heap item
                 return ("u", e.id)
             return ("d", e.id)
-        if e.status == TaskStatus.RUNNING and not e.cancelled:
-            if not e.requeue:
-                e.requeue = True
-                e.requeue_priority = min(priority, e.priority)
-                self.batch.requeue_marks[e.id] = e.requeue_priority
-                return ("q", e.id)
+        recurring = e.x is not None and e.x.schedule is not None
+        if e.status == _RUNNING and not e.cancelled and not e.requeue and not recurring:
+            # a recurring task is not requeued: its schedule brings it back (no pile-up)
+            e.requeue = True
+            e.requeue_priority = min(priority, e.priority)
+            self.batch.requeue_marks[e.id] = e.requeue_priority
+            return ("q", e.id)
         return ("d", e.id)
 
-    def _insert(self, it: protocol.SubmitItem, wall: float, created: Any) -> Entry:
+    def _insert(self, it: protocol.SubmitItem, now: float, wall: float, created: Any) -> tuple:
         tid = self.next_id
         self.next_id = tid + 1
         (task_type, domain, key, label, priority, payload, max_retries, retry, timeout, cpus, memory,
-         io_read, io_write, io_rx, io_tx, group, tags, _dup) = it
+         io_read, io_write, io_rx, io_tx, group, tags, _dup, ttl, ttl_from, run_after, depends_on, on_dep, parent_id,
+         fail_fast, recurring) = it
         e = Entry(tid, task_type, domain, key, label, priority, _PENDING, wall, 0, max_retries,
                   RetryPolicy.from_dict(json.loads(retry)) if retry else None, timeout, cpus, memory, group)
-        self._add(e)
+        parent = self.tasks.get(parent_id) if parent_id is not None else None
+        expires_at: float | None = None
+        if parent is not None:  # inherits the more urgent priority, the parent's tags under its own, its TTL
+            e.priority = priority = min(priority, parent.priority)
+            if parent.tags:
+                tags = json.dumps({**json.loads(parent.tags), **(json.loads(tags) if tags else {})}, sort_keys=True)
+            if parent.x is not None and parent.x.expires_at is not None:
+                expires_at = parent.x.expires_at
+        e.tags = tags
+        e.parent_id = parent_id
+        if ttl is not None or expires_at is not None or run_after is not None or depends_on or on_dep != "cancel" \
+                or not fail_fast or recurring is not None:
+            x = e.extra()
+            x.ttl_seconds, x.ttl_from, x.on_dep_failure, x.fail_fast = ttl, ttl_from, on_dep, fail_fast
+            if ttl is not None and ttl_from == "submission":
+                expires_at = wall + ttl if expires_at is None else min(expires_at, wall + ttl)
+        due_wall = run_after if run_after is not None and run_after > wall else None
+        if recurring is not None:
+            interval, most, delay = recurring
+            schedule = Schedule(interval, most, 0, delay, False)
+            e.extra().schedule = schedule
+            due_wall = self._first_occurrence(e, schedule, run_after, wall)
+        if due_wall is not None:
+            e.extra().run_after_wall = due_wall
+            e.run_after = now + (due_wall - wall)
+        if expires_at is not None:
+            self._expire_at(e, expires_at, now, wall)
+        prereqs = [d for d in depends_on or () if d in self.tasks]
+        e.status = _BLOCKED if prereqs else _PENDING
+        bits = 0 if prereqs else self._scope_bits(e)
+        if bits:
+            e.status, e.paused = _PAUSED, bits
         if self.payload_bytes < PAYLOAD_CACHE_BYTES:
             e.payload = payload
             self.payload_bytes += len(payload)
         self.batch.inserts.append((
-            tid, task_type, domain, key, label, priority, _PENDING, payload, tags, group, created, None, None, 0,
-            max_retries, retry, None, timeout, cpus, memory, io_read, io_write, io_rx, io_tx, False, None, None))
-        self.ready.push(e)
-        return e
+            tid, task_type, domain, key, label, priority, e.status, payload, tags, group, created,
+            None if due_wall is None else utc(due_wall), None, 0, max_retries, retry, None, timeout, cpus, memory,
+            io_read, io_write, io_rx, io_tx, False, None, parent_id,
+            ttl, ttl_from, None if expires_at is None else utc(expires_at), on_dep, fail_fast,
+            *((recurring[0], recurring[1], 0, recurring[2]) if recurring else (None, None, 0, None)), False,
+            reason_names(bits) if bits else None, None, "execute"))
+        self._add(e)
+        if recurring is not None:
+            self.recurring.add(tid)
+        self._link(e, prereqs)
+        self._adopt(e)
+        if e.status == _PENDING:
+            self._make_ready(e, e.run_after)
+        return ("i", tid, bool(bits & GROUP))
 
     # ------------------------------------------------------------------ dispatch (the hot path)
-
-    def _make_ready(self, e: Entry, due: float | None) -> None:
-        """Pending now (``due`` None) or at ``due`` on the monotonic clock."""
-        self._move(e, _PENDING)
-        e.run_after = due
-        self.timers.cancel(e.timer)
-        if due is None:
-            e.timer = None
-            self.ready.push(e)
-        else:
-            e.timer = self.timers.add(due, "due", e)
 
     def _domain_full(self, domain: str) -> bool:
         cap = self.domain_caps.get(domain)
         return cap is not None and self.running_by_domain.get(domain, 0) >= cap
 
-    def pick(self) -> Entry | None:
-        """The most urgent ready task whose domain has headroom, taken off its queue (or None)."""
-        return self.ready.pop_best(self._domain_full)
+    def pick(self, now: float, wall: float) -> Entry | None:
+        """The most urgent ready task whose domain has headroom, taken off its queue (or None).
+        A task past its TTL expires here instead of running."""
+        while True:
+            e = self.ready.pop_best(self._domain_full)
+            if e is None or e.expires is None or e.expires > now:
+                return e
+            self._expire(e, now, wall)
 
     def payload_chunk(self, e: Entry) -> list[int]:
         """Ids whose payloads to read in one query before ``e`` can run: ``e`` first, then the
@@ -289,11 +285,14 @@ class Lifecycle:
         self.batch.running[e.id] = wall
         self._touch(now)
         self.counters["dispatched"] += 1
+        if e.x is not None:
+            self._ttl_starts(e, now, wall)
         payload = e.payload
         if payload is None:
             return "{}"
-        self.payload_bytes -= len(payload)
-        e.payload = None
+        if e.task_type not in self.cancel_hooks:  # an on_cancel hook needs it later
+            self.payload_bytes -= len(payload)
+            e.payload = None
         return payload
 
     def run_ended(self, e: Entry) -> None:
@@ -303,56 +302,92 @@ class Lifecycle:
         del self.running[e.id]
         self.running_total -= 1
         self.running_by_domain[e.domain] -= 1
+        if e.payload is not None and e.cancelled:
+            self.payload_bytes -= len(e.payload)
+            e.payload = None
 
-    # ------------------------------------------------------------------ outcomes (F9)
+    # ------------------------------------------------------------------ outcomes (F9, F14, F15)
 
     def completed(self, e: Entry, result: str | None, ended: Ended, now: float, wall: float) -> None:
-        """The worker returned normally: completed, or failed if the result cannot be stored."""
+        """The worker returned normally (a pause asked of it meanwhile does not undo the work)."""
         unstorable = unstorable_result(result)
-        if unstorable is None:
-            self._finish(e, HistoryStatus.COMPLETED, now, wall, result=result, ended=ended)
+        if unstorable is not None:
+            self.failed(e, unstorable, permanent=True, retry_after=None, ended=ended, now=now, wall=wall)
+            return
+        e.paused = 0  # a pause asked of this run is moot: the run is over
+        x = e.x
+        if x is not None:
+            x.stop = None
+            if x.phase == "execute" and x.spawned:  # a parent returned: its children decide what is next
+                x.memo = result
+                if self._active_children(e.id):
+                    self._move(e, _WAITING)
+                    self.batch.update(e.id, status=_WAITING, memo=result)
+                    self._touch(now)
+                else:
+                    self._resolve_parent(e, now, wall)
+                return
+        if self._recurs(e):
+            self._finish(e, HistoryStatus.COMPLETED, now, wall, result=result, ended=ended, keep=True)
+            self._prerequisite_done(e, now, wall, stays=True)
+            self._next_occurrence(e, now, wall)
+        elif e.requeue:  # a duplicate arrived while it ran: once more, same id
+            self._finish(e, HistoryStatus.COMPLETED, now, wall, result=result, ended=ended, keep=True)
+            self._prerequisite_done(e, now, wall, stays=True)
+            prio = e.requeue_priority if e.requeue_priority is not None else e.priority
+            e.priority, e.requeue, e.requeue_priority, e.retry_count = prio, False, None, 0
+            self.batch.requeued_runs[e.id] = prio
+            self._settle(e, now)
         else:
-            self._finish(e, HistoryStatus.FAILED, now, wall, error=unstorable, ended=ended)
+            self._leave(e, HistoryStatus.COMPLETED, now, wall, result=result, ended=ended)
 
     def failed(self, e: Entry, error: str, *, permanent: bool, retry_after: Any, ended: Ended | None,
                now: float, wall: float) -> None:
         """The run failed: ``failed`` now if permanent, else a retry under the policy or ``dead_letter``.
 
-        ``ended`` is None when the worker itself died or was killed (a timeout).
+        ``ended`` is None when the worker itself died or was killed (a timeout). A run that was
+        asked to stop for a pause goes back to paused instead, with no retry counted.
         """
-        if permanent:
-            self._finish(e, HistoryStatus.FAILED, now, wall, error=error, ended=ended)
+        x = e.x
+        if x is not None and x.stop == "pause":
+            x.stop = None
+            self._settle(e, now)
+            self._touch(now)
             return
-        if retry_after is not None and not delay_ok(retry_after):
-            self._finish(e, HistoryStatus.FAILED, now, wall, ended=ended, error=(
-                f"{error}\n(taskmill: retry_after={retry_after!r} is not a number of seconds in "
-                f"0..{MAX_DELAY_SECONDS:g}, so the task is failed, not retried)"))
-            return
-        if e.retry_count >= e.max_retries:
-            self._finish(e, HistoryStatus.DEAD_LETTER, now, wall, error=error, ended=ended)
+        if not permanent and retry_after is not None and not delay_ok(retry_after):
+            error = (f"{error}\n(taskmill: retry_after={retry_after!r} is not a number of seconds in "
+                     f"0..{MAX_DELAY_SECONDS:g}, so the task is failed, not retried)")
+            permanent = True
+        if permanent or e.retry_count >= e.max_retries:
+            status = HistoryStatus.FAILED if permanent else HistoryStatus.DEAD_LETTER
+            if self._recurs(e):  # one failed occurrence does not end the schedule
+                self._finish(e, status, now, wall, error=error, ended=ended, keep=True)
+                self._next_occurrence(e, now, wall)
+            else:
+                self._leave(e, status, now, wall, error=error, ended=ended)
             return
         e.retry_count += 1
         delay = retry_after if retry_after is not None else self._policy(e).delay(e.retry_count, self.rng)
         delay = min(float(delay), MAX_DELAY_SECONDS)
-        self.batch.forget_running(e.id)
         self.batch.retries[e.id] = (e.retry_count, wall + delay if delay > 0 else None, clean_text(error))
         self._touch(now)
         self.counters["retried"] += 1
-        self._make_ready(e, now + delay if delay > 0 else None)
+        e.run_after = now + delay if delay > 0 else None
+        self._settle(e, now)
 
     def interrupted(self, e: Entry, now: float) -> None:
-        """A running task stopped by shutdown: back to pending, no retry counted (F11)."""
-        self.batch.forget_running(e.id)
-        self.batch.to_pending.add(e.id)
+        """A running task stopped by shutdown: back to pending (or paused), no retry counted (F11)."""
+        if e.x is not None:
+            e.x.stop = None
+        self._settle(e, now)
         self._touch(now)
-        self._make_ready(e, None)
 
     def _policy(self, e: Entry) -> RetryPolicy:
         return e.retry or self.type_retry.get(e.task_type) or self.default_retry
 
     def _finish(self, e: Entry, status: HistoryStatus, now: float, wall: float, *, result: str | None = None,
-                error: str | None = None, ended: Ended | None = None) -> None:
-        """A terminal outcome: a history row now, and the task leaves the table (unless requeued).
+                error: str | None = None, ended: Ended | None = None, keep: bool = False) -> None:
+        """Write the history row of this execution; unless ``keep``, the task leaves the table.
 
         ``ended`` is what the worker measured; without it (a crash, a cancel) the run ends
         now and its duration comes from the monotonic clock since dispatch.
@@ -363,75 +398,159 @@ class Lifecycle:
             started, finished, duration_ms, io = e.started_at, wall, None, (0, 0, 0, 0)
             if e.started_mono is not None and started is not None:
                 duration_ms = (now - e.started_mono) * 1000.0
-        keep = status == HistoryStatus.COMPLETED and e.requeue
         self.batch.forget_running(e.id)
         self.batch.finished.append(FinishedRow(
             e.id, status.value, result, None if error is None else clean_text(error), e.retry_count, started,
-            finished, duration_ms, io[0], io[1], io[2], io[3], keep_active=keep))
+            finished, duration_ms, io[0], io[1], io[2], io[3], keep_active=keep, priority=e.priority))
         self._touch(now)
         self.counters[_COUNTER_OF[status]] += 1
-        if keep:
-            e.requeue = False
-            prio = e.requeue_priority if e.requeue_priority is not None else e.priority
-            e.priority = prio
-            e.requeue_priority = None
-            e.retry_count = 0
-            self.batch.requeued_runs[e.id] = prio
-            self._make_ready(e, None)
+        if self.retention is not None:
+            self._rows_since_prune += 1
+            if self._rows_since_prune >= self.retention_every:  # F26: pruned in the same commit
+                self._rows_since_prune = 0
+                self.batch.prune = self.retention
+        if not keep:
+            self._remove(e)
+            self.finished.append(e.id)
+
+    def _leave(self, e: Entry, status: HistoryStatus, now: float, wall: float, *, result: str | None = None,
+               error: str | None = None, ended: Ended | None = None, forced: bool = False) -> None:
+        """``e`` reaches history with every consequence: its dependents, its children, its parent."""
+        self._finish(e, status, now, wall, result=result, error=error, ended=ended)
+        if status == HistoryStatus.COMPLETED:
+            self._prerequisite_done(e, now, wall)
+        else:
+            child_status = HistoryStatus.EXPIRED if status == HistoryStatus.EXPIRED else HistoryStatus.CANCELLED
+            self._cancel_children(e, child_status, f"parent task {e.id} ended as {status.value}", now, wall)
+            self._prerequisite_failed(e, status, now, wall, forced)
+        self._unlink(e)
+        self._child_left(e, status, error, now, wall)
+
+    def _end(self, e: Entry, status: HistoryStatus, why: str, now: float, wall: float,
+             cascade_dependents: bool = False) -> None:
+        """``e`` ends without a worker's say (cancel, expiry, a failed dependency or child)."""
+        if e.cancelled or self.tasks.get(e.id) is not e:
             return
-        self._remove(e)
-        self.finished.append(e.id)
+        e.cancelled = True
+        e.requeue = False
+        if e.queued:
+            self.ready.discard(e)
+        if e.worker is not None:  # running: it must stop; its slot is held until the worker gives it back
+            self.to_signal.append(e)
+            if e.task_type in self.cancel_hooks and status in (HistoryStatus.CANCELLED, HistoryStatus.SUPERSEDED):
+                self.hooks.append((e.id, e.task_type, e.payload or "{}"))
+            self._leave(e, status, now, wall, error=why, forced=cascade_dependents)
+            e.status = CANCELLING
+            return
+        if e.payload is not None:
+            self.payload_bytes -= len(e.payload)
+            e.payload = None
+        self._leave(e, status, now, wall, error=why, forced=cascade_dependents)
 
     # ------------------------------------------------------------------ cancellation (F23)
 
     def cancel(self, task_id: int, domain: str | None, now: float, wall: float) -> bool:
-        """Cancel one active task; True if it was found (in ``domain``, when given) and cancelled."""
+        """Cancel one active task (and its children); True if found (in ``domain``, when given)."""
         e = self.tasks.get(task_id)
         if e is None or e.cancelled or (domain is not None and e.domain != domain):
             return False
-        self._cancel(e, HistoryStatus.CANCELLED, "cancelled", now, wall)
+        self._end(e, HistoryStatus.CANCELLED, "cancelled", now, wall)
         return True
 
-    def _cancel(self, e: Entry, status: HistoryStatus, why: str, now: float, wall: float) -> None:
-        if e.worker is not None:
-            e.cancelled = True
-            self.to_signal.append(e)  # its worker must see ctx.cancelled
-            e.requeue = False
-            self._finish(e, status, now, wall, error=why)
-            e.status = CANCELLING  # gone from the table; its slot is held until the worker gives it back
-            return
-        if e.queued:
-            self.ready.discard(e)
-        e.cancelled = True
-        if e.payload is not None:
-            self.payload_bytes -= len(e.payload)
-            e.payload = None
-        e.requeue = False
-        self._finish(e, status, now, wall, error=why)
+    def cancel_matching(self, match: Callable[[Entry], bool], now: float, wall: float) -> list[int]:
+        """Cancel every active task ``match`` accepts (children go with their parents); their ids."""
+        out = []
+        for tid in sorted(t for t, e in self.tasks.items() if match(e)):
+            if self.cancel(tid, None, now, wall):
+                out.append(tid)
+        return out
 
     # ------------------------------------------------------------------ timers
 
     def next_due(self) -> float | None:
-        return self.timers.next_due()
+        due, sweep = self.timers.next_due(), self._next_schedule_due()
+        return sweep if due is None else due if sweep is None else min(due, sweep)
 
-    def fire(self, now: float) -> None:
-        """Timers due at ``now``: delayed tasks become ready."""
+    def fire(self, now: float, wall: float) -> None:
+        """Timers due at ``now``: delayed tasks become ready, groups resume, the TTL sweep runs."""
         for t in self.timers.pop_due(now):
-            e = t.payload
-            if t.kind == "due" and e.timer is t:
-                e.timer = None
-                e.run_after = None
-                self.ready.push(e)
+            if t.kind == "due":
+                e = t.payload
+                if e.timer is t:
+                    e.timer = None
+                    e.run_after = None
+                    self.ready.push(e)
+            elif t.kind == "resume_group" and self.group_timers.get(t.payload) is t:
+                del self.group_timers[t.payload]
+                self.resume_scope("group", t.payload, now)
+        self._fire_schedules(now, wall)
+
+    # ------------------------------------------------------------------ recovery
+
+    def recover(self, next_id: int, rows: list[tuple], edges: list[tuple[int, int]],
+                scopes: list[tuple[str, str, float, float | None]], wall: float, now: float,
+                child_failures: dict[int, tuple[int, str | None]] | None = None) -> list[tuple[int, str]]:
+        """Load stored active tasks, edges and pause scopes (see ``Store.recover``); returns
+        ``(id, reason)`` of rows that cannot be interpreted, for the loop to quarantine."""
+        self.next_id = next_id
+        for kind, scope, at, until in scopes:
+            if kind == "global":
+                self.paused_global = at
+            elif kind == "domain":
+                self.paused_domains[scope] = at
+            elif kind == "group":
+                self.paused_groups[scope] = (at, until)
+                if until is not None:
+                    self.group_timers[scope] = self.timers.add(now + max(until - wall, 0.0), "resume_group", scope)
+        bad: list[tuple[int, str]] = []
+        loaded: list[Entry] = []
+        for row in rows:
+            try:
+                e = entry_from_row(row, now, wall)
+            except Exception as ex:  # noqa: BLE001 - any uninterpretable row is quarantined, not fatal
+                bad.append((row[0], "quarantined at recovery: the stored task cannot be interpreted "
+                                    f"({type(ex).__name__}: {ex})"))
+                continue
+            self._add(e)
+            loaded.append(e)
+            if e.x is not None and e.x.schedule is not None:
+                self.recurring.add(e.id)
+            if e.x is not None and e.x.expires_at is not None:
+                self._expire_at(e, e.x.expires_at, now, wall)
+        prereqs: dict[int, list[int]] = {}
+        for tid, dep in edges:
+            if tid in self.tasks and dep in self.tasks:  # an edge to a task that is gone is dropped
+                prereqs.setdefault(tid, []).append(dep)
+        for e in loaded:
+            if e.parent_id is not None and e.parent_id in self.tasks:
+                self.children.setdefault(e.parent_id, set()).add(e.id)
+                self.tasks[e.parent_id].extra().spawned += 1
+            self._link(e, prereqs.get(e.id, []))
+        for tid, (n, first) in (child_failures or {}).items():
+            p = self.tasks.get(tid)
+            if p is not None:
+                p.extra().child_failures, p.extra().first_failure = n, first
+        for e in loaded:  # every task back in exactly one place
+            if e.status == _BLOCKED and not e.blockers:
+                self._settle(e, now)
+            elif e.status == _WAITING:
+                e.extra().spawned = max(e.extra().spawned, 1)
+                if not self._active_children(e.id):
+                    self._resolve_parent(e, now, wall)
+            elif e.status in (_PENDING, _PAUSED):
+                self._settle(e, now)
+        self.payload_missing = deque(e.id for e in loaded if self.tasks.get(e.id) is e)
+        return bad
 
     # ------------------------------------------------------------------ consistency (tests, debugging)
 
     def check(self) -> None:
-        """Assert the table's invariants (used by the state-machine tests)."""
+        """Assert the table's invariants (the state-machine tests call it after every step)."""
         recount = {s.value: 0 for s in TaskStatus}
         by_domain: dict[str, dict[str, int]] = {}
         keys: set[str] = set()
         for tid, e in self.tasks.items():
-            assert e.id == tid
+            assert e.id == tid and not e.cancelled
             assert e.status in recount, (tid, e.status)
             recount[e.status] += 1
             by_domain.setdefault(e.domain, {s.value: 0 for s in TaskStatus})[e.status] += 1
@@ -441,16 +560,30 @@ class Lifecycle:
             places = [e.queued, e.timer is not None, e.worker is not None]
             assert sum(places) <= 1, (tid, places)
             if e.status == _PENDING:
-                assert sum(places) == 1, f"pending task {tid} is neither ready nor due"
-            if e.status == _RUNNING:
-                assert e.worker is not None
+                assert sum(places) == 1 and not e.paused, f"pending task {tid} is neither ready nor due"
+            elif e.status == _RUNNING:
+                assert e.worker is not None and self.running.get(tid) is e
+            else:
+                assert sum(places) == 0, (tid, e.status, places)
+            assert (e.status == _PAUSED) == (e.paused != 0 and e.status != _RUNNING) or e.status == _RUNNING
+            assert (e.status == _BLOCKED) == (e.blockers > 0), (tid, e.status, e.blockers)
+            assert e.blockers == len(self.prereqs.get(tid, ())), (tid, e.blockers)
+            for p in self.prereqs.get(tid, ()):
+                assert p in self.tasks and tid in self.dependents[p], (tid, p)
+            if e.status == _WAITING:
+                assert self._active_children(tid), f"waiting task {tid} has no active child"
+            if e.parent_id is not None and e.parent_id in self.tasks:
+                assert tid in self.children.get(e.parent_id, ()), (tid, e.parent_id)
+        for p, deps in self.dependents.items():
+            assert deps and all(p in self.prereqs.get(d, ()) for d in deps), (p, deps)
+        for p, kids in self.children.items():
+            assert kids and all(self.tasks[c].parent_id == p for c in kids), (p, kids)
         assert set(self.by_key.values()) <= set(self.tasks.values())
         assert recount == self.counts, (recount, self.counts)
         for d, counts in self.domain_counts.items():
             assert counts == by_domain.get(d, {s.value: 0 for s in TaskStatus}), (d, counts)
         assert all(e.worker is not None for e in self.running.values())
         assert self.running_total == len(self.running)
-        assert all(e.id in self.running for e in self.tasks.values() if e.status == _RUNNING)
         assert len(self.ready) == sum(1 for e in self.tasks.values() if e.queued)
 
 
@@ -485,11 +618,11 @@ def unstorable_result(text: str | None) -> str | None:
     return None
 
 
-def entry_from_row(row: tuple) -> tuple[Entry, float | None]:
-    """An entry from a stored ``tasks`` row (see ``Store.recover``), checked field by field;
-    also returns the stored wall-clock ``run_after``."""
+def entry_from_row(row: tuple, now: float, wall: float) -> Entry:
+    """An entry from a stored ``tasks`` row (see ``Store.recover``), checked field by field."""
     (tid, ttype, domain, key, label, prio, status, created, run_after, retries, max_retries, retry_json,
-     timeout, cpus, memory, group, requeue, requeue_prio) = row
+     timeout, cpus, memory, group, requeue, requeue_prio, parent_id, tags, ttl, ttl_from, expires_at, on_dep,
+     fail_fast, interval, most, count, delay, rec_paused, reasons, memo, phase, started_at, *_io) = row
     status = TaskStatus(status).value
     if not 0 <= prio <= 255 or (requeue_prio is not None and not 0 <= requeue_prio <= 255):
         raise ValueError(f"priority {prio} is outside 0..255")
@@ -499,12 +632,33 @@ def entry_from_row(row: tuple) -> tuple[Entry, float | None]:
         raise ValueError(f"timeout {timeout!r} is not a number of seconds in (0, {MAX_DELAY_SECONDS:g}]")
     if not (math.isfinite(cpus) and cpus > 0) or memory < 0:
         raise ValueError(f"cpus {cpus!r} / memory {memory!r} out of range")
-    if run_after is not None and not math.isfinite(run_after):
-        raise ValueError(f"run_after {run_after!r} is not a time")
+    for name, t in (("run_after", run_after), ("expires_at", expires_at)):
+        if t is not None and not math.isfinite(t):
+            raise ValueError(f"{name} {t!r} is not a time")
+    if interval is not None and not (math.isfinite(interval) and 0 < interval <= MAX_DELAY_SECONDS):
+        raise ValueError(f"recurring interval {interval!r} out of range")
+    unknown = set(reasons or ()) - set(PAUSE_REASONS)
+    if unknown:
+        raise ValueError(f"unknown pause reasons {sorted(unknown)}")
     policy = RetryPolicy.from_dict(json.loads(retry_json)) if retry_json else None
     e = Entry(tid, ttype, domain, key, label, prio, status, created, retries, max_retries, policy, timeout, cpus,
               memory, group)
     e.requeue = bool(requeue)
     e.requeue_priority = requeue_prio
-    return e, run_after
-
+    e.parent_id = parent_id
+    e.tags = tags
+    e.paused = sum(PAUSE_REASONS[r] for r in reasons or ())
+    if (ttl is not None or expires_at is not None or run_after is not None or (on_dep or "cancel") != "cancel"
+            or fail_fast is False or interval is not None or memo is not None or (phase or "execute") != "execute"):
+        x = e.extra()
+        x.ttl_seconds, x.ttl_from, x.expires_at = ttl, ttl_from or "submission", expires_at
+        x.on_dep_failure, x.fail_fast = on_dep or "cancel", fail_fast is not False
+        x.memo, x.phase = memo, phase or "execute"
+        if interval is not None:
+            x.schedule = Schedule(interval, most, count or 0, delay or 0.0, bool(rec_paused))
+            x.schedule.due_wall = run_after if run_after is not None else wall
+        if run_after is not None:
+            x.run_after_wall = run_after
+    if run_after is not None and run_after > wall:  # a stored time is wall clock: mapped onto the monotonic one
+        e.run_after = now + (run_after - wall)
+    return e

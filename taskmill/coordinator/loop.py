@@ -30,11 +30,10 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 import queue
 import select
 import time
-from multiprocessing.connection import Connection, Listener, wait
+from multiprocessing.connection import Connection, Listener
 from typing import Any, Callable
 
 import structlog
@@ -42,17 +41,20 @@ import structlog
 from taskmill import protocol
 from taskmill.coordinator import snapshots
 from taskmill.coordinator.acceptor import Acceptor
-from taskmill.coordinator.lifecycle import Ended, Lifecycle
-from taskmill.coordinator.queues import Entry, Timers
+from taskmill.coordinator.entry import Entry
+from taskmill.coordinator.lifecycle import Lifecycle
+from taskmill.coordinator.progress import ProgressTracker
+from taskmill.coordinator.queues import Timers
 from taskmill.coordinator.reader import QueryRunner
 from taskmill.coordinator.routes import Kind, route
 from taskmill.coordinator.wire import check_items, decode_request
+from taskmill.coordinator.workforce import Workforce
 from taskmill.coordinator.writer import Writer
 from taskmill.errors import SchedulerBroken, SchedulerClosed, StoreError, TaskNotFound, WaitTimeout
 from taskmill.records import DuplicateStrategy, ModuleSnapshot, RetryPolicy, SchedulerSnapshot, TaskRecord
 from taskmill.shm import SharedState
 from taskmill.store import Queries, Store
-from taskmill.workers.pool import WorkerHandle, WorkerPool, describe_exit
+from taskmill.workers.pool import WorkerHandle, WorkerPool
 
 __all__ = ["Coordinator"]
 
@@ -66,16 +68,12 @@ FLUSH_MAX_OPS = 5000
 FLUSH_MAX_DELAY = 0.2
 #: Seconds between shared-memory counter publications (the heartbeat).
 PUBLISH_INTERVAL = 0.02
-#: Seconds a cancelled running task gets to notice ``ctx.cancelled`` before its worker is killed.
-CANCEL_GRACE = 5.0
-#: Longest the coordinator waits for a new worker's ``Ready``.
-WORKER_READY_TIMEOUT = 60.0
 #: Seconds a query (``sql()`` and the seed's queries) may run, or wait for a reader, before it is interrupted.
 QUERY_TIME_LIMIT = 30.0
 
 
-class Coordinator:
-    """The loop and everything it owns besides the lifecycle.
+class Coordinator(Workforce):
+    """The loop and everything it owns besides the lifecycle (the worker side: ``workforce``).
 
     ``step()`` runs one iteration and is usable from tests with injected
     clocks; ``run()`` loops until shutdown.
@@ -98,6 +96,13 @@ class Coordinator:
         host_pidfd: int | None = None,
         clock: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
+        finalizers: frozenset[str] = frozenset(),
+        cancel_hooks: frozenset[str] = frozenset(),
+        cancel_hook_timeout: float = 30.0,
+        expiry_sweep_interval: float = 30.0,
+        retention: tuple[str, float] | None = None,
+        retention_every: int = 100,
+        start_paused: bool = False,
     ) -> None:
         self.store = store
         self.pool = pool
@@ -106,14 +111,17 @@ class Coordinator:
         self.shutdown_mode = shutdown_mode
         self.shutdown_timeout = shutdown_timeout
         self.poll_interval = poll_interval
-        self.clock = clock  # wall clock: only for timestamps stored for users
-        self.mono = mono  # every timer, deadline and duration
+        self.clock = clock  # type: ignore[method-assign]  # wall clock: only for timestamps stored for users
+        self.mono = mono  # type: ignore[method-assign]  # every timer, deadline and duration
         self.type_retry = type_retry
-        self.lc = Lifecycle(domain_caps=domain_caps, type_retry=type_retry, default_retry=default_retry)
-
-        self.workers: list[WorkerHandle | None] = [None] * max_concurrency
-        self.idle: list[WorkerHandle] = []
-        self.timers = Timers()  # the shell's own: worker timeouts, kill graces, respawns
+        self.start_paused = start_paused
+        self.lc = Lifecycle(domain_caps=domain_caps, type_retry=type_retry, default_retry=default_retry,
+                            finalizers=finalizers, cancel_hooks=cancel_hooks, sweep_interval=expiry_sweep_interval,
+                            retention=retention, retention_every=retention_every)
+        self.tracker = ProgressTracker()
+        self._init_workforce(max_concurrency, cancel_hook_timeout)
+        self.timers = Timers()  # the shell's own: worker timeouts, kill graces, hook limits, respawns
+        self.worker_acks: list[tuple[WorkerHandle, Any]] = []  # spawn replies, sent after the commit
 
         self.must_commit = False
         self.acks: list[tuple[Connection, Any]] = []
@@ -138,7 +146,6 @@ class Coordinator:
         for fd in (host_lifeline, host_pidfd):
             if fd is not None:
                 self._watch(fd, "host", fd)
-        self._to_spawn: list[int] = []
         self._published = 0.0
         self._publish_pending = False
         self.commits = 0
@@ -159,8 +166,13 @@ class Coordinator:
         A row that cannot be interpreted is quarantined: moved to history as
         ``failed`` with the reason, and logged. Recovery goes on.
         """
-        next_id, rows = self.store.recover()
-        bad = self.lc.recover(next_id, rows, self.clock(), self.mono())
+        rec = self.store.recover()
+        waiting = [row[0] for row in rec.tasks if row[6] == "waiting"]
+        failures = self.store.child_failures(waiting) if waiting else {}
+        bad = self.lc.recover(rec.next_id, rec.tasks, rec.edges, rec.scopes, self.clock(), self.mono(), failures)
+        self.tracker = ProgressTracker(self.store.type_averages())
+        if self.start_paused:
+            self.lc.pause_scope("global", "", self.mono(), self.clock())
         for task_id, reason in bad:
             log.error("quarantining a stored task", task_id=task_id, reason=reason)
         if bad:
@@ -169,30 +181,6 @@ class Coordinator:
                           task_id=task_id)
         return len(self.lc.tasks)
 
-    def start_workers(self) -> None:
-        """Spawn the first worker and wait for it: a registry that cannot load fails startup."""
-        first = self._spawn(0)
-        deadline = time.monotonic() + WORKER_READY_TIMEOUT
-        while not first.ready:
-            left = deadline - time.monotonic()
-            if left <= 0 or not wait([first.conn, first.sentinel], timeout=left):
-                raise RuntimeError("the first worker did not start in time")
-            if first.conn.poll():
-                try:
-                    msg = first.conn.recv()
-                except (EOFError, OSError):
-                    msg = None
-                if isinstance(msg, protocol.Ready):
-                    if msg.error:
-                        raise RuntimeError(msg.error)
-                    first.ready = True
-                    self.idle.append(first)
-                    continue
-            if not first.process.is_alive() or msg is None:
-                raise RuntimeError(f"the first worker died while starting: {describe_exit(first.exitcode())}")
-        for i in range(1, self.max_concurrency):
-            self._spawn(i)
-
     def _watch(self, fd: int, kind: str, obj: Any) -> None:
         self._fds[fd] = (kind, obj)
         self._poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
@@ -200,13 +188,6 @@ class Coordinator:
     def _unwatch(self, fd: int) -> None:
         if self._fds.pop(fd, None) is not None:
             self._poller.unregister(fd)
-
-    def _spawn(self, index: int) -> WorkerHandle:
-        w = self.pool.spawn(index)
-        self.workers[index] = w
-        self._watch(w.conn.fileno(), "worker", w)
-        self._watch(w.sentinel, "sentinel", w)
-        return w
 
     def serve(self, listener: Listener, authkey: bytes) -> None:
         """Accept and authenticate clients on helper threads (see ``acceptor``); the loop only
@@ -242,21 +223,18 @@ class Coordinator:
             handler = self._fds.get(fd)
             if handler is not None:
                 self._on_ready(*handler)
-        if self._to_spawn:
-            spawn, self._to_spawn = self._to_spawn, []
-            for index in spawn:
-                if self.workers[index] is None and not self.stopping:
-                    self._spawn(index)
+        self._respawn_due()
         if self._stop_requested and not self.stopping:
             self._begin_shutdown(None)
         now = self.mono()
-        self.lc.fire(now)
-        self._fire_timers(now)
+        self.lc.fire(now, self.clock())
+        self._fire_worker_timers(now)
+        self._fire_wait_deadlines(now)
         self.readers.expire(now)
         self.writer.check()
         self._signal_cancels(now)
         lc = self.lc
-        if (self.must_commit or self.acks or self.deferred or self.queries
+        if (self.must_commit or self.acks or self.worker_acks or self.deferred or self.queries
                 or (self.idle_waiters and not lc.tasks)
                 or (self.waiters and any(t in self.waiters for t in lc.finished))):
             self._commit()
@@ -374,7 +352,7 @@ class Coordinator:
         if self.stopping and not isinstance(req, (protocol.Stop, protocol.Call)):
             raise SchedulerClosed("the scheduler is shutting down")
         if isinstance(req, protocol.Submit):
-            outcomes = self.lc.submit(check_items(req.items), self.mono(), self.clock())
+            outcomes = self._apply_submissions(check_items(req.items))
             self.acks.append((conn, protocol.Reply(outcomes)))
             self.must_commit = True
         elif isinstance(req, protocol.Call):
@@ -395,6 +373,17 @@ class Coordinator:
         else:
             raise TypeError(f"unknown request {type(req).__name__}")
 
+    def _apply_submissions(self, items: list[protocol.SubmitItem]) -> list[tuple]:
+        """Submit checked items; what the store must answer first (outcomes of prerequisites that
+        are gone, keys that completed before) is read after a flush, so it sees every finished run."""
+        ids, keys = self.lc.lookups(items)
+        outcomes = completed = None
+        if ids or keys:
+            self._commit()
+            outcomes = self.store.history_outcomes(sorted(ids)) if ids else None
+            completed = self.store.completed_keys(sorted(keys)) if keys else None
+        return self.lc.submit(items, self.mono(), self.clock(), outcomes=outcomes, completed=completed)
+
     def _call(self, conn: Connection, name: str, args: tuple) -> None:
         """Schedule a call by its route (see ``routes``)."""
         r = route(name, args)
@@ -409,153 +398,9 @@ class Coordinator:
         else:
             self.deferred.append((conn, lambda: r.fn(self, *args)))
 
-    # ================================================================== dispatch (the hot path)
-
-    def _dispatch(self, now: float) -> None:
-        idle = self.idle
-        lc = self.lc
-        wall = self.clock()
-        while idle and lc.running_total < self.max_concurrency:
-            e = lc.pick()
-            if e is None:
-                return
-            if e.payload is None:
-                self.writer.join()
-                lc.fill_payloads(self.store.fetch_payloads(lc.payload_chunk(e)))
-            w = idle.pop()
-            payload = lc.started(e, w, now, wall)
-            w.task = e
-            self.shm.set_cancel(w.index, False)
-            try:
-                # plain pickle: Connection.send builds a ForkingPickler per call; recv() on the other end is the same
-                w.conn.send_bytes(pickle.dumps(
-                    (e.id, e.task_type, payload, e.retry_count, e.key, e.label, e.priority),  # a protocol.Run
-                    pickle.HIGHEST_PROTOCOL))
-            except (OSError, ValueError):
-                pass  # its sentinel fires next: handled as a worker death
-            if e.timeout:
-                w.timer = self.timers.add(now + e.timeout, "timeout", w)
-
-    def _signal_cancels(self, now: float) -> None:
-        """Running tasks the lifecycle cancelled: their workers see ``ctx.cancelled`` and get a grace period."""
-        if not self.lc.to_signal:
-            return
-        signals, self.lc.to_signal = self.lc.to_signal, []
-        for e in signals:
-            w = e.worker
-            if w is not None and w.task is e:
-                self.shm.set_cancel(w.index, True)
-                self.timers.cancel(w.timer)  # a timeout gives way to the kill grace
-                w.timer = self.timers.add(now + CANCEL_GRACE, "kill", w)
-
-    # ================================================================== results
-
-    def _drain_worker(self, w: WorkerHandle, all_pending: bool = False) -> None:
-        """Handle one message (the poll set reports the fd again if more wait), or all of them."""
-        conn = w.conn
-        try:
-            while True:
-                msg = conn.recv()
-                if type(msg) is tuple:  # protocol.Done, sent as a plain tuple
-                    self._on_done(w, protocol.Done._make(msg))
-                elif isinstance(msg, protocol.Ready):
-                    if msg.error:
-                        log.error("worker could not start", pid=msg.pid, error=msg.error)
-                        w.kill("registry failed to load")
-                    else:
-                        w.ready = True
-                        self.idle.append(w)
-                        self.pool.crashes.pop(w.index, None)
-                elif isinstance(msg, protocol.Goodbye):
-                    w.stopping = True
-                elif isinstance(msg, protocol.Progress):
-                    pass  # text progress feeds the event stream (a later issue); numbers are in shm
-                if not all_pending or not conn.poll():
-                    return
-        except (EOFError, OSError):
-            pass  # the sentinel reports the death
-
-    def _release(self, w: WorkerHandle) -> Entry | None:
-        """The worker is done with its task (if any): free the slot, end its timer."""
-        e = w.task
-        self.timers.cancel(w.timer)
-        w.timer = None
-        if e is not None:
-            w.task = None
-            self.lc.run_ended(e)
-        return e
-
-    def _on_done(self, w: WorkerHandle, msg: protocol.Done) -> None:
-        if w.task is None or w.task.id != msg.task_id:
-            return
-        e = self._release(w)
-        assert e is not None
-        if w.ready and not w.stopping and w.kill_reason is None:
-            self.idle.append(w)
-        if e.cancelled:
-            return  # already in history as cancelled/superseded
-        ended = Ended(msg.started_at, msg.finished_at, msg.duration * 1000.0,
-                      (msg.read_bytes, msg.write_bytes, msg.net_rx_bytes, msg.net_tx_bytes))
-        now, wall = self.mono(), self.clock()
-        if msg.error_kind is None:
-            self.lc.completed(e, msg.result, ended, now, wall)
-        else:
-            self.lc.failed(e, msg.error or "", permanent=msg.error_kind == "permanent", retry_after=msg.retry_after,
-                           ended=ended, now=now, wall=wall)
-
-    def _on_worker_exit(self, w: WorkerHandle) -> None:
-        if self.workers[w.index] is not w:
-            return  # already handled (or shut down)
-        if w.conn.poll():
-            self._drain_worker(w, all_pending=True)  # a result sent just before the exit still counts
-        code = w.exitcode()
-        w.kill_group()  # whatever its task started dies with it
-        self._unwatch(w.conn.fileno())
-        self._unwatch(w.sentinel)
-        if w in self.idle:
-            self.idle.remove(w)
-        try:
-            w.conn.close()
-        except OSError:
-            pass
-        self.workers[w.index] = None
-        planned = w.stopping and w.task is None
-        e = self._release(w)
-        if e is not None and not e.cancelled:
-            if self.stopping:
-                self.lc.interrupted(e, self.mono())
-            else:
-                reason = w.kill_reason or f"worker process {w.pid} died: {describe_exit(code)}"
-                if w.kill_reason and w.kill_reason.startswith("timed out"):
-                    reason = f"{w.kill_reason}; worker process {w.pid} {describe_exit(code)}"
-                self.lc.failed(e, reason, permanent=False, retry_after=None, ended=None, now=self.mono(),
-                               wall=self.clock())
-        if not planned and not self.stopping:
-            if w.kill_reason is None:
-                self.pool.crashes[w.index] = self.pool.crashes.get(w.index, 0) + 1
-                log.warning("worker died", pid=w.pid, cause=describe_exit(code))
-            delay = self.pool.respawn_delay(w.index)
-            if delay:
-                self.timers.add(self.mono() + delay, "respawn", w.index)
-            else:
-                self._to_spawn.append(w.index)
-
     # ================================================================== timers
 
-    def _fire_timers(self, now: float) -> None:
-        for t in self.timers.pop_due(now):
-            if t.kind == "respawn":
-                if self.workers[t.payload] is None and not self.stopping:
-                    self._to_spawn.append(t.payload)
-                continue
-            w: WorkerHandle = t.payload
-            if w.timer is not t or w.task is None:
-                continue
-            w.timer = None
-            if t.kind == "timeout" and not w.task.cancelled:
-                w.kill(f"timed out after {w.task.timeout:g}s")
-            elif t.kind == "kill":
-                w.kill("did not stop within the cancel grace period")
+    def _fire_wait_deadlines(self, now: float) -> None:
         if self.wait_deadlines:
             keep = []
             for d, tid, conn in self.wait_deadlines:
@@ -606,6 +451,9 @@ class Coordinator:
         for conn, reply in self.acks:
             self._reply(conn, reply)
         self.acks.clear()
+        for w, reply in self.worker_acks:
+            self._send_to_worker(w, reply)
+        self.worker_acks.clear()
         if self.queries:  # the store is flushed: hand each query, and its client, to a reader
             now = self.mono()
             queries, self.queries = self.queries, []
@@ -662,7 +510,7 @@ class Coordinator:
         policy = self.type_retry.get(task_type) or self.lc.default_retry
         item = protocol.SubmitItem(task_type, dom, key, label, prio, payload, policy.max_retries, None, None, cpus,
                                    memory, rb, wb, rx, tx, group, tags, DuplicateStrategy.SKIP.value)
-        out = self.lc.submit([item], self.mono(), self.clock())[0]
+        out = self._apply_submissions([item])[0]
         self._commit()
         return out
 
@@ -673,7 +521,8 @@ class Coordinator:
         return self.shm.read_slot(e.worker.index) if e.worker is not None else None
 
     def snapshot(self, domain: str | None = None) -> SchedulerSnapshot | ModuleSnapshot:
-        return snapshots.snapshot(self.lc, self._slot_of, self.mono(), max_concurrency=self.max_concurrency,
+        return snapshots.snapshot(self.lc, self.tracker, self._slot_of, self.mono(),
+                                  max_concurrency=self.max_concurrency,
                                   workers=sum(1 for w in self.workers if w is not None), domain=domain)
 
     def _publish(self, force: bool = False) -> None:
@@ -683,6 +532,11 @@ class Coordinator:
             return
         self._published = now
         self._publish_pending = False
+        for e in self.lc.running.values():  # byte throughput samples (EWMA) for progress and ETAs
+            if e.worker is not None:
+                slot = self.shm.read_slot(e.worker.index)
+                if slot.task_id == e.id:
+                    self.tracker.sample(e.id, slot.bytes_done, now)
         c = dict(self.lc.counters)
         c.update(self.lc.counts)
         c["commits"] = self.commits
@@ -706,41 +560,7 @@ class Coordinator:
 
     def _finish_shutdown(self) -> None:
         """Cancel what still runs (re-queued, not failed), stop workers, commit, answer, exit."""
-        for w in list(self.workers):
-            if w is None:
-                continue
-            if w.task is not None:
-                self.shm.set_cancel(w.index, True)
-                e = self._release(w)
-                if e is not None and not e.cancelled:
-                    self.lc.interrupted(e, self.mono())
-                w.kill("shutdown")
-            else:
-                w.stopping = True
-                try:
-                    w.conn.send(protocol.Stop())
-                except (OSError, ValueError):
-                    w.kill("shutdown")
-        deadline = time.monotonic() + 5.0
-        for w in self.workers:
-            if w is None:
-                continue
-            w.process.join(timeout=max(deadline - time.monotonic(), 0.0))
-            if w.process.exitcode is None:
-                w.kill("shutdown")
-                w.process.join(timeout=2.0)
-        for w in self.workers:
-            if w is not None:
-                w.kill_group()  # what tasks started and left running (a `sleep 300` …) ends with them
-                try:
-                    w.conn.close()
-                except OSError:
-                    pass
-        for fd, (kind, _) in list(self._fds.items()):
-            if kind in ("worker", "sentinel"):
-                self._unwatch(fd)
-        self.workers = [None] * len(self.workers)
-        self.idle.clear()
+        self._stop_workers()
         self.readers.close()
         self._commit()
         for conn, _ in self.idle_waiters:

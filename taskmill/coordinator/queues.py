@@ -11,55 +11,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-__all__ = ["Entry", "ReadyQueues", "Timer", "Timers"]
+if TYPE_CHECKING:
+    from taskmill.coordinator.entry import Entry
+
+__all__ = ["ReadyQueues", "Timer", "Timers"]
 
 #: Dead timers tolerated before a purge is considered (purging tiny heaps is not worth it).
 PURGE_MIN_DEAD = 256
-
-
-class Entry:
-    """What the coordinator keeps in memory for one active task (no payload unless cached)."""
-
-    __slots__ = (
-        "id", "task_type", "domain", "key", "label", "priority", "status", "created_at", "run_after",
-        "retry_count", "max_retries", "retry", "timeout", "cpus", "memory", "group", "payload", "requeue",
-        "requeue_priority", "started_at", "started_mono", "worker", "qver", "queued", "cancelled", "timer",
-    )
-
-    def __init__(self, id: int, task_type: str, domain: str, key: str, label: str, priority: int, status: str,
-                 created_at: float, retry_count: int, max_retries: int, retry: Any, timeout: float | None,
-                 cpus: float, memory: int, group: str | None) -> None:
-        self.id = id
-        self.task_type = task_type
-        self.domain = domain
-        self.key = key
-        self.label = label
-        self.priority = priority
-        self.status = status
-        self.created_at = created_at
-        self.retry_count = retry_count
-        self.max_retries = max_retries
-        self.retry = retry
-        self.timeout = timeout
-        self.cpus = cpus
-        self.memory = memory
-        self.group = group
-        self.payload: str | None = None
-        self.requeue = False
-        self.requeue_priority: int | None = None
-        self.started_at: float | None = None  # wall clock, for records
-        self.started_mono: float | None = None  # monotonic, for durations
-        self.timer: Any = None  # its one live Timer: due (delayed), timeout (running) or kill grace
-        self.worker: Any = None
-        self.qver = 0
-        self.queued = False
-        self.cancelled = False
-        self.run_after: float | None = None  # monotonic due time while delayed
-
-    def __repr__(self) -> str:
-        return f"<Entry {self.id} {self.task_type} p={self.priority} {self.status}>"
 
 
 class _DomainHeap:

@@ -1,35 +1,73 @@
 """Records and snapshots built from the coordinator's memory: no store, no I/O.
 
-``TaskRecord`` values for running tasks and the ``SchedulerSnapshot`` /
-``ModuleSnapshot`` of the seed, from the lifecycle's entries and counts plus
-the live progress a caller reads from shared memory (``slot_of``). Cost does
-not grow with the queue: only running tasks are visited. Imports leaves and
-the lifecycle's types.
+``TaskRecord`` values for running tasks, estimated and byte progress, and the
+``SchedulerSnapshot`` / ``ModuleSnapshot`` of the seed, from the lifecycle's
+entries and counts plus the live slots a caller reads from shared memory
+(``slot_of``). Cost does not grow with the queue: only running tasks (and
+paused groups, schedules) are visited. Imports leaves and the lifecycle.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from taskmill.coordinator.entry import Entry
 from taskmill.coordinator.lifecycle import Lifecycle
-from taskmill.coordinator.queues import Entry
-from taskmill.records import IoBudget, ModuleSnapshot, SchedulerSnapshot, TaskProgress, TaskRecord, TaskStatus
+from taskmill.coordinator.pauses import reason_names
+from taskmill.coordinator.progress import ProgressTracker
+from taskmill.records import (
+    EstimatedProgress,
+    ModuleSnapshot,
+    PausedGroupInfo,
+    RecurringScheduleInfo,
+    SchedulerSnapshot,
+    TaskEventHeader,
+    TaskProgress,
+    TaskRecord,
+    TaskStatus,
+)
 
-__all__ = ["active_tasks", "progress", "snapshot", "task_record"]
+__all__ = ["active_tasks", "byte_progress", "estimated_progress", "header", "snapshot", "task_record"]
+
+SlotOf = Callable[[Entry], Any]
 
 
 def _dt(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, timezone.utc)
 
 
+def _tags(e: Entry) -> dict[str, str]:
+    return json.loads(e.tags) if e.tags else {}
+
+
 def task_record(e: Entry) -> TaskRecord:
-    """A snapshot of one in-memory entry (no payload, tags or last error: those live in the store)."""
+    """A snapshot of one in-memory entry (no payload or last error: those live in the store)."""
     status = TaskStatus(e.status) if e.status in TaskStatus._value2member_map_ else TaskStatus.RUNNING
-    return TaskRecord(id=e.id, task_type=e.task_type, domain=e.domain, key=e.key, label=e.label,
-                      priority=e.priority, status=status, group=e.group, created_at=_dt(e.created_at),
-                      started_at=_dt(e.started_at), retry_count=e.retry_count, max_retries=e.max_retries,
-                      timeout=e.timeout, cpus=e.cpus, memory=e.memory, requeue=e.requeue, expected_io=IoBudget())
+    x = e.x
+    s = x.schedule if x is not None else None
+    return TaskRecord(
+        id=e.id, task_type=e.task_type, domain=e.domain, key=e.key, label=e.label, priority=e.priority,
+        status=status, group=e.group, created_at=_dt(e.created_at), started_at=_dt(e.started_at),
+        retry_count=e.retry_count, max_retries=e.max_retries, timeout=e.timeout, cpus=e.cpus, memory=e.memory,
+        requeue=e.requeue, requeue_priority=e.requeue_priority, parent_id=e.parent_id, tags=_tags(e),
+        pause_reasons=reason_names(e.paused), effective_priority=e.priority,
+        fail_fast=x.fail_fast if x is not None else True,
+        ttl_seconds=x.ttl_seconds if x is not None else None, ttl_from=x.ttl_from if x is not None else "submission",
+        expires_at=_dt(x.expires_at) if x is not None else None,
+        run_after=_dt(x.run_after_wall) if x is not None else None,
+        on_dependency_failure=x.on_dep_failure if x is not None else "cancel",
+        recurring_interval_secs=s.interval if s is not None else None,
+        recurring_max_executions=s.max_executions if s is not None else None,
+        recurring_execution_count=s.count if s is not None else 0,
+        recurring_paused=s.paused if s is not None else False,
+        memo=json.loads(x.memo) if x is not None and x.memo is not None else None)
+
+
+def header(e: Entry) -> TaskEventHeader:
+    return TaskEventHeader(task_id=e.id, task_type=e.task_type, domain=e.domain, key=e.key, label=e.label,
+                           tags=_tags(e), base_priority=e.priority, effective_priority=e.priority)
 
 
 def _running(lc: Lifecycle, domain: str | None) -> list[Entry]:
@@ -43,31 +81,72 @@ def active_tasks(lc: Lifecycle, domain: str | None = None) -> list[TaskRecord]:
     return [task_record(e) for e in _running(lc, domain)]
 
 
-def progress(lc: Lifecycle, slot_of: Callable[[Entry], Any], now: float,
-             domain: str | None = None) -> list[TaskProgress]:
-    """Live progress of running tasks; ``slot_of(entry)`` reads its worker's shared-memory slot."""
+def _live(lc: Lifecycle, slot_of: SlotOf, domain: str | None) -> list[tuple[Entry, Any]]:
     out = []
     for e in _running(lc, domain):
         s = slot_of(e)
-        if s is None or s.task_id != e.id:
-            continue
-        out.append(TaskProgress(task_id=e.id, task_type=e.task_type, fraction=max(s.progress, 0.0),
-                                bytes_done=s.bytes_done, bytes_total=s.bytes_total, read_bytes=s.read_bytes,
-                                write_bytes=s.write_bytes, elapsed_s=now - (e.started_mono or now)))
+        if s is not None and s.task_id == e.id:
+            out.append((e, s))
     return out
 
 
-def snapshot(lc: Lifecycle, slot_of: Callable[[Entry], Any], now: float, *, max_concurrency: int, workers: int,
-             domain: str | None = None) -> SchedulerSnapshot | ModuleSnapshot:
+def estimated_progress(lc: Lifecycle, tracker: ProgressTracker, slot_of: SlotOf, now: float,
+                       domain: str | None = None) -> list[EstimatedProgress]:
+    """Progress of each running task: reported, else extrapolated from its type's average duration."""
+    out = []
+    for e, s in _live(lc, slot_of, domain):
+        rep, ext, pct = tracker.estimate(e.task_type, s.progress, now - (e.started_mono or now))
+        out.append(EstimatedProgress(header=header(e), reported_percent=rep, extrapolated_percent=ext, percent=pct))
+    return out
+
+
+def byte_progress(lc: Lifecycle, tracker: ProgressTracker, slot_of: SlotOf, now: float,
+                  domain: str | None = None) -> list[TaskProgress]:
+    """Byte progress of running tasks that report bytes: EWMA throughput and an ETA."""
+    out = []
+    for e, s in _live(lc, slot_of, domain):
+        if not s.bytes_done and not s.bytes_total:
+            continue
+        total = s.bytes_total or None
+        out.append(TaskProgress(task_id=e.id, task_type=e.task_type, key=e.key, label=e.label,
+                                bytes_completed=s.bytes_done, bytes_total=total,
+                                throughput_bps=tracker.throughput(e.id), elapsed=now - (e.started_mono or now),
+                                eta=tracker.eta(e.id, s.bytes_done, total)))
+    return out
+
+
+def recurring_schedules(lc: Lifecycle) -> list[RecurringScheduleInfo]:
+    out = []
+    for tid in sorted(lc.recurring):
+        e = lc.tasks[tid]
+        s = e.x.schedule if e.x is not None else None
+        if s is None:
+            continue
+        out.append(RecurringScheduleInfo(task_id=e.id, task_type=e.task_type, label=e.label, interval_secs=s.interval,
+                                         next_run=_dt(e.x.run_after_wall if e.x is not None else None),
+                                         execution_count=s.count, max_executions=s.max_executions, paused=s.paused))
+    return out
+
+
+def paused_groups(lc: Lifecycle) -> list[PausedGroupInfo]:
+    return [PausedGroupInfo(group=g, paused_at=datetime.fromtimestamp(at, timezone.utc), paused_task_count=n, resume_at=_dt(until))
+            for g, at, n, until in lc.paused_group_infos()]
+
+
+def snapshot(lc: Lifecycle, tracker: ProgressTracker, slot_of: SlotOf, now: float, *, max_concurrency: int,
+             workers: int, domain: str | None = None) -> SchedulerSnapshot | ModuleSnapshot:
     """The seed's ``scheduler.snapshot()`` (``domain`` None) or ``handle.snapshot()``."""
     running = active_tasks(lc, domain)
-    prog = progress(lc, slot_of, now, domain)
+    prog = estimated_progress(lc, tracker, slot_of, now, domain)
+    byte = byte_progress(lc, tracker, slot_of, now, domain)
     if domain is None:
         c = lc.counts
         return SchedulerSnapshot(
             running=running, running_count=len(running), pending_count=c["pending"], paused_count=c["paused"],
-            blocked_count=c["blocked"], waiting_count=c["waiting"], pressure=0.0, progress=prog,
-            max_concurrency=max_concurrency, workers=workers)
+            blocked_count=c["blocked"], waiting_count=c["waiting"], progress=prog, byte_progress=byte,
+            max_concurrency=max_concurrency, workers=workers, is_paused=lc.is_paused("global"),
+            recurring_schedules=recurring_schedules(lc), paused_groups=paused_groups(lc))
     c = lc.domain_counts.get(domain) or {s.value: 0 for s in TaskStatus}
     return ModuleSnapshot(domain=domain, running=running, pending_count=c["pending"], paused_count=c["paused"],
-                          blocked_count=c["blocked"], waiting_count=c["waiting"], progress=prog)
+                          blocked_count=c["blocked"], waiting_count=c["waiting"], progress=prog, byte_progress=byte,
+                          is_paused=lc.is_paused("global") or lc.is_paused("domain", domain))

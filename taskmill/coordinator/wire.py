@@ -36,7 +36,13 @@ for _module, _names in (("datetime", ("datetime", "date", "time", "timedelta", "
         _ALLOWED[(_module, _name)] = getattr(_mod, _name)
 
 _REQUEST_TYPES = (protocol.Submit, protocol.Call, protocol.Wait, protocol.WaitIdle, protocol.Stop)
-_DUPLICATES = frozenset(s.value for s in DuplicateStrategy)
+_DUPLICATES = frozenset(s.value for s in DuplicateStrategy) | {"skip_completed"}
+_TTL_FROM = frozenset({"submission", "first_attempt"})
+_DEP_POLICIES = frozenset({"cancel", "fail", "ignore"})
+#: Most prerequisites one task may name.
+MAX_DEPENDENCIES = 10_000
+#: The last second DuckDB's TIMESTAMP can hold (9999-12-31T23:59:59).
+MAX_TIMESTAMP = 253_402_300_799.0
 _decode_json = JSONDecoder().raw_decode
 
 
@@ -114,7 +120,8 @@ def _shared_problem(rest: tuple) -> str | None:
     ``rest`` is the item without its key, label and payload (see ``_split``).
     """
     (task_type, domain, priority, max_retries, retry, timeout, cpus, memory, io_read, io_write, io_rx, io_tx,
-     group, tags, duplicate) = rest
+     group, tags, duplicate, ttl, ttl_from, run_after, depends_on, on_dep_failure, parent, fail_fast,
+     recurring) = rest
     if not (_text(task_type) and _text(domain)):
         return "task_type and domain must be str"
     if not _int(priority, 0, 255):
@@ -140,6 +147,37 @@ def _shared_problem(rest: tuple) -> str | None:
         return "tags must be the JSON text of an object of str"
     if duplicate not in _DUPLICATES:
         return f"unknown duplicate strategy {duplicate!r}"
+    return _lifecycle_problem(ttl, ttl_from, run_after, depends_on, on_dep_failure, parent, fail_fast, recurring)
+
+
+def _lifecycle_problem(ttl: Any, ttl_from: Any, run_after: Any, depends_on: Any, on_dep_failure: Any, parent: Any,
+                       fail_fast: Any, recurring: Any) -> str | None:
+    if ttl is not None and not _number(ttl, 0.0, MAX_DELAY_SECONDS, open_low=True):
+        return f"ttl must be a number of seconds in (0, {MAX_DELAY_SECONDS:g}]"
+    if ttl_from not in _TTL_FROM:
+        return f"ttl_from must be one of {sorted(_TTL_FROM)}"
+    if run_after is not None and not _number(run_after, 0.0, MAX_TIMESTAMP):
+        return "run_after must be a point in time (epoch seconds)"
+    if depends_on is not None:
+        if type(depends_on) is not tuple or len(depends_on) > MAX_DEPENDENCIES:
+            return f"depends_on must be a tuple of at most {MAX_DEPENDENCIES} task ids"
+        if not all(_int(d, 1, INT64_MAX) for d in depends_on) or len(set(depends_on)) != len(depends_on):
+            return "depends_on must hold distinct task ids"
+    if on_dep_failure not in _DEP_POLICIES:
+        return f"on_dependency_failure must be one of {sorted(_DEP_POLICIES)}"
+    if parent is not None and not _int(parent, 1, INT64_MAX):
+        return "parent must be a task id"
+    if type(fail_fast) is not bool:
+        return "fail_fast must be a bool"
+    if recurring is not None:
+        if type(recurring) is not tuple or len(recurring) != 3:
+            return "recurring must be (interval, max_executions, initial_delay)"
+        interval, most, delay = recurring
+        if not (_number(interval, 0.0, MAX_DELAY_SECONDS, open_low=True)
+                and (most is None or _int(most, 1, INT64_MAX)) and _number(delay, 0.0, MAX_DELAY_SECONDS)):
+            return "recurring has an interval > 0, max_executions >= 1 or None, and initial_delay >= 0"
+        if parent is not None:
+            return "a recurring task cannot have a parent"
     return None
 
 

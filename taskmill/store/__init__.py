@@ -4,8 +4,18 @@ Only the coordinator process opens a store; nothing here imports the
 coordinator, the workers or the host API.
 """
 
-from taskmill.store.batch import FinishedRow, WriteBatch
-from taskmill.store.queries import Queries, select
-from taskmill.store.store import LATEST_SCHEMA, Store
+from taskmill.store.batch import FinishedRow, Recovered, WriteBatch
+from taskmill.store.queries import TASK_INSERT_COLUMNS, Queries, select
+from taskmill.store.store import LATEST_SCHEMA, RECOVER_COLUMNS, Store
 
-__all__ = ["LATEST_SCHEMA", "FinishedRow", "Queries", "Store", "WriteBatch", "select"]
+__all__ = [
+    "LATEST_SCHEMA",
+    "RECOVER_COLUMNS",
+    "TASK_INSERT_COLUMNS",
+    "FinishedRow",
+    "Queries",
+    "Recovered",
+    "Store",
+    "WriteBatch",
+    "select",
+]

@@ -19,12 +19,13 @@ import signal
 import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 from taskmill import protocol
 from taskmill.context import TaskContext
-from taskmill.errors import Permanent, Retryable
-from taskmill.records import TaskRecord, TaskStatus
+from taskmill.domain import Defaults, as_submission, resolve
+from taskmill.errors import InvalidSubmission, Permanent, Retryable, UnknownDomain, UnknownTaskType
+from taskmill.records import BatchOutcome, TaskRecord, TaskStatus, outcomes_from_wire
 from taskmill.shm import WorkerSlot
 from taskmill.workers import preload
 
@@ -57,20 +58,26 @@ def handle_run(msg: protocol.Run, registry: dict[str, Any], slot: WorkerSlot | N
         slot.start(pid, msg.task_id)
     domain = msg.task_type.split("::", 1)[0]
     record = TaskRecord(id=msg.task_id, task_type=msg.task_type, domain=domain, key=msg.key, label=msg.label,
-                        priority=msg.priority, status=TaskStatus.RUNNING, retry_count=msg.attempt)
-    send = None
+                        priority=msg.priority, status=TaskStatus.RUNNING, retry_count=msg.attempt,
+                        parent_id=msg.parent_id)
+    send = submit = None
     if conn is not None:
         def send(task_id: int, fraction: float | None, message: str | None) -> None:
             conn.send(protocol.Progress(task_id, fraction, message))
-    ctx = TaskContext(record, slot=slot, send=send, domain_state=registry["domain_state"].get(domain),
+        submit = _submitter(registry, conn, msg.task_id)
+    ctx = TaskContext(record, slot=slot, send=send, submit=submit, domain_state=registry["domain_state"].get(domain),
                       global_state=registry["global_state"])
     result = error = kind = retry_after = None
     try:
-        fn = registry["tasks"].get(msg.task_type)
+        fns = registry.get(_PHASE_FUNCTIONS.get(msg.phase, "tasks"), {})
+        fn = fns.get(msg.task_type)
         if fn is None:
-            raise Permanent(f"task type {msg.task_type!r} is not registered with this scheduler")
+            raise Permanent(f"task type {msg.task_type!r} has no {msg.phase} function registered with this scheduler")
         payload = json.loads(msg.payload)
-        value = fn(ctx, **payload)
+        if msg.phase == "finalize":  # fn(ctx, memo, **payload): memo is what the task's own run returned
+            value = fn(ctx, None if msg.memo is None else json.loads(msg.memo), **payload)
+        else:
+            value = fn(ctx, **payload)
         result = _encode_result(msg.task_type, value)
     except Permanent as e:
         kind, error = "permanent", _describe(e)
@@ -84,6 +91,48 @@ def handle_run(msg: protocol.Run, registry: dict[str, Any], slot: WorkerSlot | N
     if slot is not None:
         slot.clear(pid)
     return protocol.Done(msg.task_id, result, kind, error, retry_after, started, finished, duration, *io)
+
+
+#: Which registry table holds the function of each phase of a run.
+_PHASE_FUNCTIONS = {"execute": "tasks", "finalize": "finalizers", "on_cancel": "on_cancel"}
+
+
+def _submitter(registry: dict[str, Any], conn: Any, task_id: int) -> Callable[..., Any]:
+    """What ``ctx.spawn_child``/``spawn_sibling``/``ctx.domain(...).submit`` call: resolve the
+    submissions here (as the host does), send them, and wait for the committed outcomes."""
+    domains = registry.get("domains", {})
+    defaults = registry.get("defaults") or Defaults()
+
+    def submit(kind: str, task: Any, payload: dict[str, Any], domain: str | None) -> Any:
+        if domain is not None and domain not in domains:
+            raise UnknownDomain(f"no domain named {domain!r}; registered: {sorted(domains)}")
+        if kind == "check":
+            return None
+        batch = kind == "plain_batch"
+        subs = [as_submission(t, {}, "submit_batch()") for t in task] if batch else [as_submission(task, payload)]
+        items = []
+        for i, sub in enumerate(subs):
+            try:
+                t = sub.task
+                if t.qualified not in registry["tasks"]:
+                    raise UnknownTaskType(f"task {t.qualified} was not registered when the scheduler started")
+                if domain is not None and t.domain.name != domain:
+                    raise UnknownTaskType(f"task {t.qualified} belongs to domain {t.domain.name!r}, not {domain!r}")
+                items.append(tuple(resolve(sub, defaults)))
+            except (ValueError, TypeError, LookupError) as e:
+                if not batch:
+                    raise
+                raise InvalidSubmission(f"batch item {i} is invalid: {e}", index=i) from e
+        if not items:
+            return BatchOutcome(())
+        conn.send(protocol.Spawn(task_id, "plain" if kind.startswith("plain") else kind, items))
+        reply = conn.recv()
+        if isinstance(reply, protocol.ErrorReply):
+            raise reply.exception()
+        outcomes = outcomes_from_wire(reply.value)
+        return BatchOutcome(outcomes) if batch else outcomes[0]
+
+    return submit
 
 
 def _encode_result(task_type: str, value: Any) -> str:

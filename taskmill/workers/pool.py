@@ -45,7 +45,7 @@ def describe_exit(exitcode: int | None) -> str:
 class WorkerHandle:
     """One worker process as the coordinator sees it."""
 
-    __slots__ = ("index", "process", "conn", "pid", "ready", "task", "kill_reason", "stopping", "timer")
+    __slots__ = ("index", "process", "conn", "pid", "ready", "task", "kill_reason", "stopping", "timer", "hook")
 
     def __init__(self, index: int, process: Any, conn: Connection) -> None:
         self.index = index
@@ -57,6 +57,7 @@ class WorkerHandle:
         self.kill_reason: str | None = None
         self.stopping = False
         self.timer: Any = None  # the coordinator's timer for its task: timeout, or kill grace after a cancel
+        self.hook: tuple[int, str] | None = None  # (task id, task type) of an on_cancel hook it runs
 
     @property
     def sentinel(self) -> int:

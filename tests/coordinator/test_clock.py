@@ -50,7 +50,7 @@ def test_a_forward_step_does_not_time_out_a_running_task(tmp_path: Any) -> None:
         h.step_until(lambda: h.coord.lc.tasks[tid].worker is not None, what="dispatch")
         clock.offset = HOUR  # the wall clock jumps an hour ahead while the task runs
         row = h.finished(tid)
-        assert row.status == HistoryStatus.COMPLETED, row.error
+        assert row.status == HistoryStatus.COMPLETED, row.last_error
         assert row.result == "slept"
         assert 1500 < (row.duration_ms or 0) < 30_000  # measured, not wall-clock arithmetic
 
@@ -64,7 +64,7 @@ def test_a_backward_step_does_not_stretch_a_retry_delay(tmp_path: Any) -> None:
         clock.offset = -HOUR  # an hour back: a wall-clock timer would now wait an hour
         started = time.monotonic()
         row = h.finished(tid, timeout=20)
-        assert row.status == HistoryStatus.COMPLETED, row.error
+        assert row.status == HistoryStatus.COMPLETED, row.last_error
         assert row.retry_count == 1
         assert time.monotonic() - started < 15
 

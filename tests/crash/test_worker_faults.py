@@ -122,12 +122,12 @@ def test_worker_fault(store_path: str, fault: str) -> None:
 
         out = h.submit(misbehave, fault=fault)
         rec = s.wait(out.id, timeout=DEADLINE)
-        assert rec.status == status, rec.error
+        assert rec.status == status, rec.last_error
         assert rec.retry_count == 0
         for needle in needles:
-            assert needle in (rec.error or ""), f"{needle!r} not in error text:\n{rec.error}"
+            assert needle in (rec.last_error or ""), f"{needle!r} not in error text:\n{rec.last_error}"
         if not survives:
-            assert f"worker process {before}" in rec.error, rec.error
+            assert f"worker process {before}" in rec.last_error, rec.last_error
         assert [r.id for r in s.store.failed_tasks()] == [out.id]
         if status == "dead_letter":
             assert [r.id for r in h.dead_letter_tasks()] == [out.id]
@@ -152,7 +152,7 @@ def test_worker_deaths_are_retried_and_counted(store_path: str, tmp_path: Any) -
         out = h.submit(misbehave.options(retry=tm.RetryPolicy.constant(2, 0.0)), fault="os_exit_7")
         rec = s.wait(out.id, timeout=DEADLINE)
         assert rec.status == "dead_letter" and rec.retry_count == 2
-        assert "exited with code 7" in rec.error
+        assert "exited with code 7" in rec.last_error
         assert s.wait(h.submit(whoami).id, timeout=DEADLINE).status == "completed"
 
 

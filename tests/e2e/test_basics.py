@@ -212,7 +212,7 @@ def wait_running(s: tm.Scheduler, task_id: int, timeout: float = DEADLINE) -> No
 
 
 def history_rows(s: tm.Scheduler, task_id: int) -> list[dict]:
-    return s.sql("SELECT status, retry_count, result, error FROM task_history WHERE id = ? ORDER BY completed_at",
+    return s.sql("SELECT status, retry_count, result, last_error FROM task_history WHERE id = ? ORDER BY completed_at",
                  [task_id])
 
 
@@ -230,7 +230,7 @@ def test_result_is_stored_and_returned_by_wait(store_path: str) -> None:
         assert rec.id == out.id and rec.task_type == "basic::add" and rec.domain == "basic"
         assert rec.result == {"sum": 5, "task_id": out.id}
         assert rec.payload == {"a": 2, "b": 3}
-        assert rec.error is None and rec.retry_count == 0
+        assert rec.last_error is None and rec.retry_count == 0
         assert rec.label == "basic::add" and rec.priority == tm.Priority.NORMAL
         assert rec.started_at is not None and rec.completed_at >= rec.started_at
         # a second wait on a finished task answers from history at once
@@ -522,7 +522,7 @@ def test_retries_then_success(store_path: str, tmp_path: Path, exc: str) -> None
     with sched(store_path) as s:
         out = s.domain(basic).submit(flaky, counter=counter, fails=2, exc=exc)
         rec = s.wait(out.id, timeout=DEADLINE)
-        assert rec.status == "completed", rec.error
+        assert rec.status == "completed", rec.last_error
         assert rec.retry_count == 2
         assert rec.result == {"attempts": 3, "retry_count": 2}
         assert Path(counter).read_text() == "3"
@@ -537,7 +537,7 @@ def test_exhausted_retries_dead_letter_and_retry_dead_letter(store_path: str, tm
         rec = s.wait(out.id, timeout=DEADLINE)
         assert rec.status == tm.HistoryStatus.DEAD_LETTER
         assert rec.retry_count == 2
-        assert "attempt 3 failed" in rec.error and "Retryable" in rec.error
+        assert "attempt 3 failed" in rec.last_error and "Retryable" in rec.last_error
         assert Path(counter).read_text() == "3"
         assert [r.id for r in h.dead_letter_tasks()] == [out.id]
         assert out.id in [r.id for r in s.store.failed_tasks()]
@@ -564,7 +564,7 @@ def test_permanent_fails_without_retry(store_path: str, tmp_path: Path) -> None:
         rec = s.wait(out.id, timeout=DEADLINE)
         assert rec.status == tm.HistoryStatus.FAILED
         assert rec.retry_count == 0
-        assert "Permanent: bad input, never retry" in rec.error
+        assert "Permanent: bad input, never retry" in rec.last_error
         assert Path(counter).read_text() == "1"
         assert s.domain(basic).dead_letter_tasks() == []
 
@@ -579,7 +579,7 @@ def test_timeout_kills_and_retries_then_dead_letters(store_path: str, tmp_path: 
         assert time.monotonic() - t0 < 50  # nobody waited for the 60 s sleep
         assert rec.status == tm.HistoryStatus.DEAD_LETTER
         assert rec.retry_count == 1
-        assert "timed out after 0.5s" in rec.error
+        assert "timed out after 0.5s" in rec.last_error
         killed = int(Path(marker).read_text())
         poll_until(lambda: not _alive(killed), 10, what="the timed-out worker gone")
         # the pool replaced the worker
@@ -617,13 +617,13 @@ def test_configuration_precedence(store_path: str) -> None:
         got = {k: s.wait(o.id, timeout=DEADLINE) for k, o in cases.items()}
         assert (got["scheduler"].priority, got["scheduler"].status, got["scheduler"].retry_count) == (
             tm.Priority.HIGH, "dead_letter", 0)
-        assert "timed out after 0.5s" in got["scheduler"].error
+        assert "timed out after 0.5s" in got["scheduler"].last_error
         assert (got["domain"].priority, got["domain"].status, got["domain"].retry_count) == (200, "dead_letter", 1)
-        assert "timed out after 0.5s" in got["domain"].error
+        assert "timed out after 0.5s" in got["domain"].last_error
         assert (got["type"].priority, got["type"].status, got["type"].retry_count) == (30, "completed", 0)
         assert (got["submission"].priority, got["submission"].status, got["submission"].retry_count) == (
             7, "dead_letter", 2)
-        assert "timed out after 0.5s" in got["submission"].error
+        assert "timed out after 0.5s" in got["submission"].last_error
 
 
 def test_two_schedulers_in_one_host(tmp_path: Path) -> None:
@@ -779,7 +779,7 @@ def test_functions_defined_in_main(tmp_path: Path) -> None:
 def test_task_can_start_processes(store_path: str, how: str) -> None:
     with sched(store_path, max_concurrency=1) as s:
         rec = s.wait(s.domain(basic).submit(uses_processes, how=how, n=10).id, timeout=DEADLINE)
-        assert rec.status == "completed", rec.error
+        assert rec.status == "completed", rec.last_error
         assert rec.result == sum(x * x for x in range(10))
 
 
@@ -829,7 +829,7 @@ def test_query_api(store_path: str, tmp_path: Path) -> None:
         first = s.wait(io_ids[0], timeout=5)
         assert [r.id for r in st.history_by_key(first.key)] == [io_ids[0]]
         assert [(r.id, r.status) for r in st.failed_tasks()] == [(failed.id, "failed")]
-        assert "never retry" in st.failed_tasks(1)[0].error
+        assert "never retry" in st.failed_tasks(1)[0].last_error
 
         stats = st.history_stats("basic::io_task")
         assert isinstance(stats, tm.TypeStats)
@@ -839,10 +839,10 @@ def test_query_api(store_path: str, tmp_path: Path) -> None:
         assert st.history_stats("basic::permanent").failure_rate == 1.0
         assert st.history_stats("basic::nothing").count == 0
         r_tp, w_tp = st.avg_throughput("basic::io_task")
-        exp_r = sum(r.read_bytes * 1000.0 / r.duration_ms for r in by_type) / 3
-        exp_w = sum(r.write_bytes * 1000.0 / r.duration_ms for r in by_type) / 3
+        exp_r = sum(r.actual_io.disk_read * 1000.0 / r.duration_ms for r in by_type) / 3
+        exp_w = sum(r.actual_io.disk_write * 1000.0 / r.duration_ms for r in by_type) / 3
         assert r_tp == pytest.approx(exp_r) and w_tp == pytest.approx(exp_w) and r_tp > w_tp > 0
-        assert all(r.read_bytes == 1000 * (r.result + 1) for r in by_type)
+        assert all(r.actual_io.disk_read == 1000 * (r.result + 1) for r in by_type)
 
         # unified lookup: explicit key, canonical payload JSON, typed
         look = st.task_lookup("basic::work", "explicit-key")
@@ -888,12 +888,13 @@ def test_snapshot_and_active_tasks(store_path: str, tmp_path: Path) -> None:
 
         def progress_published() -> tm.ModuleSnapshot | None:
             sn = h.snapshot()
-            return sn if sn.progress and sn.progress[0].fraction == 0.5 else None
+            return sn if sn.progress and sn.progress[0].reported_percent == 0.5 else None
 
         snap = poll_until(progress_published, DEADLINE, what="progress published")
         assert isinstance(snap, tm.ModuleSnapshot) and snap.domain == "basic"
         assert [r.id for r in snap.running] == [blocker.id] and snap.pending_count == 0
-        assert snap.progress[0].task_id == blocker.id and snap.progress[0].task_type == "basic::hold"
+        assert snap.progress[0].header.task_id == blocker.id and snap.progress[0].header.task_type == "basic::hold"
+        assert snap.progress[0].percent == 0.5 and snap.progress[0].header.domain == "basic"
 
         g = s.snapshot()
         assert isinstance(g, tm.SchedulerSnapshot)
@@ -917,6 +918,6 @@ def test_ctx_state_domain_shadows_global(store_path: str) -> None:
     with sched(store_path, state={"name": "global-state", "only_global": [1, 2]}) as s:
         out = s.domain(basic).submit(state_task)
         rec = s.wait(out.id, timeout=DEADLINE)
-        assert rec.status == "completed", rec.error
+        assert rec.status == "completed", rec.last_error
         assert rec.result == {"name": "basic-state", "only_domain": 7, "only_global": [1, 2], "default": "dflt",
                               "missing": "KeyError"}

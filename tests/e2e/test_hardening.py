@@ -116,7 +116,7 @@ def test_a_non_finite_retry_after_is_refused_at_its_source_and_the_store_survive
         rec = s.wait(infinite.id, timeout=DEADLINE)
         # Retryable(retry_after=inf) raises ValueError inside the task: an ordinary retryable failure
         assert rec.status == tm.HistoryStatus.DEAD_LETTER
-        assert "retry_after" in (rec.error or "") and "ValueError" in (rec.error or "")
+        assert "retry_after" in (rec.last_error or "") and "ValueError" in (rec.last_error or "")
         still_works(s)
     with sched(store_path) as s:  # a restart does not die on it
         still_works(s, 8)
@@ -129,7 +129,7 @@ def test_a_retry_after_that_slipped_past_the_checks_fails_that_task_only(store_p
         for tid in ids:
             rec = s.wait(tid, timeout=DEADLINE)
             assert rec.status == tm.HistoryStatus.FAILED, rec
-            assert "retry_after" in (rec.error or "") and "not retried" in (rec.error or "")
+            assert "retry_after" in (rec.last_error or "") and "not retried" in (rec.last_error or "")
         still_works(s)
     with sched(store_path) as s:
         assert s.store.pending_count() == 0
@@ -147,7 +147,7 @@ def test_a_result_that_cannot_be_stored_fails_the_task(store_path: str, kind: st
         rec = s.wait(s.domain(hard).submit(return_value, kind=kind).id, timeout=DEADLINE)
         assert rec.status == tm.HistoryStatus.FAILED, rec  # failed (never retried), not dead_letter
         assert rec.retry_count == 0
-        assert fragment in (rec.error or "")
+        assert fragment in (rec.last_error or "")
         still_works(s)
 
 
@@ -155,7 +155,7 @@ def test_error_text_with_lone_surrogates_and_nul_is_stored_escaped(store_path: s
     with sched(store_path) as s:
         rec = s.wait(s.domain(hard).submit(raise_text).id, timeout=DEADLINE)
         assert rec.status == tm.HistoryStatus.FAILED
-        assert "\\udcff" in (rec.error or "") and "\x00" in (rec.error or "")
+        assert "\\udcff" in (rec.last_error or "") and "\x00" in (rec.last_error or "")
         still_works(s)
 
 
@@ -191,7 +191,7 @@ def test_recovery_quarantines_a_row_it_cannot_interpret(store_path: str) -> None
         for tid in (101, 102, 103, 104):
             assert tid in failed, sorted(failed)
             assert failed[tid].status == tm.HistoryStatus.FAILED
-            assert "quarantined at recovery" in (failed[tid].error or "")
+            assert "quarantined at recovery" in (failed[tid].last_error or "")
         assert s.wait(105, timeout=DEADLINE).result == 1  # the sound row beside them runs as usual
         assert s.store.pending_count() == 0
         still_works(s)

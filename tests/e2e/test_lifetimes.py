@@ -487,7 +487,7 @@ def test_task_child_processes_do_not_outlive_the_task(store_path: str, tmp_path:
         out = h.submit(spawn_child.options(timeout=1.0, retry=once), marker=str(marker))
         children.append(int(poll_until(lambda: marker.exists() and marker.read_text(), what="child started")))
         rec = s.wait(out.id, timeout=DEADLINE)
-        assert rec.status == "dead_letter" and "timed out" in rec.error
+        assert rec.status == "dead_letter" and "timed out" in rec.last_error
         # 2. still running when the scheduler closes (hard shutdown)
         marker = tmp_path / "close.pid"
         h.submit(spawn_child.options(retry=once), marker=str(marker))

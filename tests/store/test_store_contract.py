@@ -1,8 +1,8 @@
 """Store contract: every test runs against a ``:memory:`` store and a file store.
 
-Rows are built the way the coordinator builds them (``Coordinator._insert``: the
-27-column ``tasks`` tuple the appender takes; ``FinishedRow`` for history moves;
-epoch-second floats in ``FinishedRow``, ``WriteBatch.running`` and ``retries``).
+Rows are built the way the coordinator builds them (the 40-column ``tasks`` tuple of
+``TASK_INSERT_COLUMNS`` the appender takes; ``FinishedRow`` for history moves;
+epoch-second floats in ``FinishedRow``, ``WriteBatch.running``, ``retries`` and ``updates``).
 The tests that need a real file (reopening, bad files, locks) use ``tmp_path``.
 """
 
@@ -23,7 +23,7 @@ import pytest
 from taskmill.domain import canonical_json, dedup_key
 from taskmill.errors import NotATaskmillStore, QueryRefused, SchemaTooNew, StoreError, StoreLocked
 from taskmill.records import HistoryStatus, IoBudget, TaskStatus, TypeStats
-from taskmill.store import LATEST_SCHEMA, FinishedRow, Store, WriteBatch
+from taskmill.store import LATEST_SCHEMA, TASK_INSERT_COLUMNS, FinishedRow, Recovered, Store, WriteBatch
 from taskmill.store import store as store_module
 from taskmill.store.batch import utc
 
@@ -56,15 +56,34 @@ def task_row(
     memory: int = 0,
     io: tuple[int, int, int, int] = (0, 0, 0, 0),
     parent_id: int | None = None,
+    run_after: float | None = None,
+    ttl: float | None = None,
+    ttl_from: str = "submission",
+    expires_at: float | None = None,
+    on_dependency_failure: str = "cancel",
+    fail_fast: bool = True,
+    recurring: tuple[float, int | None, int, float | None, bool] | None = None,
+    pause_reasons: list[str] | None = None,
+    memo: Any = None,
+    phase: str = "execute",
 ) -> tuple:
-    """A full ``tasks`` row, column for column as ``Coordinator._insert`` appends it."""
+    """A full ``tasks`` row, column for column in ``TASK_INSERT_COLUMNS`` order.
+
+    ``recurring`` is ``(interval, max_executions, execution_count, initial_delay, paused)``.
+    """
     body = canonical_json(payload if payload is not None else {"n": tid})
-    return (
+    interval, max_exec, count, initial, rpaused = recurring if recurring is not None else (None, None, 0, None, False)
+    row = (
         tid, task_type, domain or task_type.split("::")[0], key or dedup_key(task_type, body),
         label or task_type, priority, status, body, json.dumps(tags, sort_keys=True) if tags else None, group,
-        utc(created), None, None, 0, max_retries, retry, None, timeout, cpus, memory, io[0], io[1], io[2], io[3],
-        False, None, parent_id,
+        utc(created), None if run_after is None else utc(run_after), None, 0, max_retries, retry, None, timeout, cpus,
+        memory, io[0], io[1], io[2], io[3], False, None, parent_id,
+        # schema 2
+        ttl, ttl_from, None if expires_at is None else utc(expires_at), on_dependency_failure, fail_fast, interval,
+        max_exec, count, initial, rpaused, pause_reasons, None if memo is None else json.dumps(memo), phase,
     )
+    assert len(row) == len(TASK_INSERT_COLUMNS)
+    return row
 
 
 def finished(
@@ -109,12 +128,7 @@ def add_history(s: Store, rows: list[tuple[tuple, FinishedRow]]) -> None:
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(params=["memory", "file"])
-def store(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
-    path = ":memory:" if request.param == "memory" else str(tmp_path / "store.duckdb")
-    s = Store(path)
-    yield s
-    s.close()
+# ``store`` (a ``:memory:`` and a file store) lives in conftest.py.
 
 
 @pytest.fixture
@@ -140,7 +154,7 @@ def test_fresh_store_is_empty(store: Store) -> None:
     assert store.paused_count() == 0
     assert store.history(10) == []
     assert store.running_io_totals() == (0, 0)
-    assert store.recover() == (1, [])
+    assert store.recover() == Recovered(next_id=1, tasks=[], edges=[], scopes=[])
 
 
 def test_reopening_a_file_store_keeps_its_tasks_history_and_next_id(store_path: str) -> None:
@@ -153,7 +167,7 @@ def test_reopening_a_file_store_keeps_its_tasks_history_and_next_id(store_path: 
     try:
         assert [t.id for t in s.pending_tasks(10)] == [2]
         assert [(h.id, h.result) for h in s.history(10)] == [(1, {"ok": True})]
-        assert s.recover()[0] == 3
+        assert s.recover().next_id == 3
         assert dict(s.con.execute("SELECT key, value FROM meta").fetchall())["schema_version"] == str(LATEST_SCHEMA)
     finally:
         s.close()
@@ -307,9 +321,9 @@ def test_finished_rows_move_to_history_and_leave_tasks(store: Store, status: str
     assert store.task_by_id(1) is None
     assert [t.id for t in store.pending_tasks(10)] == [2]
     [h] = store.history(10)
-    assert (h.id, h.status, h.result, h.error, h.retry_count) == (1, HistoryStatus(status), result, error, 2)
+    assert (h.id, h.status, h.result, h.last_error, h.retry_count) == (1, HistoryStatus(status), result, error, 2)
     assert (h.started_at, h.completed_at, h.duration_ms) == (at(T0 + 1), at(T0 + 3.5), 2500.0)
-    assert (h.read_bytes, h.write_bytes, h.net_rx_bytes, h.net_tx_bytes) == (1, 2, 3, 4)
+    assert h.actual_io == IoBudget(disk_read=1, disk_write=2, net_rx=3, net_tx=4)
     # the task's own columns are carried over
     assert (h.task_type, h.domain, h.label, h.priority, h.payload, h.tags, h.parent_id) == (
         TYPE_A, "media", TYPE_A, 128, {"n": 1}, {"a": "b"}, 9)
@@ -417,7 +431,7 @@ def test_a_batch_applied_on_another_thread_is_visible_after_joining_it(store: St
     writer.join(timeout=30)
     assert not writer.is_alive() and errors == []
     assert [t.id for t in store.running_tasks()] == [1]
-    assert store.recover()[0] == 3
+    assert store.recover().next_id == 3
 
 
 # --------------------------------------------------------------------------- failed commits
@@ -456,7 +470,7 @@ def test_a_failing_apply_rolls_back_completely_and_raises_store_error(store: Sto
     # the store is still usable after the rollback
     store.apply(WriteBatch(inserts=[task_row(4)], next_id=5))
     assert store.pending_count() == 3
-    assert store.recover()[0] == 5
+    assert store.recover().next_id == 5
 
 
 # --------------------------------------------------------------------------- recovery
@@ -468,11 +482,12 @@ def test_recover_resets_running_to_pending_and_keeps_retry_counts(store: Store) 
     store.apply(WriteBatch(retries={2: (2, None, "e")}))
     store.apply(WriteBatch(running={2: T0 + 5}))
 
-    next_id, rows = store.recover()
+    rec = store.recover()
+    next_id, rows = rec.next_id, rec.tasks
     assert next_id == 4
     by_id = {r[0]: r for r in rows}
     assert sorted(by_id) == [1, 2, 3]
-    assert [r[0] for r in rows] == [1, 2, 3]  # ordered by id
+    assert [r[0] for r in rows] == [1, 2, 3]  # dispatch order: priority, then id
     assert by_id[1][6] == "pending" and by_id[1][5] == 3
     assert by_id[2][6] == "pending" and by_id[2][9] == 2  # retry_count untouched
     assert by_id[3][6] == "paused"
@@ -485,14 +500,15 @@ def test_recover_resets_running_to_pending_and_keeps_retry_counts(store: Store) 
 
 def test_recover_returns_the_persisted_next_id(store: Store) -> None:
     store.apply(WriteBatch(inserts=[task_row(1)], next_id=50))
-    assert store.recover()[0] == 50
+    assert store.recover().next_id == 50
 
 
 def test_recover_returns_a_next_id_above_every_id_seen_even_if_next_id_lags(store: Store) -> None:
     # next_id in meta was never advanced: the ids in tasks and task_history still win
     store.apply(WriteBatch(inserts=[task_row(5), task_row(12)]))
     store.apply(WriteBatch(finished=[finished(12)]))
-    next_id, rows = store.recover()
+    rec = store.recover()
+    next_id, rows = rec.next_id, rec.tasks
     assert next_id == 13
     assert [r[0] for r in rows] == [5]
 
@@ -507,7 +523,8 @@ def test_recover_after_reopen_uses_the_persisted_next_id(store_path: str) -> Non
 
     s = Store(store_path)
     try:
-        next_id, rows = s.recover()
+        rec = s.recover()
+        next_id, rows = rec.next_id, rec.tasks
         assert next_id == 4
         assert [(r[0], r[6]) for r in rows] == [(1, "pending"), (2, "pending")]
     finally:
@@ -647,7 +664,7 @@ def test_history_by_key_includes_every_execution_of_a_requeued_task(store: Store
 def test_failed_tasks_are_failed_and_dead_letter_newest_first(store: Store) -> None:
     _history_fixture(store)
     failed = store.failed_tasks(10)
-    assert [(h.id, h.status, h.error) for h in failed] == [
+    assert [(h.id, h.status, h.last_error) for h in failed] == [
         (6, HistoryStatus.DEAD_LETTER, "e6"), (4, HistoryStatus.DEAD_LETTER, "e4"), (2, HistoryStatus.FAILED, "e2")]
     assert [h.id for h in store.failed_tasks(1)] == [6]
 

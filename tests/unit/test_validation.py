@@ -323,7 +323,7 @@ def test_resolve_output_contains_only_exact_builtins(
         item = resolve(t.options(**opts).call(**payload), Defaults())
         assert (item.priority, item.memory, item.group, item.label) == (prio, memory, text, text)
     for name, value in item._asdict().items():
-        assert type(value) in (str, int, float, type(None)), (name, type(value))
+        assert type(value) in (str, int, float, bool, type(None)), (name, type(value))
     assert json.loads(item.payload)["path"] == text
 
 

@@ -1,0 +1,165 @@
+"""Pause and resume: global, per domain and per group, with reasons per task (F22).
+
+A ``Lifecycle`` mixin. A scope holds every task it covers: pending ones
+become ``paused`` with the scope's reason bit, running ones are asked to stop
+(``ctx.cancelled``) and come back as ``paused`` without a retry counted, and
+whatever arrives later (a submission, an unblocked task, the next occurrence of
+a schedule, a parent ready to finalize) lands ``paused``. A task resumes only
+when none of its reasons is left. Scopes are persisted (``paused_scopes``);
+a group may be paused until a time, then resumes by itself. Plain code, no I/O.
+"""
+
+from __future__ import annotations
+
+from taskmill.coordinator.table import TaskTable
+from taskmill.coordinator.entry import PAUSE_REASONS, Entry
+from taskmill.coordinator.queues import Timer
+from taskmill.records import TaskStatus
+
+
+__all__ = ["Pauses", "reason_names"]
+
+GLOBAL, DOMAIN, GROUP, PREEMPTED, RECURRING = (PAUSE_REASONS[k] for k in
+                                                ("global", "domain", "group", "preempted", "recurring"))
+_BIT_OF_KIND = {"global": GLOBAL, "domain": DOMAIN, "group": GROUP}
+_PENDING = TaskStatus.PENDING.value
+_PAUSED = TaskStatus.PAUSED.value
+_RUNNING = TaskStatus.RUNNING.value
+
+
+def reason_names(bits: int) -> list[str]:
+    """Pause reason bits as the names records carry (``pause_reasons``)."""
+    return [name for name, bit in PAUSE_REASONS.items() if bits & bit]
+
+
+class Pauses(TaskTable):
+    """Pause scopes of the lifecycle (mixed into ``Lifecycle``)."""
+
+    def _init_pauses(self) -> None:
+        self.paused_global: float | None = None  # wall clock it was paused at
+        self.paused_domains: dict[str, float] = {}
+        self.paused_groups: dict[str, tuple[float, float | None]] = {}  # group -> (paused at, resume at), wall
+        self.group_timers: dict[str, Timer] = {}
+
+    # ------------------------------------------------------------------ where a task goes
+
+    def _scope_bits(self, e: Entry) -> int:
+        bits = 0
+        if self.paused_global is not None:
+            bits |= GLOBAL
+        if e.domain in self.paused_domains:
+            bits |= DOMAIN
+        if e.group is not None and e.group in self.paused_groups:
+            bits |= GROUP
+        if e.x is not None and e.x.schedule is not None and e.x.schedule.paused:
+            bits |= RECURRING
+        return bits
+
+    def _settle(self, e: Entry, now: float) -> None:
+        """``e`` may run again (no worker, no blockers): pending (ready or due), or paused if held."""
+        bits = self._scope_bits(e)
+        if bits:
+            self._hold(e, bits)
+            return
+        was = e.status
+        e.paused = 0
+        due = e.run_after if e.run_after is not None and e.run_after > now else None
+        self._make_ready(e, due)
+        if was == _RUNNING:  # a run that did not finish leaves no start time behind
+            self.batch.update(e.id, status=_PENDING, pause_reasons=[], started_at=None)
+        elif was not in ("", _PENDING):
+            self.batch.update(e.id, status=_PENDING, pause_reasons=[])
+
+    def _hold(self, e: Entry, bits: int) -> None:
+        """``e`` (not running) becomes paused with ``bits``; a delay it had is kept for later."""
+        if e.queued:
+            self.ready.discard(e)
+        self.timers.cancel(e.timer)
+        e.timer = None
+        changed = e.status != _PAUSED or e.paused != bits
+        was_running = e.status == _RUNNING
+        e.paused = bits
+        self._move(e, _PAUSED)
+        if was_running:
+            self.batch.update(e.id, status=_PAUSED, pause_reasons=reason_names(bits), started_at=None)
+        elif changed:
+            self.batch.update(e.id, status=_PAUSED, pause_reasons=reason_names(bits))
+
+    # ------------------------------------------------------------------ scopes
+
+    def _covers(self, kind: str, scope: str, e: Entry) -> bool:
+        return kind == "global" or (kind == "domain" and e.domain == scope) or (kind == "group" and e.group == scope)
+
+    def pause_scope(self, kind: str, scope: str, now: float, wall: float, resume_at: float | None = None) -> int:
+        """Pause a scope (``kind`` global/domain/group); returns how many tasks it moved or stopped.
+
+        ``resume_at`` (wall clock, groups only) resumes it by itself.
+        """
+        bit = _BIT_OF_KIND[kind]
+        if kind == "global":
+            self.paused_global = self.paused_global or wall
+        elif kind == "domain":
+            self.paused_domains.setdefault(scope, wall)
+        else:
+            self.paused_groups[scope] = (self.paused_groups.get(scope, (wall, None))[0], resume_at)
+            self.timers.cancel(self.group_timers.pop(scope, None))
+            if resume_at is not None:
+                self.group_timers[scope] = self.timers.add(now + max(resume_at - wall, 0.0), "resume_group", scope)
+        paused_at = wall if kind != "group" else self.paused_groups[scope][0]
+        self.batch.scopes[(kind, scope)] = (paused_at, resume_at)
+        self._touch(now)
+        moved = 0
+        for e in list(self.tasks.values()):
+            if not self._covers(kind, scope, e):
+                continue
+            if e.status in (_PENDING, _PAUSED):
+                if not e.paused & bit:
+                    moved += e.status == _PENDING
+                    self._hold(e, e.paused | bit)
+            elif e.status == _RUNNING and not e.cancelled:
+                e.paused |= bit
+                if e.extra().stop is None:
+                    e.extra().stop = "pause"
+                    self.to_signal.append(e)  # its worker sees ctx.cancelled; it comes back paused
+                    moved += 1
+        return moved
+
+    def resume_scope(self, kind: str, scope: str, now: float) -> int:
+        """Lift a pause; returns how many tasks became pending (0 while another reason holds them)."""
+        bit = _BIT_OF_KIND[kind]
+        if kind == "global":
+            if self.paused_global is None:
+                return 0
+            self.paused_global = None
+        elif kind == "domain":
+            if self.paused_domains.pop(scope, None) is None:
+                return 0
+        else:
+            if self.paused_groups.pop(scope, None) is None:
+                return 0
+            self.timers.cancel(self.group_timers.pop(scope, None))
+        self.batch.scopes[(kind, scope)] = None
+        self._touch(now)
+        moved = 0
+        for e in list(self.tasks.values()):
+            if not e.paused & bit:
+                continue
+            if e.status == _PAUSED:
+                self._settle(e, now)
+                moved += e.status == _PENDING
+            else:
+                e.paused &= ~bit  # a running task asked to pause: it comes back pending instead
+        return moved
+
+    def is_paused(self, kind: str, scope: str = "") -> bool:
+        if kind == "global":
+            return self.paused_global is not None
+        return scope in (self.paused_domains if kind == "domain" else self.paused_groups)
+
+    def paused_group_infos(self) -> list[tuple[str, float, int, float | None]]:
+        """(group, paused at, paused task count, resume at) of every paused group, by name."""
+        counts: dict[str, int] = {}
+        for e in self.tasks.values():
+            if e.status == _PAUSED and e.group is not None and e.group in self.paused_groups:
+                counts[e.group] = counts.get(e.group, 0) + 1
+        return [(g, at, counts.get(g, 0), until) for g, (at, until) in sorted(self.paused_groups.items())]

@@ -1,0 +1,166 @@
+"""The task table: the state every part of the lifecycle shares, and its bookkeeping.
+
+``TaskTable`` holds the active entries, the ready queues and timers, the
+counts, the slots in use and the effects buffered for the loop (the write
+batch, finished ids, runs to signal, hooks to start). Status changes go
+through ``_move`` only, so the global and per-domain counts are always true.
+The lifecycle's parts (``relations``, ``pauses``, ``schedules``, ``lifecycle``)
+are mixins over this table; the methods one part calls in another are declared
+here. Plain code, no I/O. Imports leaves and the store's plain batch types.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from typing import TYPE_CHECKING
+
+from taskmill.coordinator.entry import Entry
+from taskmill.coordinator.queues import ReadyQueues, Timers
+from taskmill.records import HistoryStatus, RetryPolicy, TaskStatus
+from taskmill.store.batch import WriteBatch
+
+if TYPE_CHECKING:
+    from taskmill.coordinator.lifecycle import Ended
+
+__all__ = ["TaskTable"]
+
+_PENDING = TaskStatus.PENDING.value
+_RUNNING = TaskStatus.RUNNING.value
+
+
+class TaskTable:
+    """Shared state of the lifecycle and its bookkeeping."""
+
+    def __init__(
+        self,
+        *,
+        domain_caps: dict[str, int | None] | None = None,
+        type_retry: dict[str, RetryPolicy] | None = None,
+        default_retry: RetryPolicy | None = None,
+        finalizers: frozenset[str] = frozenset(),
+        cancel_hooks: frozenset[str] = frozenset(),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.domain_caps = domain_caps or {}
+        self.type_retry = type_retry or {}
+        self.default_retry = default_retry or RetryPolicy()
+        self.finalizers = finalizers  # task types with a finalize step
+        self.cancel_hooks = cancel_hooks  # task types with an on_cancel hook
+        self.rng = rng or random.Random()
+
+        self.tasks: dict[int, Entry] = {}
+        self.by_key: dict[str, Entry] = {}
+        self.ready = ReadyQueues()
+        self.timers = Timers()  # due (delayed) tasks and group auto-resumes
+        self.ttl_timers = Timers()  # TTL deadlines, looked at by the sweep
+        self.counts: dict[str, int] = {s.value: 0 for s in TaskStatus}
+        self.domain_counts: dict[str, dict[str, int]] = {}
+        self.running: dict[int, Entry] = {}  # entries with a worker, cancelling runs included
+        self.recurring: set[int] = set()  # ids of tasks with a recurring schedule
+        self.running_total = 0
+        self.running_by_domain: dict[str, int] = {}
+        self.next_id = 1
+        self.payload_bytes = 0
+        self.payload_missing: deque[int] = deque()  # recovered ids in dispatch order, payloads not loaded
+
+        # effects, for the loop to carry out
+        self.batch = WriteBatch()
+        self.batch_ops = 0
+        self.dirty_since: float | None = None  # monotonic time of the oldest unwritten change
+        self.finished: list[int] = []
+        self.to_signal: list[Entry] = []
+        self.hooks: list[tuple[int, str, str]] = []  # (task id, task type, payload) on_cancel runs to start
+        self.counters: dict[str, int] = {k: 0 for k in (
+            "submitted", "dispatched", "completed", "failed", "retried", "dead_lettered", "cancelled",
+            "superseded", "expired")}
+
+    # ------------------------------------------------------------------ status bookkeeping
+
+    def _move(self, e: Entry, status: str) -> None:
+        """Change ``e``'s status, keeping the global and per-domain counts true. A run that stops
+        without finishing drops its unwritten running mark (the store never needs it)."""
+        old = e.status
+        if old == status:
+            return
+        if old == _RUNNING:
+            self.batch.forget_running(e.id)
+        dc = self.domain_counts.get(e.domain)
+        if dc is None:
+            dc = self.domain_counts[e.domain] = {s.value: 0 for s in TaskStatus}
+        if old in dc:
+            self.counts[old] -= 1
+            dc[old] -= 1
+        if status in dc:
+            self.counts[status] += 1
+            dc[status] += 1
+        e.status = status
+
+    def _add(self, e: Entry) -> None:
+        """A new or recovered entry joins the table (its status counted)."""
+        status, e.status = e.status, ""
+        self.tasks[e.id] = e
+        self.by_key[e.key] = e
+        self._move(e, status)
+
+    def _remove(self, e: Entry) -> None:
+        """``e`` leaves the table (its history row is written)."""
+        self._move(e, "")
+        self.timers.cancel(e.timer)
+        e.timer = None
+        if e.x is not None:
+            self.ttl_timers.cancel(e.x.ttl_timer)
+            e.x.ttl_timer = None
+        del self.tasks[e.id]
+        self.recurring.discard(e.id)
+        if self.by_key.get(e.key) is e:
+            del self.by_key[e.key]
+
+    # ------------------------------------------------------------------ effects
+
+    def _touch(self, now: float) -> None:
+        self.batch_ops += 1
+        if self.dirty_since is None:
+            self.dirty_since = now
+
+    def take_batch(self) -> WriteBatch:
+        """The buffered writes, handed to the store; the buffer starts empty again."""
+        batch, self.batch = self.batch, WriteBatch()
+        self.batch_ops = 0
+        self.dirty_since = None
+        return batch
+
+    @property
+    def idle(self) -> bool:
+        """No active task and nothing left to write."""
+        return not self.tasks and self.dirty_since is None
+
+    # ------------------------------------------------------------------ ready or due
+
+    def _make_ready(self, e: Entry, due: float | None) -> None:
+        """Pending now (``due`` None) or at ``due`` on the monotonic clock."""
+        self._move(e, _PENDING)
+        e.run_after = due
+        self.timers.cancel(e.timer)
+        if due is None:
+            e.timer = None
+            self.ready.push(e)
+        else:
+            e.timer = self.timers.add(due, "due", e)
+
+    # ------------------------------------------------------------------ defined by the parts
+
+    def _settle(self, e: Entry, now: float) -> None:  # pauses
+        raise NotImplementedError
+
+    def _end(self, e: Entry, status: HistoryStatus, why: str, now: float, wall: float,
+             cascade_dependents: bool = False) -> None:  # lifecycle
+        raise NotImplementedError
+
+    def _leave(self, e: Entry, status: HistoryStatus, now: float, wall: float, *, result: str | None = None,
+               error: str | None = None, ended: Ended | None = None, forced: bool = False) -> None:  # lifecycle
+        raise NotImplementedError
+
+    def _finish(self, e: Entry, status: HistoryStatus, now: float, wall: float, *, result: str | None = None,
+                error: str | None = None, ended: Ended | None = None, keep: bool = False) -> None:  # lifecycle
+        raise NotImplementedError

@@ -1,0 +1,375 @@
+"""The worker side of the coordinator's shell: dispatch, results, deaths, spawns, hooks.
+
+A mixin of ``Coordinator`` (``loop``). It translates between worker processes
+and the lifecycle: a ready task becomes a ``Run`` on an idle worker; a
+``Done`` becomes ``completed``/``failed``; a silent exit becomes a retryable
+failure naming the signal; a ``Spawn`` from a running task becomes submissions
+answered on the worker's pipe once durable; a cancelled run gets the cancel
+flag in its slot and a kill-grace timer; an ``on_cancel`` hook runs on the
+next idle worker, bounded by ``cancel_hook_timeout``. Worker timers (timeouts,
+kill graces, hook limits, respawns) live here; task timers live in the
+lifecycle. Imports leaves, the lifecycle and the worker pool.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from collections import deque
+from multiprocessing.connection import wait
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from taskmill import protocol
+from taskmill.coordinator.entry import Entry
+from taskmill.coordinator.lifecycle import Ended
+from taskmill.coordinator.wire import check_items
+from taskmill.workers.pool import WorkerHandle, describe_exit
+
+if TYPE_CHECKING:
+    from taskmill.coordinator.lifecycle import Lifecycle
+    from taskmill.coordinator.progress import ProgressTracker
+    from taskmill.coordinator.queues import Timers
+    from taskmill.coordinator.writer import Writer
+    from taskmill.shm import SharedState
+    from taskmill.store import Store
+    from taskmill.workers.pool import WorkerPool
+
+__all__ = ["Workforce"]
+
+log = structlog.get_logger("taskmill.coordinator")
+
+#: Seconds a cancelled running task gets to notice ``ctx.cancelled`` before its worker is killed.
+CANCEL_GRACE = 5.0
+#: Longest the coordinator waits for a new worker's ``Ready``.
+WORKER_READY_TIMEOUT = 60.0
+
+
+class Workforce:
+    """Workers as the loop sees them (mixed into ``Coordinator``, which provides what is declared here)."""
+
+    lc: Lifecycle
+    pool: WorkerPool
+    shm: SharedState
+    store: Store
+    writer: Writer
+    timers: Timers
+    tracker: ProgressTracker
+    stopping: bool
+    must_commit: bool
+    max_concurrency: int
+    worker_acks: list[tuple[WorkerHandle, Any]]
+    _fds: dict[int, tuple[str, Any]]
+
+    def mono(self) -> float:
+        raise NotImplementedError
+
+    def clock(self) -> float:
+        raise NotImplementedError
+
+    def _watch(self, fd: int, kind: str, obj: Any) -> None:
+        raise NotImplementedError
+
+    def _unwatch(self, fd: int) -> None:
+        raise NotImplementedError
+
+    def _apply_submissions(self, items: list[protocol.SubmitItem]) -> list[tuple]:
+        raise NotImplementedError
+
+    def _init_workforce(self, max_concurrency: int, cancel_hook_timeout: float) -> None:
+        self.workers: list[WorkerHandle | None] = [None] * max_concurrency
+        self.idle: list[WorkerHandle] = []
+        self.hook_queue: deque[tuple[int, str, str]] = deque()
+        self.cancel_hook_timeout = cancel_hook_timeout
+        self._to_spawn: list[int] = []
+
+    # ------------------------------------------------------------------ starting workers
+
+    def start_workers(self) -> None:
+        """Spawn the first worker and wait for it: a registry that cannot load fails startup."""
+        first = self._spawn(0)
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT
+        while not first.ready:
+            left = deadline - time.monotonic()
+            if left <= 0 or not wait([first.conn, first.sentinel], timeout=left):
+                raise RuntimeError("the first worker did not start in time")
+            msg = None
+            if first.conn.poll():
+                try:
+                    msg = first.conn.recv()
+                except (EOFError, OSError):
+                    msg = None
+                if isinstance(msg, protocol.Ready):
+                    if msg.error:
+                        raise RuntimeError(msg.error)
+                    first.ready = True
+                    self.idle.append(first)
+                    continue
+            if not first.process.is_alive() or msg is None:
+                raise RuntimeError(f"the first worker died while starting: {describe_exit(first.exitcode())}")
+        for i in range(1, len(self.workers)):
+            self._spawn(i)
+
+    def _spawn(self, index: int) -> WorkerHandle:
+        w = self.pool.spawn(index)
+        self.workers[index] = w
+        self._watch(w.conn.fileno(), "worker", w)
+        self._watch(w.sentinel, "sentinel", w)
+        return w
+
+    def _respawn_due(self) -> None:
+        if self._to_spawn:
+            spawn, self._to_spawn = self._to_spawn, []
+            for index in spawn:
+                if self.workers[index] is None and not self.stopping:
+                    self._spawn(index)
+
+    # ------------------------------------------------------------------ dispatch (the hot path)
+
+    def _dispatch(self, now: float) -> None:
+        idle = self.idle
+        lc = self.lc
+        if lc.hooks:
+            self.hook_queue.extend(lc.hooks)
+            lc.hooks.clear()
+        while idle and self.hook_queue:
+            self._run_hook(idle.pop(), *self.hook_queue.popleft(), now)
+        wall = self.clock()
+        while idle and lc.running_total < self.max_concurrency:
+            e = lc.pick(now, wall)
+            if e is None:
+                return
+            if e.payload is None:
+                self.writer.join()
+                lc.fill_payloads(self.store.fetch_payloads(lc.payload_chunk(e)))
+            w = idle.pop()
+            payload = lc.started(e, w, now, wall)
+            w.task = e
+            x = e.x
+            phase = x.phase if x is not None else "execute"
+            self._send_run(w, (e.id, e.task_type, payload, e.retry_count, e.key, e.label, e.priority, e.parent_id,
+                               phase, x.memo if x is not None and phase == "finalize" else None))
+            if e.timeout:
+                w.timer = self.timers.add(now + e.timeout, "timeout", w)
+
+    def _send_run(self, w: WorkerHandle, run: tuple) -> None:
+        self.shm.set_cancel(w.index, False)
+        try:
+            # plain pickle: Connection.send builds a ForkingPickler per call; recv() on the other end is the same
+            w.conn.send_bytes(pickle.dumps(run, pickle.HIGHEST_PROTOCOL))  # a protocol.Run as a tuple
+        except (OSError, ValueError):
+            pass  # its sentinel fires next: handled as a worker death
+
+    def _run_hook(self, w: WorkerHandle, task_id: int, task_type: str, payload: str, now: float) -> None:
+        """An ``on_cancel`` hook of a cancelled task runs on ``w``, bounded by ``cancel_hook_timeout``."""
+        w.hook = (task_id, task_type)
+        self._send_run(w, (task_id, task_type, payload, 0, "", task_type, 0, None, "on_cancel", None))
+        w.timer = self.timers.add(now + self.cancel_hook_timeout, "hook", w)
+
+    def _signal_cancels(self, now: float) -> None:
+        """Runs the lifecycle asked to stop: their workers see ``ctx.cancelled`` and get a grace period."""
+        if not self.lc.to_signal:
+            return
+        signals, self.lc.to_signal = self.lc.to_signal, []
+        for e in signals:
+            w = e.worker
+            if w is not None and w.task is e:
+                self.shm.set_cancel(w.index, True)
+                self.timers.cancel(w.timer)  # a timeout gives way to the kill grace
+                w.timer = self.timers.add(now + CANCEL_GRACE, "kill", w)
+
+    # ------------------------------------------------------------------ what workers send
+
+    def _drain_worker(self, w: WorkerHandle, all_pending: bool = False) -> None:
+        """Handle one message (the poll set reports the fd again if more wait), or all of them."""
+        conn = w.conn
+        try:
+            while True:
+                msg = conn.recv()
+                if type(msg) is tuple:  # protocol.Done, sent as a plain tuple
+                    self._on_done(w, protocol.Done._make(msg))
+                elif isinstance(msg, protocol.Spawn):
+                    self._on_spawn(w, msg)
+                elif isinstance(msg, protocol.Ready):
+                    if msg.error:
+                        log.error("worker could not start", pid=msg.pid, error=msg.error)
+                        w.kill("registry failed to load")
+                    else:
+                        w.ready = True
+                        self.idle.append(w)
+                        self.pool.crashes.pop(w.index, None)
+                elif isinstance(msg, protocol.Goodbye):
+                    w.stopping = True
+                if not all_pending or not conn.poll():
+                    return
+        except (EOFError, OSError):
+            pass  # the sentinel reports the death
+
+    def _release(self, w: WorkerHandle) -> Entry | None:
+        """The worker is done with its task (if any): free the slot, end its timer."""
+        e = w.task
+        self.timers.cancel(w.timer)
+        w.timer = None
+        if e is not None:
+            w.task = None
+            self.lc.run_ended(e)
+            self.tracker.forget(e.id)
+        return e
+
+    def _on_done(self, w: WorkerHandle, msg: protocol.Done) -> None:
+        if w.hook is not None:
+            task_id, task_type = w.hook
+            w.hook = None
+            self.timers.cancel(w.timer)
+            w.timer = None
+            if msg.error_kind is not None:
+                log.warning("on_cancel hook failed", task_id=task_id, task_type=task_type, error=(msg.error or "")[:500])
+            self._back_to_idle(w)
+            return
+        if w.task is None or w.task.id != msg.task_id:
+            return
+        e = self._release(w)
+        assert e is not None
+        self._back_to_idle(w)
+        if e.cancelled:
+            return  # already in history (cancelled, superseded, failed by its children)
+        ended = Ended(msg.started_at, msg.finished_at, msg.duration * 1000.0,
+                      (msg.read_bytes, msg.write_bytes, msg.net_rx_bytes, msg.net_tx_bytes))
+        now, wall = self.mono(), self.clock()
+        if msg.error_kind is None:
+            self.tracker.completed(e.task_type, ended.duration_ms)
+            self.lc.completed(e, msg.result, ended, now, wall)
+        else:
+            self.lc.failed(e, msg.error or "", permanent=msg.error_kind == "permanent", retry_after=msg.retry_after,
+                           ended=ended, now=now, wall=wall)
+
+    def _back_to_idle(self, w: WorkerHandle) -> None:
+        if w.ready and not w.stopping and w.kill_reason is None:
+            self.idle.append(w)
+
+    def _on_spawn(self, w: WorkerHandle, msg: protocol.Spawn) -> None:
+        """Submissions from inside a running task; answered on its pipe after the commit."""
+        e = w.task
+        try:
+            if e is None or e.id != msg.task_id or e.cancelled:
+                raise RuntimeError("the task that submitted is no longer running")
+            items = check_items(msg.items)
+            parent = {"child": e.id, "sibling": e.parent_id, "plain": None}.get(msg.kind, -1)
+            if parent == -1 or (msg.kind == "sibling" and parent is None):
+                raise ValueError(f"task {e.id} has no parent, so it has no siblings" if msg.kind == "sibling"
+                                 else f"unknown spawn kind {msg.kind!r}")
+            items = [it._replace(parent=parent) for it in items]
+            reply: Any = protocol.Reply(self._apply_submissions(items))
+            self.worker_acks.append((w, reply))
+            self.must_commit = True
+        except Exception as e:  # noqa: BLE001 - the task gets the error, the loop goes on
+            self._send_to_worker(w, protocol.ErrorReply.of(e))
+
+    def _send_to_worker(self, w: WorkerHandle, msg: Any) -> None:
+        try:
+            w.conn.send(msg)
+        except (OSError, ValueError):
+            pass  # its sentinel reports the death
+
+    def _on_worker_exit(self, w: WorkerHandle) -> None:
+        if self.workers[w.index] is not w:
+            return  # already handled (or shut down)
+        if w.conn.poll():
+            self._drain_worker(w, all_pending=True)  # a result sent just before the exit still counts
+        code = w.exitcode()
+        w.kill_group()  # whatever its task started dies with it
+        self._unwatch(w.conn.fileno())
+        self._unwatch(w.sentinel)
+        if w in self.idle:
+            self.idle.remove(w)
+        try:
+            w.conn.close()
+        except OSError:
+            pass
+        self.workers[w.index] = None
+        if w.hook is not None:
+            log.warning("on_cancel hook ended with its worker", task_id=w.hook[0], cause=w.kill_reason or describe_exit(code))
+            w.hook = None
+        planned = w.stopping and w.task is None
+        e = self._release(w)
+        if e is not None and not e.cancelled:
+            if self.stopping:
+                self.lc.interrupted(e, self.mono())
+            else:
+                reason = w.kill_reason or f"worker process {w.pid} died: {describe_exit(code)}"
+                if w.kill_reason and w.kill_reason.startswith("timed out"):
+                    reason = f"{w.kill_reason}; worker process {w.pid} {describe_exit(code)}"
+                self.lc.failed(e, reason, permanent=False, retry_after=None, ended=None, now=self.mono(),
+                               wall=self.clock())
+        if not planned and not self.stopping:
+            if w.kill_reason is None:
+                self.pool.crashes[w.index] = self.pool.crashes.get(w.index, 0) + 1
+                log.warning("worker died", pid=w.pid, cause=describe_exit(code))
+            delay = self.pool.respawn_delay(w.index)
+            if delay:
+                self.timers.add(self.mono() + delay, "respawn", w.index)
+            else:
+                self._to_spawn.append(w.index)
+
+    # ------------------------------------------------------------------ worker timers
+
+    def _fire_worker_timers(self, now: float) -> None:
+        for t in self.timers.pop_due(now):
+            if t.kind == "respawn":
+                if self.workers[t.payload] is None and not self.stopping:
+                    self._to_spawn.append(t.payload)
+                continue
+            w: WorkerHandle = t.payload
+            if w.timer is not t:
+                continue
+            w.timer = None
+            if t.kind == "hook" and w.hook is not None:
+                w.kill(f"the on_cancel hook ran past {self.cancel_hook_timeout:g}s")
+            elif w.task is None:
+                continue
+            elif t.kind == "timeout" and not w.task.cancelled:
+                w.kill(f"timed out after {w.task.timeout:g}s")
+            elif t.kind == "kill":
+                w.kill("did not stop within the cancel grace period")
+
+    # ------------------------------------------------------------------ shutdown
+
+    def _stop_workers(self) -> None:
+        """Runs still going are re-queued (not failed); idle workers are asked to stop, the rest killed."""
+        for w in list(self.workers):
+            if w is None:
+                continue
+            if w.task is not None or w.hook is not None:
+                self.shm.set_cancel(w.index, True)
+                e = self._release(w)
+                if e is not None and not e.cancelled:
+                    self.lc.interrupted(e, self.mono())
+                w.hook = None
+                w.kill("shutdown")
+            else:
+                w.stopping = True
+                try:
+                    w.conn.send(protocol.Stop())
+                except (OSError, ValueError):
+                    w.kill("shutdown")
+        deadline = time.monotonic() + 5.0
+        for w in self.workers:
+            if w is None:
+                continue
+            w.process.join(timeout=max(deadline - time.monotonic(), 0.0))
+            if w.process.exitcode is None:
+                w.kill("shutdown")
+                w.process.join(timeout=2.0)
+        for w in self.workers:
+            if w is not None:
+                w.kill_group()  # what tasks started and left running (a `sleep 300` …) ends with them
+                try:
+                    w.conn.close()
+                except OSError:
+                    pass
+        for fd, (kind, _) in list(self._fds.items()):
+            if kind in ("worker", "sentinel"):
+                self._unwatch(fd)
+        self.workers = [None] * len(self.workers)
+        self.idle.clear()
