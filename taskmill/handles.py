@@ -79,7 +79,12 @@ class DomainHandle:
         """
         self._s._check_open()
         item = resolve(self._submission(task, payload), self._s._defaults)
-        wire = self._s._proc().request(protocol.Submit([tuple(item)]))
+        try:
+            wire = self._s._proc().request(protocol.Submit([tuple(item)]))
+        except InvalidSubmission as e:  # the coordinator numbers items; one submission has no number
+            text = str(e)
+            raise InvalidSubmission(text[len("item 0: "):] if text.startswith("item 0: ") else text,
+                                    index=e.index) from None
         return outcomes_from_wire(wire)[0]
 
     def submit_batch(self, submissions: Iterable[Submission | TaskType | TaskOptions]) -> BatchOutcome:

@@ -157,7 +157,7 @@ class Lifecycle(Relations, Pauses, Schedules):
             if status is None:
                 return (f"depends_on: task {d} does not exist (a task can only depend on tasks submitted "
                         "before it, so dependency cycles cannot form)")
-            if status != HistoryStatus.COMPLETED and it.on_dependency_failure != "ignore":
+            if status != HistoryStatus.COMPLETED:  # SPEC §8: whatever the policy
                 return f"depends_on: task {d} already ended as {status}"
         if it.parent is not None and it.parent not in self.tasks:
             return f"parent: task {it.parent} is not active (it does not exist or has finished)"

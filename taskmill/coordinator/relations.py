@@ -13,9 +13,9 @@ own policies; ``ignore`` drops the edge. A superseded prerequisite hands its
 dependents to the task that replaced it.
 
 A parent that returns while it has active children waits (``waiting``) with
-its return value as the memo; once they are all done it is finalized (its
-``finalize`` step runs as a second phase), or completes with the memo, or
-fails if children failed. With ``fail_fast`` the first failing child cancels
+its return value as the memo; once they are all done its ``finalize`` step
+runs as a second phase (whatever the children ended as: the step decides), or,
+without one, it fails if a child failed and completes with the memo otherwise. With ``fail_fast`` the first failing child cancels
 its siblings and fails the parent. A parent that ends any other way takes its
 children with it (across domains).
 """
@@ -164,9 +164,11 @@ class Relations(TaskTable):
         self._end(parent, HistoryStatus.FAILED, why, now, wall)
 
     def _resolve_parent(self, parent: Entry, now: float, wall: float) -> None:
-        """All children of a returned parent are done: fail, finalize or complete it."""
+        """All children of a returned parent are done: finalize it if it has a finalize step
+        (which then decides its outcome, children that failed or not), else fail it if a
+        child failed, else complete it with its memo."""
         x = parent.extra()
-        if x.child_failures:
+        if x.child_failures and parent.task_type not in self.finalizers:
             self._end(parent, HistoryStatus.FAILED, f"{x.child_failures} child task(s) failed; first: {x.first_failure}",
                       now, wall)
             return

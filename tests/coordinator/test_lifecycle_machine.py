@@ -128,7 +128,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         outcomes = {i: s for i, s in self.outcomes().items() if i in ids}
         completed = {k: v for k, v in self.completed_keys().items() if k in keys}
         refused = [d for d in deps if d not in self.lc.tasks and (
-            d not in outcomes or (outcomes[d] != "completed" and policy != "ignore"))]
+            d not in outcomes or outcomes[d] != "completed")]
         existing = self.lc.by_key.get(full_key)
         try:
             (out,) = self.lc.submit([it], self.now, self.wall, outcomes=outcomes, completed=completed)
