@@ -62,7 +62,7 @@ _COUNTER_OF = {
     HistoryStatus.DEAD_LETTER: "dead_lettered",
     HistoryStatus.CANCELLED: "cancelled",
     HistoryStatus.SUPERSEDED: "superseded",
-    HistoryStatus.EXPIRED: "cancelled",
+    HistoryStatus.EXPIRED: "expired",
     HistoryStatus.DEPENDENCY_FAILED: "failed",
 }
 
@@ -458,12 +458,12 @@ class Lifecycle(Relations, Pauses, Schedules):
         return True
 
     def cancel_matching(self, match: Callable[[Entry], bool], now: float, wall: float) -> list[int]:
-        """Cancel every active task ``match`` accepts (children go with their parents); their ids."""
-        out = []
-        for tid in sorted(t for t, e in self.tasks.items() if match(e)):
-            if self.cancel(tid, None, now, wall):
-                out.append(tid)
-        return out
+        """Cancel every active task ``match`` accepts (children go with their parents); the ids
+        of those it accepted, also of the ones a parent's cascade took first."""
+        matched = sorted(t for t, e in self.tasks.items() if not e.cancelled and match(e))
+        for tid in matched:
+            self.cancel(tid, None, now, wall)
+        return [t for t in matched if (e := self.tasks.get(t)) is None or e.cancelled]
 
     # ------------------------------------------------------------------ timers
 
@@ -530,15 +530,21 @@ class Lifecycle(Relations, Pauses, Schedules):
             p = self.tasks.get(tid)
             if p is not None:
                 p.extra().child_failures, p.extra().first_failure = n, first
+        plain = not (self.paused_global is not None or self.paused_domains or self.paused_groups)
+        ready: list[Entry] = []
         for e in loaded:  # every task back in exactly one place
-            if e.status == _BLOCKED and not e.blockers:
+            status = e.status
+            if status == _PENDING and plain and e.run_after is None and not e.blockers and not e.paused:
+                ready.append(e)  # the common case, loaded in bulk below
+            elif status == _BLOCKED and not e.blockers:
                 self._settle(e, now)
-            elif e.status == _WAITING:
+            elif status == _WAITING:
                 e.extra().spawned = max(e.extra().spawned, 1)
                 if not self._active_children(e.id):
                     self._resolve_parent(e, now, wall)
-            elif e.status in (_PENDING, _PAUSED):
+            elif status in (_PENDING, _PAUSED):
                 self._settle(e, now)
+        self.ready.load(ready)
         self.payload_missing = deque(e.id for e in loaded if self.tasks.get(e.id) is e)
         return bad
 
@@ -618,12 +624,15 @@ def unstorable_result(text: str | None) -> str | None:
     return None
 
 
+_STATUS_VALUES = {s.value: s.value for s in TaskStatus}
+
+
 def entry_from_row(row: tuple, now: float, wall: float) -> Entry:
     """An entry from a stored ``tasks`` row (see ``Store.recover``), checked field by field."""
     (tid, ttype, domain, key, label, prio, status, created, run_after, retries, max_retries, retry_json,
      timeout, cpus, memory, group, requeue, requeue_prio, parent_id, tags, ttl, ttl_from, expires_at, on_dep,
      fail_fast, interval, most, count, delay, rec_paused, reasons, memo, phase, started_at, *_io) = row
-    status = TaskStatus(status).value
+    status = _STATUS_VALUES[status]  # KeyError: an unknown status (quarantined)
     if not 0 <= prio <= 255 or (requeue_prio is not None and not 0 <= requeue_prio <= 255):
         raise ValueError(f"priority {prio} is outside 0..255")
     if retries < 0 or max_retries < 0:
@@ -637,9 +646,10 @@ def entry_from_row(row: tuple, now: float, wall: float) -> Entry:
             raise ValueError(f"{name} {t!r} is not a time")
     if interval is not None and not (math.isfinite(interval) and 0 < interval <= MAX_DELAY_SECONDS):
         raise ValueError(f"recurring interval {interval!r} out of range")
-    unknown = set(reasons or ()) - set(PAUSE_REASONS)
-    if unknown:
-        raise ValueError(f"unknown pause reasons {sorted(unknown)}")
+    if reasons:
+        unknown = set(reasons) - set(PAUSE_REASONS)
+        if unknown:
+            raise ValueError(f"unknown pause reasons {sorted(unknown)}")
     policy = RetryPolicy.from_dict(json.loads(retry_json)) if retry_json else None
     e = Entry(tid, ttype, domain, key, label, prio, status, created, retries, max_retries, policy, timeout, cpus,
               memory, group)
@@ -647,7 +657,8 @@ def entry_from_row(row: tuple, now: float, wall: float) -> Entry:
     e.requeue_priority = requeue_prio
     e.parent_id = parent_id
     e.tags = tags
-    e.paused = sum(PAUSE_REASONS[r] for r in reasons or ())
+    if reasons:
+        e.paused = sum(PAUSE_REASONS[r] for r in reasons)
     if (ttl is not None or expires_at is not None or run_after is not None or (on_dep or "cancel") != "cancel"
             or fail_fast is False or interval is not None or memo is not None or (phase or "execute") != "execute"):
         x = e.extra()

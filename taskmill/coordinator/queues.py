@@ -52,6 +52,24 @@ class ReadyQueues:
         d.live += 1
         self._len += 1
 
+    def load(self, entries: list[Entry]) -> None:
+        """Queue many entries that are not queued yet (recovery): one heapify per domain
+        instead of a push each (rows come sorted by priority and id, so it is cheap)."""
+        touched: set[str] = set()
+        domains = self._domains
+        for e in entries:
+            e.qver += 1
+            e.queued = True
+            d = domains.get(e.domain)
+            if d is None:
+                d = domains[e.domain] = _DomainHeap()
+            d.heap.append((e.priority, e.id, e.qver, e))
+            d.live += 1
+            touched.add(e.domain)
+        for name in touched:
+            heapq.heapify(domains[name].heap)
+        self._len += len(entries)
+
     def discard(self, e: Entry) -> None:
         """Remove ``e`` if queued (lazy: its heap item goes stale)."""
         if e.queued:

@@ -59,7 +59,6 @@ class Schedules(TaskTable):
         x = e.x
         ttl = f"{x.ttl_seconds:g}s " if x is not None and x.ttl_seconds is not None else ""
         since = x.ttl_from.replace("_", " ") if x is not None else "submission"
-        self.counters["expired"] += 1
         self._end(e, HistoryStatus.EXPIRED, f"expired: its TTL {ttl}from {since} ran out", now, wall)
 
     def sweep(self, now: float, wall: float) -> int:

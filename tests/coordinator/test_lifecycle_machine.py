@@ -277,8 +277,10 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     @rule(group=st.sampled_from(GROUPS[1:]))
     def cancel_group(self, group: str) -> None:
+        matched = {t for t, e in self.lc.tasks.items() if e.group == group and not e.cancelled}
         ids = self.lc.cancel_matching(lambda e: e.group == group, self.now, self.wall)
         self.collect()
+        assert set(ids) == matched, "the call names every task it matched, cascaded ones too"
         assert all(not self.m[i].active for i in ids)
         assert not [t for t, e in self.lc.tasks.items() if e.group == group and not e.cancelled]
 
