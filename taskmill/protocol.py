@@ -217,6 +217,8 @@ class Run(NamedTuple):
     parent_id: int | None = None
     phase: str = "execute"  # "execute" | "finalize" (memo: the execute run's result) | "on_cancel"
     memo: str | None = None  # JSON text
+    group: str | None = None
+    tags: str | None = None  # JSON text of the task's tags
 
 
 @dataclass(**_MSG)

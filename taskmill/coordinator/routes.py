@@ -124,8 +124,8 @@ def _tag_key_prefix(prefix: str, domain: str | None = None) -> Match:
 def _cancel_ids(coord: Coordinator, ids: Any, domain: str | None = None) -> list[int]:
     if type(ids) is not list or not all(type(i) is int for i in ids):
         raise TypeError("cancel_ids takes a list of int task ids")
-    now, wall = coord.mono(), coord.clock()
-    return [i for i in ids if coord.lc.cancel(i, _opt_str(domain, "domain"), now, wall)]
+    wanted, inside = set(ids), _in(domain)  # cancel_matching also names what a parent's cascade took
+    return coord.lc.cancel_matching(lambda e: e.id in wanted and inside(e), coord.mono(), coord.clock())
 
 
 def _pause(coord: Coordinator, kind: str, scope: str, resume_at: float | None = None) -> int:

@@ -149,7 +149,7 @@ class Workforce:
             x = e.x
             phase = x.phase if x is not None else "execute"
             self._send_run(w, (e.id, e.task_type, payload, e.retry_count, e.key, e.label, e.priority, e.parent_id,
-                               phase, x.memo if x is not None and phase == "finalize" else None))
+                               phase, x.memo if x is not None and phase == "finalize" else None, e.group, e.tags))
             if e.timeout:
                 w.timer = self.timers.add(now + e.timeout, "timeout", w)
 

@@ -57,9 +57,13 @@ def handle_run(msg: protocol.Run, registry: dict[str, Any], slot: WorkerSlot | N
     if slot is not None:
         slot.start(pid, msg.task_id)
     domain = msg.task_type.split("::", 1)[0]
+    try:
+        shown = json.loads(msg.payload)
+    except ValueError:  # the run below reports it; the record just goes without
+        shown = None
     record = TaskRecord(id=msg.task_id, task_type=msg.task_type, domain=domain, key=msg.key, label=msg.label,
-                        priority=msg.priority, status=TaskStatus.RUNNING, retry_count=msg.attempt,
-                        parent_id=msg.parent_id)
+                        priority=msg.priority, status=TaskStatus.RUNNING, payload=shown, retry_count=msg.attempt,
+                        parent_id=msg.parent_id, group=msg.group, tags=json.loads(msg.tags) if msg.tags else {})
     send = submit = None
     if conn is not None:
         def send(task_id: int, fraction: float | None, message: str | None) -> None:
@@ -73,7 +77,7 @@ def handle_run(msg: protocol.Run, registry: dict[str, Any], slot: WorkerSlot | N
         fn = fns.get(msg.task_type)
         if fn is None:
             raise Permanent(f"task type {msg.task_type!r} has no {msg.phase} function registered with this scheduler")
-        payload = json.loads(msg.payload)
+        payload = json.loads(msg.payload) if shown is None else dict(shown)
         if msg.phase == "finalize":  # fn(ctx, memo, **payload): memo is what the task's own run returned
             value = fn(ctx, None if msg.memo is None else json.loads(msg.memo), **payload)
         else:
