@@ -10,6 +10,7 @@ Imports the store and leaves.
 
 from __future__ import annotations
 
+import os
 import pickle
 import queue
 import threading
@@ -25,6 +26,9 @@ from taskmill.store import Store
 
 __all__ = ["QueryRunner"]
 
+#: Nice value of the reader threads (Linux: per thread). With ``DUCKDB_THREADS`` = 1 a query
+#: runs on the reader thread itself, so a long analytical query takes only idle CPU.
+READER_NICE = 19
 #: Reader threads (each with its own cursor); more lets a slow query not hold up a quick one.
 READER_THREADS = 2
 
@@ -113,6 +117,10 @@ class QueryRunner:
     # ------------------------------------------------------------------ reader threads
 
     def _serve(self, cur: duckdb.DuckDBPyConnection) -> None:
+        try:  # a query runs at the lowest CPU priority: tasks and the loop come first
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), READER_NICE)
+        except (OSError, AttributeError):
+            pass
         while True:
             job = self._jobs.get()
             if job is None:

@@ -24,8 +24,10 @@ from taskmill.store.queries import HISTORY_COLUMNS, Queries, select
 
 __all__ = ["LATEST_SCHEMA", "RECOVER_COLUMNS", "Store"]
 
-#: DuckDB worker threads for the store; queries are small, the loop is single-threaded.
-DUCKDB_THREADS = 2
+#: DuckDB worker threads for the store. One: every statement runs on the thread that
+#: issued it, so the reader threads' low CPU priority applies to user queries (with more,
+#: DuckDB's own pool would compete with the workers at normal priority).
+DUCKDB_THREADS = int(os.environ.get("TASKMILL_DUCKDB_THREADS", "1"))
 #: Memory DuckDB may use before spilling.
 DUCKDB_MEMORY_LIMIT = "1GB"
 
