@@ -74,6 +74,9 @@ class Workforce:
     def _unwatch(self, fd: int) -> None:
         raise NotImplementedError
 
+    def _warm(self, domain: str) -> None:
+        raise NotImplementedError
+
     def _apply_submissions(self, items: list[protocol.SubmitItem]) -> list[tuple]:
         raise NotImplementedError
 
@@ -136,6 +139,9 @@ class Workforce:
         while idle and self.hook_queue:
             self._run_hook(idle.pop(), *self.hook_queue.popleft(), now)
         wall = self.clock()
+        if lc.cold and idle and lc.running_total < self.max_concurrency:
+            for domain in lc.cold_needed():  # the next task in order may still be in the store
+                self._warm(domain)
         while idle and lc.running_total < self.max_concurrency:
             e = lc.pick(now, wall)
             if e is None:
@@ -164,7 +170,7 @@ class Workforce:
     def _run_hook(self, w: WorkerHandle, task_id: int, task_type: str, payload: str, now: float) -> None:
         """An ``on_cancel`` hook of a cancelled task runs on ``w``, bounded by ``cancel_hook_timeout``."""
         w.hook = (task_id, task_type)
-        self._send_run(w, (task_id, task_type, payload, 0, "", task_type, 0, None, "on_cancel", None))
+        self._send_run(w, (task_id, task_type, payload, 0, "", task_type, 0, None, "on_cancel", None, None, None))
         w.timer = self.timers.add(now + self.cancel_hook_timeout, "hook", w)
 
     def _signal_cancels(self, now: float) -> None:
