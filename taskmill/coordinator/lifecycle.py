@@ -27,6 +27,7 @@ from collections import deque
 from typing import Any, Callable, NamedTuple
 
 from taskmill import protocol
+from taskmill.coordinator.cold import ColdTails
 from taskmill.coordinator.entry import PAUSE_REASONS, Entry, Schedule
 from taskmill.coordinator.pauses import GROUP, Pauses, reason_names
 from taskmill.coordinator.relations import Relations
@@ -76,7 +77,7 @@ class Ended(NamedTuple):
     io: tuple[int, int, int, int]
 
 
-class Lifecycle(Relations, Pauses, Schedules):
+class Lifecycle(Relations, Pauses, Schedules, ColdTails):
     """The task table and its transitions; the loop feeds it inputs and carries out its effects."""
 
     def __init__(
@@ -100,6 +101,7 @@ class Lifecycle(Relations, Pauses, Schedules):
         self._init_relations()
         self._init_pauses()
         self._init_schedules(sweep_interval)
+        self._init_cold()
 
     def lookups(self, items: list[protocol.SubmitItem]) -> tuple[set[int], set[str]]:
         """What ``submit`` needs the store to answer first: prerequisite ids that are not active
@@ -489,10 +491,13 @@ class Lifecycle(Relations, Pauses, Schedules):
 
     def recover(self, next_id: int, rows: list[tuple], edges: list[tuple[int, int]],
                 scopes: list[tuple[str, str, float, float | None]], wall: float, now: float,
-                child_failures: dict[int, tuple[int, str | None]] | None = None) -> list[tuple[int, str]]:
-        """Load stored active tasks, edges and pause scopes (see ``Store.recover``); returns
-        ``(id, reason)`` of rows that cannot be interpreted, for the loop to quarantine."""
+                child_failures: dict[int, tuple[int, str | None]] | None = None,
+                cold: dict[str, tuple[int, tuple[int, int]]] | None = None, max_id: int = 0) -> list[tuple[int, str]]:
+        """Load stored active tasks, edges and pause scopes (see ``Store.recover``; ``cold``: the
+        tails left in the store, see ``cold.py``); returns ``(id, reason)`` of rows that cannot
+        be interpreted, for the loop to quarantine."""
         self.next_id = next_id
+        self._cold_from_recovery(cold or {}, max_id)
         for kind, scope, at, until in scopes:
             if kind == "global":
                 self.paused_global = at
@@ -547,6 +552,9 @@ class Lifecycle(Relations, Pauses, Schedules):
         self.ready.load(ready)
         self.payload_missing = deque(e.id for e in loaded if self.tasks.get(e.id) is e)
         return bad
+
+    def _entry(self, row: tuple, now: float, wall: float) -> Entry:
+        return entry_from_row(row, now, wall)
 
     # ------------------------------------------------------------------ consistency (tests, debugging)
 

@@ -68,6 +68,17 @@ FLUSH_MAX_OPS = 5000
 FLUSH_MAX_DELAY = 0.2
 #: Seconds between shared-memory counter publications (the heartbeat).
 PUBLISH_INTERVAL = 0.02
+#: Plain pending tasks per domain that recovery loads before the first dispatch; the rest of a
+#: deeper queue stays in the store and is loaded in order as dispatch reaches it (``cold.py``).
+#: ``TASKMILL_RECOVER_HOT`` overrides it (tests use a small value to exercise the cold tail).
+RECOVER_HOT = int(os.environ.get("TASKMILL_RECOVER_HOT", "10000"))
+#: Tasks loaded from a cold tail at a time.
+WARM_CHUNK = max(1, min(RECOVER_HOT, 20000))
+#: Calls that act on every task (a cold tail is loaded whole first) and calls naming task ids
+#: in their first argument (those tasks are loaded first).
+WARM_ALL = frozenset({"pause", "cancel_all", "cancel_group", "cancel_type", "cancel_by_tag",
+                      "cancel_by_tag_key_prefix"})
+NAMES_IDS = frozenset({"cancel", "cancel_ids"})
 #: Seconds a query (``sql()`` and the seed's queries) may run, or wait for a reader, before it is interrupted.
 QUERY_TIME_LIMIT = 30.0
 
@@ -103,6 +114,7 @@ class Coordinator(Workforce):
         retention: tuple[str, float] | None = None,
         retention_every: int = 100,
         start_paused: bool = False,
+        recover_hot: int | None = RECOVER_HOT,
     ) -> None:
         self.store = store
         self.pool = pool
@@ -115,6 +127,7 @@ class Coordinator(Workforce):
         self.mono = mono  # type: ignore[method-assign]  # every timer, deadline and duration
         self.type_retry = type_retry
         self.start_paused = start_paused
+        self.recover_hot = recover_hot
         self.lc = Lifecycle(domain_caps=domain_caps, type_retry=type_retry, default_retry=default_retry,
                             finalizers=finalizers, cancel_hooks=cancel_hooks, sweep_interval=expiry_sweep_interval,
                             retention=retention, retention_every=retention_every)
@@ -166,10 +179,11 @@ class Coordinator(Workforce):
         A row that cannot be interpreted is quarantined: moved to history as
         ``failed`` with the reason, and logged. Recovery goes on.
         """
-        rec = self.store.recover()
+        rec = self.store.recover(hot=None if self.start_paused else self.recover_hot)
         waiting = [row[0] for row in rec.tasks if row[6] == "waiting"]
         failures = self.store.child_failures(waiting) if waiting else {}
-        bad = self.lc.recover(rec.next_id, rec.tasks, rec.edges, rec.scopes, self.clock(), self.mono(), failures)
+        bad = self.lc.recover(rec.next_id, rec.tasks, rec.edges, rec.scopes, self.clock(), self.mono(), failures,
+                              rec.cold, rec.max_id)
         self.tracker = ProgressTracker(self.store.type_averages())
         if self.start_paused:
             self.lc.pause_scope("global", "", self.mono(), self.clock())
@@ -376,6 +390,10 @@ class Coordinator(Workforce):
     def _apply_submissions(self, items: list[protocol.SubmitItem]) -> list[tuple]:
         """Submit checked items; what the store must answer first (outcomes of prerequisites that
         are gone, keys that completed before) is read after a flush, so it sees every finished run."""
+        if self.lc.cold:  # tasks these items name (by id or key) may still be in the store: load them
+            named = {d for it in items for d in (it.depends_on or ()) if d not in self.lc.tasks}
+            named.update(it.parent for it in items if it.parent is not None and it.parent not in self.lc.tasks)
+            self._promote(sorted(named), sorted({it.key for it in items if it.key not in self.lc.by_key}))
         ids, keys = self.lc.lookups(items)
         outcomes = completed = None
         if ids or keys:
@@ -384,9 +402,35 @@ class Coordinator(Workforce):
             completed = self.store.completed_keys(sorted(keys)) if keys else None
         return self.lc.submit(items, self.mono(), self.clock(), outcomes=outcomes, completed=completed)
 
+    # ================================================================== the cold tail (see cold.py)
+
+    def _warm(self, domain: str) -> None:
+        """Load the next chunk of ``domain``'s cold tail (after a commit: the store must show
+        every task that finished, so none comes back)."""
+        tail = self.lc.cold.get(domain)
+        if tail is None:
+            return
+        self._commit()
+        rows = self.store.cold_rows(domain, tail.after, self.lc.cold_max_id, WARM_CHUNK)
+        self.lc.warm(domain, rows, WARM_CHUNK, self.mono(), self.clock())
+
+    def _warm_all(self) -> None:
+        while self.lc.cold:
+            self._warm(next(iter(self.lc.cold)))
+
+    def _promote(self, ids: list[int], keys: list[str]) -> None:
+        ids = [i for i in ids if type(i) is int and i not in self.lc.tasks]
+        if ids or keys:
+            self._commit()
+            self.lc.promote(self.store.plain_rows(ids, keys, self.lc.cold_max_id), self.mono(), self.clock())
+
     def _call(self, conn: Connection, name: str, args: tuple) -> None:
         """Schedule a call by its route (see ``routes``)."""
         r = route(name, args)
+        if self.lc.cold and name in WARM_ALL:  # it acts on every task: none may stay in the store
+            self._warm_all()
+        elif self.lc.cold and name in NAMES_IDS and args:
+            self._promote([args[0]] if type(args[0]) is int else list(args[0]) if type(args[0]) is list else [], [])
         if r.kind is Kind.MEMORY:
             self._reply(conn, protocol.Reply(r.fn(self, *args)))
         elif r.kind is Kind.CHANGE:
@@ -482,6 +526,8 @@ class Coordinator(Workforce):
             self.idle_waiters = []
 
     def _wait(self, conn: Connection, task_id: int, timeout: float | None) -> None:
+        if self.lc.cold and task_id not in self.lc.tasks:
+            self._promote([task_id], [])
         if task_id in self.lc.tasks:
             self.waiters.setdefault(task_id, []).append(conn)
             if timeout is not None:

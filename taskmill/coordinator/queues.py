@@ -87,6 +87,11 @@ class ReadyQueues:
             heapq.heappop(heap)
         return None
 
+    def peek(self, domain: str) -> Entry | None:
+        """The most urgent ready entry of ``domain``, left queued (None: nothing ready)."""
+        d = self._domains.get(domain)
+        return self._head(d) if d is not None and d.live else None
+
     def pop_best(self, blocked: Callable[[str], bool]) -> Entry | None:
         """Pop the most urgent ready entry whose domain is not blocked."""
         best: Entry | None = None

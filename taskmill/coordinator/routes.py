@@ -160,6 +160,8 @@ def _running_count(coord: Coordinator) -> int:
 
 
 def _count(status: str) -> Route:
+    if status == "pending":  # a cold tail's tasks are pending too (see cold.py)
+        return Route(Kind.MEMORY, lambda c: c.lc.counts[status] + c.lc.cold_count(), 0, 0)
     return Route(Kind.MEMORY, lambda c: c.lc.counts[status], 0, 0)
 
 

@@ -142,11 +142,13 @@ def snapshot(lc: Lifecycle, tracker: ProgressTracker, slot_of: SlotOf, now: floa
     if domain is None:
         c = lc.counts
         return SchedulerSnapshot(
-            running=running, running_count=len(running), pending_count=c["pending"], paused_count=c["paused"],
+            running=running, running_count=len(running), pending_count=c["pending"] + lc.cold_count(),
+            paused_count=c["paused"],
             blocked_count=c["blocked"], waiting_count=c["waiting"], progress=prog, byte_progress=byte,
             max_concurrency=max_concurrency, workers=workers, is_paused=lc.is_paused("global"),
             recurring_schedules=recurring_schedules(lc), paused_groups=paused_groups(lc))
     c = lc.domain_counts.get(domain) or {s.value: 0 for s in TaskStatus}
-    return ModuleSnapshot(domain=domain, running=running, pending_count=c["pending"], paused_count=c["paused"],
+    return ModuleSnapshot(domain=domain, running=running, pending_count=c["pending"] + lc.cold_count(domain),
+                          paused_count=c["paused"],
                           blocked_count=c["blocked"], waiting_count=c["waiting"], progress=prog, byte_progress=byte,
                           is_paused=lc.is_paused("global") or lc.is_paused("domain", domain))

@@ -142,3 +142,5 @@ class Recovered:
     tasks: list[tuple] = field(default_factory=list)
     edges: list[tuple[int, int]] = field(default_factory=list)  # (task_id, depends_on)
     scopes: list[tuple[str, str, float, float | None]] = field(default_factory=list)  # kind, scope, paused_at, resume_at
+    cold: dict[str, tuple[int, tuple[int, int]]] = field(default_factory=dict)  # domain -> (left, last loaded)
+    max_id: int = 0  # the largest task id when recovery ran

@@ -44,6 +44,14 @@ RECOVER_COLUMNS: tuple[str, ...] = (
     "expected_write_bytes", "expected_net_rx_bytes", "expected_net_tx_bytes",
 )
 _EPOCH = {"created_at", "run_after", "expires_at", "started_at"}
+#: A "plain" pending task: nothing but its place in the queue matters (no delay, TTL, schedule,
+#: pause, requeue mark, parent, children or edges). Recovery may leave such tasks in the store
+#: (a cold tail) and load them as dispatch reaches them; ``coalesce``: NULL is not plain.
+_PLAIN = ("coalesce(status = 'pending' AND run_after IS NULL AND expires_at IS NULL AND ttl_seconds IS NULL "
+          "AND recurring_interval_secs IS NULL AND parent_id IS NULL AND memo IS NULL AND phase = 'execute' "
+          "AND NOT requeue AND (pause_reasons IS NULL OR len(pause_reasons) = 0) "
+          "AND id NOT IN (SELECT task_id FROM task_deps) AND id NOT IN (SELECT depends_on FROM task_deps) "
+          "AND id NOT IN (SELECT parent_id FROM tasks WHERE parent_id IS NOT NULL), false)")
 _RECOVER_SELECT = ", ".join(
     f"epoch_us({c}) / 1e6" if c in _EPOCH else "coalesce(pause_reasons, []::VARCHAR[])" if c == "pause_reasons" else c
     for c in RECOVER_COLUMNS)
@@ -193,27 +201,73 @@ class Store(Queries):
 
     # ------------------------------------------------------------------ recovery
 
-    def recover(self) -> Recovered:
+    def recover(self, hot: int | None = None) -> Recovered:
         """Reset interrupted runs to pending (no retry counted) and load the active state.
 
         Returns a ``Recovered``: ``next_id`` (the larger of the stored counter and every id
         seen, history included), the ``tasks`` rows in dispatch order (priority, id), each a
         tuple of ``RECOVER_COLUMNS`` with times as epoch seconds and no payloads, every
         dependency edge and every paused scope.
+
+        With ``hot``, a domain with more than ``hot`` plain pending tasks (see ``_PLAIN``)
+        loads only its first ``hot`` of them; ``cold`` then maps the domain to how many are
+        left and the (priority, id) of the last one loaded (see ``cold_rows``). Not while a
+        scope is paused (a pause must see every task).
         """
         with self.transaction() as con:
             con.execute("UPDATE tasks SET status = 'pending', started_at = NULL WHERE status = 'running'")
             next_id = int(self._scalar("SELECT value FROM meta WHERE key = 'next_id'"))
-            top = self._scalar(
-                "SELECT greatest((SELECT coalesce(max(id), 0) FROM tasks), (SELECT coalesce(max(id), 0) FROM task_history))")
-            cur = con.execute(f"SELECT {_RECOVER_SELECT} FROM tasks ORDER BY priority, id")
-            with _gc_paused():  # 1M rows: 10 s with the collector re-scanning the new tuples, 2.9 s without
-                rows = cur.fetchall()
-            edges = con.execute("SELECT task_id, depends_on FROM task_deps ORDER BY task_id, depends_on").fetchall()
+            top = int(self._scalar(
+                "SELECT greatest((SELECT coalesce(max(id), 0) FROM tasks), (SELECT coalesce(max(id), 0) FROM task_history))"))
             scopes = con.execute(
                 "SELECT kind, scope, epoch_us(paused_at) / 1e6, epoch_us(resume_at) / 1e6 FROM paused_scopes "
                 "ORDER BY kind, scope").fetchall()
-        return Recovered(next_id=max(next_id, int(top) + 1), tasks=rows, edges=edges, scopes=scopes)
+            plain: dict[str, int] = {}
+            if hot is not None and not scopes:
+                plain = {d: n for d, n in con.execute(
+                    f"SELECT domain, count(*) FROM tasks WHERE {_PLAIN} GROUP BY domain").fetchall() if n > hot}
+            cold: dict[str, tuple[int, tuple[int, int]]] = {}
+            if plain and hot is not None:
+                # the first ``hot`` plain tasks of each deep domain (narrow rows: the sort is cheap),
+                # then every row that is not plain or not in a deep domain, plus those
+                con.execute(
+                    f"CREATE TEMP TABLE recover_hot AS SELECT id, domain, priority FROM (SELECT id, domain, priority, "
+                    f"row_number() OVER (PARTITION BY domain ORDER BY priority, id) AS rn FROM tasks WHERE {_PLAIN} "
+                    f"AND domain IN (SELECT unnest($1::VARCHAR[]))) WHERE rn <= $2", [sorted(plain), hot])
+                cur = con.execute(
+                    f"SELECT {_RECOVER_SELECT} FROM tasks WHERE NOT {_PLAIN} OR domain NOT IN (SELECT unnest($1::VARCHAR[])) "
+                    f"UNION ALL SELECT {_RECOVER_SELECT} FROM tasks SEMI JOIN recover_hot USING (id) ORDER BY 6, 1",
+                    [sorted(plain)])
+                with _gc_paused():
+                    rows = cur.fetchall()
+                last = {d: (int(p), int(i)) for d, p, i in con.execute(
+                    "SELECT domain, priority, id FROM recover_hot QUALIFY row_number() OVER "
+                    "(PARTITION BY domain ORDER BY priority DESC, id DESC) = 1").fetchall()}
+                con.execute("DROP TABLE recover_hot")
+                cold = {d: (n - hot, last[d]) for d, n in plain.items()}
+            else:
+                cur = con.execute(f"SELECT {_RECOVER_SELECT} FROM tasks ORDER BY priority, id")
+                with _gc_paused():  # 1M rows: 10 s with the collector re-scanning the new tuples, 2.9 s without
+                    rows = cur.fetchall()
+            edges = con.execute("SELECT task_id, depends_on FROM task_deps ORDER BY task_id, depends_on").fetchall()
+        return Recovered(next_id=max(next_id, top + 1), tasks=rows, edges=edges, scopes=scopes, cold=cold,
+                         max_id=top)
+
+    def cold_rows(self, domain: str, after: tuple[int, int], max_id: int, limit: int) -> list[tuple]:
+        """The next ``limit`` plain pending tasks of ``domain`` after ``after`` (priority, id) in
+        dispatch order, among the ids recovery saw (``<= max_id``); rows as in ``recover``."""
+        with _gc_paused():
+            return self.con.execute(
+                f"SELECT {_RECOVER_SELECT} FROM tasks WHERE domain = ? AND id <= ? AND "
+                f"(priority > ? OR (priority = ? AND id > ?)) AND {_PLAIN} ORDER BY priority, id LIMIT ?",
+                [domain, max_id, after[0], after[0], after[1], limit]).fetchall()
+
+    def plain_rows(self, ids: Sequence[int], keys: Sequence[str], max_id: int) -> list[tuple]:
+        """Plain pending tasks (ids ``<= max_id``) with one of ``ids`` or ``keys``; rows as in ``recover``."""
+        return self.con.execute(
+            f"SELECT {_RECOVER_SELECT} FROM tasks WHERE id <= $3 AND (id IN (SELECT unnest($1::BIGINT[])) "
+            f"OR key IN (SELECT unnest($2::VARCHAR[]))) AND {_PLAIN} ORDER BY priority, id",
+            [list(ids), list(keys), max_id]).fetchall()
 
     def quarantine(self, rows: Sequence[tuple[int, str]], now: float) -> list[int]:
         """Move active tasks that recovery cannot interpret to history as ``failed`` with a reason.
