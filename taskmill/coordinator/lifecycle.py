@@ -42,7 +42,7 @@ __all__ = ["CANCELLING", "Ended", "Lifecycle", "clean_text", "unstorable_result"
 #: Payload bytes kept in memory for queued tasks; beyond it payloads are read back at dispatch.
 PAYLOAD_CACHE_BYTES = 256 * 1024 * 1024
 #: Payloads fetched per query when a recovered (uncached) task is dispatched.
-PAYLOAD_FETCH_CHUNK = 2000
+PAYLOAD_FETCH_CHUNK = 10_000
 #: Longest text stored as a task's error (characters).
 MAX_ERROR_CHARS = 20_000
 #: Largest task result stored, as JSON text (bytes); larger results fail the task.

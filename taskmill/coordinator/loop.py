@@ -73,7 +73,7 @@ PUBLISH_INTERVAL = 0.02
 #: ``TASKMILL_RECOVER_HOT`` overrides it (tests use a small value to exercise the cold tail).
 RECOVER_HOT = int(os.environ.get("TASKMILL_RECOVER_HOT", "10000"))
 #: Tasks loaded from a cold tail at a time.
-WARM_CHUNK = max(1, min(RECOVER_HOT, 20000))
+WARM_CHUNK = max(1, min(RECOVER_HOT * 5, 50_000))
 #: Calls that act on every task (a cold tail is loaded whole first) and calls naming task ids
 #: in their first argument (those tasks are loaded first).
 WARM_ALL = frozenset({"pause", "cancel_all", "cancel_group", "cancel_type", "cancel_by_tag",
