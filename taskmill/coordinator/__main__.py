@@ -86,6 +86,11 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the host decides; Ctrl-C reaches it, not us
 
     config = _read_config()
+    # multiprocessing's temp dir (the fork server's socket) inside our runtime dir: the host
+    # removes that dir even when this process was killed and could not clean up
+    mp_tmp = os.path.join(config["runtime_dir"], "mp")
+    os.makedirs(mp_tmp, mode=0o700, exist_ok=True)
+    multiprocessing.process.current_process()._config["tempdir"] = mp_tmp  # type: ignore[attr-defined]
     sys.path[:] = config["sys_path"]
     os.chdir(config["cwd"])
     logging.basicConfig(level=config.get("log_level", logging.WARNING), stream=sys.stderr,

@@ -272,3 +272,24 @@ def test_repeated_crashes_on_one_store(store_path: str, tmp_path: Path) -> None:
         assert {r["id"] for r in s2.sql("SELECT id FROM task_history")} == set(ids)
         assert s2.sql("SELECT count(*) AS n FROM tasks") == [{"n": 0}]
     assert set(map(int, Path(log).read_text().split())) == set(range(n))
+
+
+def test_a_killed_coordinator_leaves_no_directories_behind(store_path: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its runtime dir and multiprocessing's temp dir (the fork server's socket) go with close()."""
+    import tempfile
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))  # the coordinator's (and its fork server's) temp dir
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))  # the host's, cached by tempfile
+    s = tm.Scheduler(store_path=store_path, domains=[crash], max_concurrency=1).start()
+    try:
+        s.domain(crash).submit(noop, b=0, i=0)
+        assert sorted(p.name.split("-")[0] for p in tmp.iterdir()) == ["taskmill"]  # pymp lives inside it
+    finally:
+        _kill_coordinator(s)
+    assert list(tmp.iterdir()) == [], f"left behind: {sorted(p.name for p in tmp.rglob('*'))}"
+    with tm.Scheduler(store_path=store_path, domains=[crash], max_concurrency=1) as s2:
+        s2.wait_idle(timeout=DEADLINE)
+    assert list(tmp.iterdir()) == [], f"left behind: {sorted(p.name for p in tmp.rglob('*'))}"
