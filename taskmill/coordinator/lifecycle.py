@@ -547,6 +547,9 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails):
                 e.extra().spawned = max(e.extra().spawned, 1)
                 if not self._active_children(e.id):
                     self._resolve_parent(e, now, wall)
+            elif status in (_PENDING, _PAUSED) and e.blockers:  # stored edges say it must wait
+                self._move(e, _BLOCKED)
+                self.batch.update(e.id, status=_BLOCKED, pause_reasons=[])
             elif status in (_PENDING, _PAUSED):
                 self._settle(e, now)
         self.ready.load(ready)
