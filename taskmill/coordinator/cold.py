@@ -45,6 +45,7 @@ class ColdTails(TaskTable):
     def _init_cold(self) -> None:
         self.cold: dict[str, Tail] = {}
         self.cold_max_id = 0  # ids above it were submitted after recovery: never cold
+        self.cold_bad: list[tuple[int, str]] = []  # (id, reason) of rows that cannot be interpreted: to quarantine
 
     @property
     def idle(self) -> bool:
@@ -83,9 +84,12 @@ class ColdTails(TaskTable):
         loaded: list[Entry] = []
         for row in rows:
             if self._is_cold(row) is not None:
-                e = self._entry(row, now, wall)
-                self._add(e)
-                loaded.append(e)
+                e = self._loadable(row, now, wall)
+                if e is not None:
+                    self._add(e)
+                    loaded.append(e)
+                else:
+                    tail.left -= 1
             tail.promoted.discard(row[0])
             tail.after = (row[5], row[0])
         self.ready.load(loaded)
@@ -102,12 +106,23 @@ class ColdTails(TaskTable):
             tail = self._is_cold(row)
             if tail is None:
                 continue
-            e = self._entry(row, now, wall)
-            self._add(e)
-            tail.promoted.add(e.id)
+            e = self._loadable(row, now, wall)
+            tail.promoted.add(row[0])
             tail.left -= 1
+            if e is None:
+                continue
+            self._add(e)
             self._settle(e, now)
             self.payload_missing.append(e.id)
+
+    def _loadable(self, row: tuple, now: float, wall: float) -> Entry | None:
+        """The row's entry, or None when it cannot be interpreted (then noted in ``cold_bad``)."""
+        try:
+            return self._entry(row, now, wall)
+        except Exception as ex:  # noqa: BLE001 - a stored row that cannot be read is quarantined, not fatal
+            self.cold_bad.append((row[0], "quarantined when loaded from the store: the stored task cannot be "
+                                          f"interpreted ({type(ex).__name__}: {ex})"))
+            return None
 
     def _entry(self, row: tuple, now: float, wall: float) -> Entry:  # lifecycle
         raise NotImplementedError

@@ -187,13 +187,17 @@ class Coordinator(Workforce):
         self.tracker = ProgressTracker(self.store.type_averages())
         if self.start_paused:
             self.lc.pause_scope("global", "", self.mono(), self.clock())
+        self._quarantine(bad)
+        return len(self.lc.tasks)
+
+    def _quarantine(self, bad: list[tuple[int, str]]) -> None:
+        """Move stored tasks that cannot be interpreted to history as ``failed``, and log them."""
         for task_id, reason in bad:
             log.error("quarantining a stored task", task_id=task_id, reason=reason)
         if bad:
             for task_id in self.store.quarantine(bad, self.clock()):
                 log.error("a stored task could not be quarantined either; it stays in the tasks table",
                           task_id=task_id)
-        return len(self.lc.tasks)
 
     def _watch(self, fd: int, kind: str, obj: Any) -> None:
         self._fds[fd] = (kind, obj)
@@ -413,6 +417,7 @@ class Coordinator(Workforce):
         self._commit()
         rows = self.store.cold_rows(domain, tail.after, self.lc.cold_max_id, WARM_CHUNK)
         self.lc.warm(domain, rows, WARM_CHUNK, self.mono(), self.clock())
+        self._quarantine_cold()
 
     def _warm_all(self) -> None:
         while self.lc.cold:
@@ -423,6 +428,12 @@ class Coordinator(Workforce):
         if ids or keys:
             self._commit()
             self.lc.promote(self.store.plain_rows(ids, keys, self.lc.cold_max_id), self.mono(), self.clock())
+            self._quarantine_cold()
+
+    def _quarantine_cold(self) -> None:
+        if self.lc.cold_bad:
+            bad, self.lc.cold_bad = self.lc.cold_bad, []
+            self._quarantine(bad)
 
     def _call(self, conn: Connection, name: str, args: tuple) -> None:
         """Schedule a call by its route (see ``routes``)."""

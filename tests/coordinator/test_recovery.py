@@ -109,3 +109,13 @@ def test_a_task_loaded_early_and_ended_is_not_loaded_again_before_the_store_show
     store.apply(pending_write)
     assert drain(lc, store) == [i for i in ids if i != ids[3]]
     lc.check()
+
+
+def test_a_cold_row_that_cannot_be_read_is_set_aside_and_the_rest_load(tmp_path: Any) -> None:
+    store, ids = written(tmp_path, [item(f"k{i}") for i in range(8)])
+    store.con.execute("UPDATE tasks SET retry_policy = '{\"kind\": \"bogus\"}' WHERE id = ?", [ids[5]])
+    lc = recovered(store, hot=2)
+    order = drain(lc, store)
+    assert order == [i for i in ids if i != ids[5]]
+    assert [tid for tid, _ in lc.cold_bad] == [ids[5]] and "cannot be interpreted" in lc.cold_bad[0][1]
+    assert lc.cold == {} and lc.cold_count() == 0

@@ -121,3 +121,20 @@ def test_a_pause_and_a_bulk_cancel_see_the_whole_tail(store_path: str, tmp_path:
     assert set(gone) | done == set(ids) and not set(gone) & done
     assert all(hist[i] == "cancelled" for i in gone)
     assert len(gone) >= N - 3
+
+
+def test_a_stored_task_that_cannot_be_read_is_quarantined_when_its_chunk_loads(store_path: str,
+                                                                              tmp_path: Path) -> None:
+    import duckdb
+
+    flag, log, ids, prio = queue_up(store_path, tmp_path, pause=0.0)
+    bad = ids[expected_order(prio, ids)[-3] + 1]  # deep in the tail
+    with duckdb.connect(store_path) as con:
+        con.execute("UPDATE tasks SET retry_policy = '{\"kind\": \"bogus\"}' WHERE id = ?", [bad])
+    Path(flag).touch()
+    with tm.Scheduler(store_path, [deep], max_concurrency=1) as s:
+        s.wait_idle(timeout=DEADLINE)
+        rows = {r["id"]: r for r in s.sql("SELECT id, status, last_error FROM task_history")}
+        assert s.sql("SELECT count(*) AS n FROM tasks") == [{"n": 0}]
+    assert rows[bad]["status"] == "failed" and "cannot be interpreted" in rows[bad]["last_error"]
+    assert sorted(ran(log)) == sorted(n for n in range(N) if ids[n + 1] != bad)
