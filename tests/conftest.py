@@ -124,12 +124,10 @@ class LeakTracker:
         return procs, segs
 
 
-@pytest.fixture
-def no_leaks(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Fail the test if it leaves taskmill processes or shared-memory segments behind."""
+def record_starts(monkeypatch: pytest.MonkeyPatch, tracker: LeakTracker) -> None:
+    """Tell ``tracker`` about every coordinator a ``Scheduler`` starts while ``monkeypatch`` holds."""
     import taskmill.scheduler
 
-    tracker = LeakTracker()
     original_start = taskmill.scheduler.Scheduler.start
 
     def recording_start(self: Any) -> Any:
@@ -140,7 +138,11 @@ def no_leaks(monkeypatch: pytest.MonkeyPatch) -> Any:
         return out
 
     monkeypatch.setattr(taskmill.scheduler.Scheduler, "start", recording_start)
-    yield tracker
+
+
+def fail_on_leaks(tracker: LeakTracker, what: str = "") -> None:
+    """Wait up to ``LEAK_DEADLINE`` for ``tracker``'s processes and segments to go; else clean up
+    what was started (so later tests are not blamed) and fail, naming ``what`` leaked."""
     deadline = time.monotonic() + LEAK_DEADLINE
     while True:
         procs, segs = tracker.leaked()
@@ -149,7 +151,6 @@ def no_leaks(monkeypatch: pytest.MonkeyPatch) -> Any:
         if time.monotonic() >= deadline:
             break
         time.sleep(0.05)
-    # Clean up what we started so later tests are not blamed, then fail this one.
     for pid, _ct in procs:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -162,7 +163,16 @@ def no_leaks(monkeypatch: pytest.MonkeyPatch) -> Any:
             pass
     lines = [f"  pid {pid}: {' '.join(cmd)[:160]}" for (pid, _), cmd in sorted(procs.items())]
     pytest.fail(
-        f"leaked after {LEAK_DEADLINE:g}s: {len(procs)} taskmill process(es), {len(segs)} shm segment(s)\n"
-        + "\n".join(lines + [f"  /dev/shm/{n}" for n in sorted(segs)]),
+        f"{what + ' ' if what else ''}leaked after {LEAK_DEADLINE:g}s: {len(procs)} taskmill process(es), "
+        f"{len(segs)} shm segment(s)\n" + "\n".join(lines + [f"  /dev/shm/{n}" for n in sorted(segs)]),
         pytrace=False,
     )
+
+
+@pytest.fixture
+def no_leaks(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Fail the test if it leaves taskmill processes or shared-memory segments behind."""
+    tracker = LeakTracker()
+    record_starts(monkeypatch, tracker)
+    yield tracker
+    fail_on_leaks(tracker)

@@ -8,41 +8,19 @@ leak guard of ``conftest.py`` checks at module teardown instead of per test.
 from __future__ import annotations
 
 import contextlib
-import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import taskmill as tm
 from polling import poll_until
+from taskfiles import append, lines, wait_flag  # noqa: F401 - re-exported for the test modules
 
 DEADLINE = 60.0  # seconds any single wait may take on a loaded 2-core machine
 NO_RETRY = tm.RetryPolicy.none()
 
 #: Ids of module-scoped schedulers that are alive right now (see ``conftest._leak_guard``).
 ALIVE_WORLDS: set[int] = set()
-
-
-def wait_flag(ctx: tm.TaskContext, flag: str, limit: float = DEADLINE) -> str:
-    """Block until ``flag`` exists ("released") or the task is cancelled ("cancelled")."""
-    deadline = time.monotonic() + limit
-    while not os.path.exists(flag):
-        if ctx.cancelled:
-            return "cancelled"
-        if time.monotonic() > deadline:
-            raise tm.Permanent(f"flag {flag} never appeared")
-        time.sleep(0.01)
-    return "released"
-
-
-def append(path: str, text: str) -> None:
-    with open(path, "a") as f:
-        f.write(text + "\n")
-
-
-def lines(path: str) -> list[str]:
-    return Path(path).read_text().splitlines() if os.path.exists(path) else []
 
 
 @contextlib.contextmanager

@@ -19,7 +19,6 @@ fail-fast parent ended with its first failing child.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 

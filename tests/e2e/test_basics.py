@@ -21,6 +21,8 @@ import pytest
 
 import taskmill as tm
 from polling import poll_until
+from taskfiles import append as _append
+from taskfiles import wait_flag as _wait_flag
 
 DEADLINE = 60.0  # seconds any single wait may take on a loaded 2-core machine
 
@@ -33,22 +35,6 @@ FAST_RETRY = tm.RetryPolicy.constant(max_retries=2, delay=0.0)
 basic = tm.Domain("basic", state={"name": "basic-state", "only_domain": 7})
 solo = tm.Domain("solo", max_concurrency=1)
 other = tm.Domain("other")
-
-
-def _wait_flag(ctx: tm.TaskContext, flag: str, limit: float = DEADLINE) -> str:
-    deadline = time.monotonic() + limit
-    while not os.path.exists(flag):
-        if ctx.cancelled:
-            return "cancelled"
-        if time.monotonic() > deadline:
-            raise tm.Permanent(f"flag {flag} never appeared")
-        time.sleep(0.01)
-    return "released"
-
-
-def _append(path: str, text: str) -> None:
-    with open(path, "a") as f:
-        f.write(text + "\n")
 
 
 def _bump(path: str) -> int:

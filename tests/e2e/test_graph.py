@@ -21,8 +21,6 @@ Tasks that must stay put block on flag files; waits poll with generous deadlines
 from __future__ import annotations
 
 import json
-import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,9 @@ import pytest
 
 import taskmill as tm
 from polling import poll_until
+from taskfiles import append as _append
+from taskfiles import lines
+from taskfiles import wait_flag as _wait_flag
 
 DEADLINE = 60.0  # seconds any single wait may take on a loaded 2-core machine
 
@@ -43,22 +44,6 @@ solo = tm.Domain("gsolo", max_concurrency=1)
 
 
 # --------------------------------------------------------------------------- helpers used by tasks
-
-
-def _wait_flag(ctx: tm.TaskContext, flag: str, limit: float = DEADLINE) -> str:
-    deadline = time.monotonic() + limit
-    while not os.path.exists(flag):
-        if ctx.cancelled:
-            return "cancelled"
-        if time.monotonic() > deadline:
-            raise tm.Permanent(f"flag {flag} never appeared")
-        time.sleep(0.01)
-    return "released"
-
-
-def _append(path: str, text: str) -> None:
-    with open(path, "a") as f:
-        f.write(text + "\n")
 
 
 # --------------------------------------------------------------------------- task functions (module level)
@@ -195,10 +180,6 @@ ALL = [graph, ingest, process, bg, solo]
 def sched(store: str, **kw: Any) -> tm.Scheduler:
     kw.setdefault("max_concurrency", 2)
     return tm.Scheduler(store_path=store, domains=ALL, **kw)
-
-
-def lines(log: str) -> list[str]:
-    return Path(log).read_text().splitlines() if os.path.exists(log) else []
 
 
 def history(s: tm.Scheduler, task_id: int) -> list[dict]:

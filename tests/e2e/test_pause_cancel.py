@@ -40,6 +40,8 @@ import psutil
 
 import taskmill as tm
 from polling import poll_until
+from taskfiles import append as _append
+from taskfiles import lines as _lines
 
 DEADLINE = 60.0  # seconds any single wait may take on a loaded 2-core machine
 FAR = 3600.0  # run_after that keeps a task pending for the whole test
@@ -49,15 +51,6 @@ FAR = 3600.0  # run_after that keeps a task pending for the whole test
 pa = tm.Domain("pa", max_concurrency=1)  # one at a time: a second task stays pending behind the first
 pb = tm.Domain("pb")
 hk = tm.Domain("hk")
-
-
-def _append(path: str, text: str) -> None:
-    with open(path, "a") as f:
-        f.write(text + "\n")
-
-
-def _lines(path: str) -> list[str]:
-    return Path(path).read_text().splitlines() if os.path.exists(path) else []
 
 
 def _hold(ctx: tm.TaskContext, flag: str, log: str) -> str:

@@ -24,6 +24,7 @@ import duckdb
 
 import taskmill as tm
 from polling import poll_until
+from taskfiles import wait_flag as _wait_flag
 
 DEADLINE = 60.0  # seconds any single wait may take on a loaded 2-core machine
 SLACK = 0.05  # the coordinator maps wall-clock times onto its monotonic clock
@@ -49,17 +50,6 @@ def _log(path: str, **fields: Any) -> None:
 
 def lines(path: str) -> list[dict]:
     return [json.loads(ln) for ln in Path(path).read_text().splitlines()] if os.path.exists(path) else []
-
-
-def _wait_flag(ctx: tm.TaskContext, flag: str) -> str:
-    deadline = time.monotonic() + DEADLINE
-    while not os.path.exists(flag):
-        if ctx.cancelled:
-            return "cancelled"
-        if time.monotonic() > deadline:
-            raise tm.Permanent(f"flag {flag} never appeared")
-        time.sleep(0.01)
-    return "released"
 
 
 @sch.task
