@@ -26,13 +26,20 @@ from taskmill.errors import (
     WaitTimeout,
     WorkerCrashed,
 )
-from taskmill.records import (
+from taskmill.outcomes import (
     BatchOutcome,
     Duplicate,
+    Inserted,
+    Rejected,
+    Requeued,
+    SubmitOutcome,
+    Superseded,
+    Upgraded,
+)
+from taskmill.records import (
     DuplicateStrategy,
     EstimatedProgress,
     HistoryStatus,
-    Inserted,
     IoBudget,
     MaxAgeDays,
     MaxCount,
@@ -41,20 +48,15 @@ from taskmill.records import (
     Priority,
     Recurring,
     RecurringScheduleInfo,
-    Rejected,
-    Requeued,
     RetryPolicy,
     SchedulerSnapshot,
     Shutdown,
-    SubmitOutcome,
-    Superseded,
     TaskHistoryRecord,
     TaskLookup,
     TaskProgress,
     TaskRecord,
     TaskStatus,
     TypeStats,
-    Upgraded,
 )
 from taskmill.scheduler import DomainHandle, Scheduler, TaskStore
 

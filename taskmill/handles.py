@@ -13,17 +13,15 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 from taskmill import protocol
 from taskmill.domain import Domain, Submission, TaskOptions, TaskType, as_submission, resolve
 from taskmill.errors import InvalidSubmission, UnknownTaskType
+from taskmill.outcomes import BatchOutcome, SubmitOutcome, outcomes_from_wire
 from taskmill.records import (
-    BatchOutcome,
     EstimatedProgress,
     ModuleSnapshot,
     PausedGroupInfo,
-    SubmitOutcome,
     TaskHistoryRecord,
     TaskProgress,
     TaskRecord,
     TaskStatus,
-    outcomes_from_wire,
 )
 from taskmill.validation import as_int, as_str, describe
 
@@ -157,20 +155,22 @@ class DomainHandle:
         """Whether this domain is paused (by itself; see ``Scheduler.is_paused`` for a global pause)."""
         return self._call("is_paused", "domain", self.name)
 
+    # Groups are the scheduler's, not a domain's: the handle's group calls are the scheduler's.
+
     def pause_group(self, group: str) -> int:
-        """Pause a group (in every domain: groups are the scheduler's); see ``Scheduler.pause_group``."""
-        return self._call("pause", "group", as_str(group, "group"))
+        """Pause a group in every domain; see ``Scheduler.pause_group``."""
+        return self._s.pause_group(group)
 
     def resume_group(self, group: str) -> int:
-        """Lift a group's pause; returns how many tasks became pending."""
-        return self._call("resume", "group", as_str(group, "group"))
+        """Lift a group's pause; see ``Scheduler.resume_group``."""
+        return self._s.resume_group(group)
 
     def is_group_paused(self, group: str) -> bool:
-        return self._call("is_paused", "group", as_str(group, "group"))
+        return self._s.is_group_paused(group)
 
     def paused_groups(self) -> list[PausedGroupInfo]:
-        """Every paused group: when, how many tasks it holds, when it resumes by itself."""
-        return self._call("paused_groups")
+        """Every paused group; see ``Scheduler.paused_groups``."""
+        return self._s.paused_groups()
 
     # ------------------------------------------------------------------ recurring schedules (F15)
 

@@ -15,7 +15,8 @@ import time
 from datetime import datetime
 from typing import Any, Mapping
 
-from taskmill.records import Recurring, SubmitOutcome
+from taskmill.outcomes import SubmitOutcome
+from taskmill.records import Recurring
 from taskmill.validation import INT64_MAX, MAX_DELAY_SECONDS, as_int, as_seconds, as_str, describe
 
 __all__ = ["LIFECYCLE_OPTIONS", "TTL_FROM", "DEPENDENCY_POLICIES", "lifecycle_fields", "check_ttl_from"]

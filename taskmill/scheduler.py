@@ -23,6 +23,7 @@ from taskmill.client import CoordinatorProcess
 from taskmill.domain import Defaults, Domain, Submission, check_timeout
 from taskmill.errors import ConfigError, SchedulerClosed, UnknownDomain, WaitTimeout
 from taskmill.handles import DomainHandle
+from taskmill.outcomes import SubmitOutcome, outcomes_from_wire
 from taskmill.records import (
     MaxAgeDays,
     MaxCount,
@@ -31,11 +32,9 @@ from taskmill.records import (
     RetryPolicy,
     SchedulerSnapshot,
     Shutdown,
-    SubmitOutcome,
     TaskHistoryRecord,
     TaskLookup,
     TaskRecord,
-    outcomes_from_wire,
 )
 from taskmill.taskstore import TaskStore
 from taskmill.validation import (

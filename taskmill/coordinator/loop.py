@@ -440,8 +440,8 @@ class Coordinator(Workforce):
         r = route(name, args)
         if self.lc.cold and name in WARM_ALL:  # it acts on every task: none may stay in the store
             self._warm_all()
-        elif self.lc.cold and name in NAMES_IDS and args:
-            self._promote([args[0]] if type(args[0]) is int else list(args[0]) if type(args[0]) is list else [], [])
+        elif self.lc.cold and name in NAMES_IDS and args:  # an id or a list of ids (others are dropped)
+            self._promote(args[0] if type(args[0]) is list else [args[0]], [])
         if r.kind is Kind.MEMORY:
             self._reply(conn, protocol.Reply(r.fn(self, *args)))
         elif r.kind is Kind.CHANGE:

@@ -25,7 +25,8 @@ from taskmill import protocol
 from taskmill.context import TaskContext
 from taskmill.domain import Defaults, as_submission, resolve
 from taskmill.errors import InvalidSubmission, Permanent, Retryable, UnknownDomain, UnknownTaskType
-from taskmill.records import BatchOutcome, TaskRecord, TaskStatus, outcomes_from_wire
+from taskmill.outcomes import BatchOutcome, outcomes_from_wire
+from taskmill.records import TaskRecord, TaskStatus
 from taskmill.shm import WorkerSlot
 from taskmill.workers import preload
 

@@ -21,7 +21,7 @@ import taskmill
 PACKAGE_DIR = Path(taskmill.__file__).resolve().parent
 ROOT = PACKAGE_DIR.parent
 
-LEAVES = {"taskmill.errors", "taskmill.records", "taskmill.protocol", "taskmill.shm", "taskmill.validation",
+LEAVES = {"taskmill.errors", "taskmill.records", "taskmill.outcomes", "taskmill.protocol", "taskmill.shm", "taskmill.validation",
           "taskmill.options"}
 
 
@@ -112,7 +112,8 @@ LEAF_ALLOWED = {
     "taskmill.validation": {"taskmill.errors"},  # records imports validation: the reverse would be a cycle
     "taskmill.protocol": {"taskmill.errors"},
     "taskmill.shm": {"taskmill.errors"},
-    "taskmill.options": {"taskmill.errors", "taskmill.records", "taskmill.validation"},
+    "taskmill.outcomes": {"taskmill.records"},
+    "taskmill.options": {"taskmill.errors", "taskmill.records", "taskmill.outcomes", "taskmill.validation"},
 }
 
 
