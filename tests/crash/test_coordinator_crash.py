@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 import taskmill as tm
+from coordinators import gone, kill_coordinator
 
 DEADLINE = 90.0
 N_TASKS = 2000
@@ -66,13 +66,6 @@ def tick(ctx: tm.TaskContext, n: int, log: str) -> int:
     return n
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def _wait_for(cond: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -103,7 +96,7 @@ def test_sigkill_coordinator_at_random_moment_loses_nothing(store_path: str, tmp
             time.sleep(0.005)
         coord = s.coordinator_pid
         os.kill(coord, signal.SIGKILL)
-        _wait_for(lambda: _gone(coord), 30, "the coordinator to die")
+        _wait_for(lambda: gone(coord), 30, "the coordinator to die")
         with pytest.raises(tm.SchedulerBroken):
             s.snapshot()
     finally:
@@ -136,15 +129,6 @@ def test_sigkill_coordinator_at_random_moment_loses_nothing(store_path: str, tmp
               f"{len(executed) - N_TASKS} re-executions")
 
 
-def _kill_coordinator(s: tm.Scheduler) -> None:
-    coord = s.coordinator_pid
-    os.kill(coord, signal.SIGKILL)
-    _wait_for(lambda: _gone(coord), 30, "the coordinator to die")
-    t0 = time.monotonic()
-    s.close()
-    assert time.monotonic() - t0 < 30, "closing the broken scheduler hung"
-
-
 def test_recovery_keeps_retry_count_priority_key_and_backoff(store_path: str, tmp_path: Path) -> None:
     counter = str(tmp_path / "count")
     s = tm.Scheduler(store_path=store_path, domains=[crash], max_concurrency=1).start()
@@ -159,7 +143,7 @@ def test_recovery_keeps_retry_count_priority_key_and_backoff(store_path: str, tm
         before = s.store.task_by_id(out.id)
         assert before.status == "pending" and before.run_after is not None
     finally:
-        _kill_coordinator(s)
+        kill_coordinator(s)
     with tm.Scheduler(store_path=store_path, domains=[crash], max_concurrency=1) as s2:
         h = s2.domain(crash)
         rec = s2.store.task_by_id(out.id)
@@ -187,7 +171,7 @@ def test_requeue_mark_survives_a_crash(store_path: str, tmp_path: Path) -> None:
         rec = s.store.task_by_id(out.id)
         assert rec.requeue and rec.status == "running"
     finally:
-        _kill_coordinator(s)
+        kill_coordinator(s)
     Path(flag).touch()
     with tm.Scheduler(store_path=store_path, domains=[crash], max_concurrency=1) as s2:
         assert s2.wait(out.id, timeout=DEADLINE).status == "completed"
@@ -226,7 +210,7 @@ def test_kill_during_batch_submission_is_all_or_nothing(store_path: str, seed: i
         while time.monotonic() < kill_at:
             time.sleep(0.005)
     finally:
-        _kill_coordinator(s)
+        kill_coordinator(s)
         t.join(DEADLINE)
     assert not t.is_alive()
     with tm.Scheduler(store_path=store_path, domains=[crash], max_concurrency=2) as s2:
@@ -257,13 +241,13 @@ def test_repeated_crashes_on_one_store(store_path: str, tmp_path: Path) -> None:
         assert len(ids) == n
         time.sleep(rng.uniform(0.0, 0.3))  # the kill moment is the point of the test, not a wait for something
     finally:
-        _kill_coordinator(s)
+        kill_coordinator(s)
     for _ in range(3):
         s = tm.Scheduler(store_path=store_path, domains=[crash], max_concurrency=2).start()
         try:
             time.sleep(rng.uniform(0.05, 0.4))
         finally:
-            _kill_coordinator(s)
+            kill_coordinator(s)
     with tm.Scheduler(store_path=store_path, domains=[crash], max_concurrency=2) as s2:
         s2.wait_idle(timeout=DEADLINE)
         rows = s2.sql("SELECT count(*) AS n, count(DISTINCT id) AS d, count(*) FILTER (WHERE status = 'completed') "
@@ -288,7 +272,7 @@ def test_a_killed_coordinator_leaves_no_directories_behind(store_path: str, tmp_
         s.domain(crash).submit(noop, b=0, i=0)
         assert sorted(p.name.split("-")[0] for p in tmp.iterdir()) == ["taskmill"]  # pymp lives inside it
     finally:
-        _kill_coordinator(s)
+        kill_coordinator(s)
     assert list(tmp.iterdir()) == [], f"left behind: {sorted(p.name for p in tmp.rglob('*'))}"
     with tm.Scheduler(store_path=store_path, domains=[crash], max_concurrency=1) as s2:
         s2.wait_idle(timeout=DEADLINE)

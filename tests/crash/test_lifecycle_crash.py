@@ -15,17 +15,15 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 import taskmill as tm
-from polling import poll_until
+from coordinators import kill_coordinator
 
 DEADLINE = 90.0
 CHAINS = 6           # a -> b -> c, each
@@ -53,20 +51,21 @@ def note(log: str, text: str) -> None:
         os.close(fd)
 
 
-@life.task
-def step(ctx: tm.TaskContext, name: str, log: str) -> str:
+def _run(name: str, log: str) -> str:
     note(log, f"start {name}")
     time.sleep(0.02)
     note(log, f"done {name}")
     return name
+
+
+@life.task
+def step(ctx: tm.TaskContext, name: str, log: str) -> str:
+    return _run(name, log)
 
 
 @other.task
 def child(ctx: tm.TaskContext, name: str, log: str) -> str:
-    note(log, f"start {name}")
-    time.sleep(0.02)
-    note(log, f"done {name}")
-    return name
+    return _run(name, log)
 
 
 @life.task
@@ -82,13 +81,6 @@ def parent_done(ctx: tm.TaskContext, memo: Any, n: int, log: str) -> int:
     assert memo == {"n": n}, memo
     note(log, f"fin p{n}")
     return n
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def events(log: str) -> list[tuple[float, str, str]]:
@@ -138,11 +130,8 @@ def test_sigkill_during_a_lifecycle_workload_ends_every_task_as_without_it(
     try:
         ids = submit_workload(s, log)
         time.sleep(delay)  # the kill moment is the point of the test, not a wait for something
-        coord = s.coordinator_pid
-        os.kill(coord, signal.SIGKILL)
-        poll_until(lambda: _gone(coord), 30, what="the coordinator to die")
     finally:
-        s.close()
+        kill_coordinator(s)
 
     with tm.Scheduler(store_path, [life, other], max_concurrency=2) as s2:
         s2.wait_idle(timeout=DEADLINE)
