@@ -27,7 +27,7 @@ from collections import deque
 from typing import Any, Callable, NamedTuple
 
 from taskmill import protocol
-from taskmill.coordinator.cold import ColdTails
+from taskmill.coordinator.cold import ColdTails, check_row, retry_policy
 from taskmill.coordinator.entry import PAUSE_REASONS, Entry, Schedule
 from taskmill.coordinator.pauses import GROUP, Pauses, reason_names
 from taskmill.coordinator.relations import Relations
@@ -556,8 +556,6 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails):
         self.payload_missing = deque(e.id for e in loaded if self.tasks.get(e.id) is e)
         return bad
 
-    def _entry(self, row: tuple, now: float, wall: float) -> Entry:
-        return entry_from_row(row, now, wall)
 
     # ------------------------------------------------------------------ consistency (tests, debugging)
 
@@ -644,14 +642,9 @@ def entry_from_row(row: tuple, now: float, wall: float) -> Entry:
      timeout, cpus, memory, group, requeue, requeue_prio, parent_id, tags, ttl, ttl_from, expires_at, on_dep,
      fail_fast, interval, most, count, delay, rec_paused, reasons, memo, phase, started_at, *_io) = row
     status = _STATUS_VALUES[status]  # KeyError: an unknown status (quarantined)
-    if not 0 <= prio <= 255 or (requeue_prio is not None and not 0 <= requeue_prio <= 255):
-        raise ValueError(f"priority {prio} is outside 0..255")
-    if retries < 0 or max_retries < 0:
-        raise ValueError("a negative retry count")
-    if timeout is not None and not (math.isfinite(timeout) and 0 < timeout <= MAX_DELAY_SECONDS):
-        raise ValueError(f"timeout {timeout!r} is not a number of seconds in (0, {MAX_DELAY_SECONDS:g}]")
-    if not (math.isfinite(cpus) and cpus > 0) or memory < 0:
-        raise ValueError(f"cpus {cpus!r} / memory {memory!r} out of range")
+    check_row(prio, retries, max_retries, timeout, cpus, memory)
+    if requeue_prio is not None and not 0 <= requeue_prio <= 255:
+        raise ValueError(f"priority {requeue_prio} is outside 0..255")
     for name, t in (("run_after", run_after), ("expires_at", expires_at)):
         if t is not None and not math.isfinite(t):
             raise ValueError(f"{name} {t!r} is not a time")
@@ -661,9 +654,8 @@ def entry_from_row(row: tuple, now: float, wall: float) -> Entry:
         unknown = set(reasons) - set(PAUSE_REASONS)
         if unknown:
             raise ValueError(f"unknown pause reasons {sorted(unknown)}")
-    policy = RetryPolicy.from_dict(json.loads(retry_json)) if retry_json else None
-    e = Entry(tid, ttype, domain, key, label, prio, status, created, retries, max_retries, policy, timeout, cpus,
-              memory, group)
+    e = Entry(tid, ttype, domain, key, label, prio, status, created, retries, max_retries, retry_policy(retry_json),
+              timeout, cpus, memory, group)
     e.requeue = bool(requeue)
     e.requeue_priority = requeue_prio
     e.parent_id = parent_id

@@ -43,6 +43,7 @@ from taskmill.coordinator import snapshots
 from taskmill.coordinator.acceptor import Acceptor
 from taskmill.coordinator.entry import Entry
 from taskmill.coordinator.lifecycle import Lifecycle
+from taskmill.coordinator.prefetch import ColdPrefetch
 from taskmill.coordinator.progress import ProgressTracker
 from taskmill.coordinator.queues import Timers
 from taskmill.coordinator.reader import QueryRunner
@@ -164,6 +165,7 @@ class Coordinator(Workforce):
         self.commits = 0
         self.writer = Writer(store, self._wake_w)
         self.readers = QueryRunner(store, self._wake)
+        self.prefetch: ColdPrefetch | None = None  # while a cold tail is left after recovery
 
         self.stopping = False  # no more dispatch
         self.stop_deadline: float | None = None
@@ -185,6 +187,8 @@ class Coordinator(Workforce):
         bad = self.lc.recover(rec.next_id, rec.tasks, rec.edges, rec.scopes, self.clock(), self.mono(), failures,
                               rec.cold, rec.max_id)
         self.tracker = ProgressTracker(self.store.type_averages())
+        if self.lc.cold:
+            self.prefetch = ColdPrefetch(self.store, self.lc.cold_max_id, WARM_CHUNK)
         if self.start_paused:
             self.lc.pause_scope("global", "", self.mono(), self.clock())
         self._quarantine(bad)
@@ -415,9 +419,19 @@ class Coordinator(Workforce):
         if tail is None:
             return
         self._commit()
-        rows = self.store.cold_rows(domain, tail.after, self.lc.cold_max_id, WARM_CHUNK)
+        rows = self.prefetch.take(domain, tail.after) if self.prefetch is not None else None
+        if rows is None:
+            rows = self.store.cold_rows(domain, tail.after, self.lc.cold_max_id, WARM_CHUNK)
         self.lc.warm(domain, rows, WARM_CHUNK, self.mono(), self.clock())
         self._quarantine_cold()
+        self._prefetch_cold()
+
+    def _prefetch_cold(self) -> None:
+        """Ask for the next chunk of every cold tail whose loaded part is half used up."""
+        if self.prefetch is not None:
+            for domain, tail in self.lc.cold.items():
+                if self.lc.ready.count(domain) < WARM_CHUNK // 2:
+                    self.prefetch.ask(domain, tail.after)
 
     def _warm_all(self) -> None:
         while self.lc.cold:
@@ -619,6 +633,8 @@ class Coordinator(Workforce):
         """Cancel what still runs (re-queued, not failed), stop workers, commit, answer, exit."""
         self._stop_workers()
         self.readers.close()
+        if self.prefetch is not None:
+            self.prefetch.close()
         self._commit()
         for conn, _ in self.idle_waiters:
             self._reply(conn, protocol.ErrorReply.of(SchedulerBroken("the scheduler shut down")))

@@ -87,6 +87,11 @@ class ReadyQueues:
             heapq.heappop(heap)
         return None
 
+    def count(self, domain: str) -> int:
+        """Ready entries of ``domain``."""
+        d = self._domains.get(domain)
+        return d.live if d is not None else 0
+
     def peek(self, domain: str) -> Entry | None:
         """The most urgent ready entry of ``domain``, left queued (None: nothing ready)."""
         d = self._domains.get(domain)

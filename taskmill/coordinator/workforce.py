@@ -77,6 +77,9 @@ class Workforce:
     def _warm(self, domain: str) -> None:
         raise NotImplementedError
 
+    def _prefetch_cold(self) -> None:
+        raise NotImplementedError
+
     def _apply_submissions(self, items: list[protocol.SubmitItem]) -> list[tuple]:
         raise NotImplementedError
 
@@ -142,6 +145,7 @@ class Workforce:
         if lc.cold and idle and lc.running_total < self.max_concurrency:
             for domain in lc.cold_needed():  # the next task in order may still be in the store
                 self._warm(domain)
+            self._prefetch_cold()
         while idle and lc.running_total < self.max_concurrency:
             e = lc.pick(now, wall)
             if e is None:

@@ -6,10 +6,11 @@ coordinator, the workers or the host API.
 
 from taskmill.store.batch import FinishedRow, Recovered, WriteBatch
 from taskmill.store.queries import TASK_INSERT_COLUMNS, Queries, select
-from taskmill.store.store import LATEST_SCHEMA, RECOVER_COLUMNS, Store
+from taskmill.store.store import LATEST_SCHEMA, PLAIN_COLUMNS, RECOVER_COLUMNS, Store
 
 __all__ = [
     "LATEST_SCHEMA",
+    "PLAIN_COLUMNS",
     "RECOVER_COLUMNS",
     "TASK_INSERT_COLUMNS",
     "FinishedRow",

@@ -22,7 +22,7 @@ from taskmill.errors import NotATaskmillStore, SchemaTooNew, StoreError, StoreLo
 from taskmill.store.batch import UPDATE_COLUMNS, FinishedRow, Recovered, WriteBatch
 from taskmill.store.queries import HISTORY_COLUMNS, Queries, select
 
-__all__ = ["LATEST_SCHEMA", "RECOVER_COLUMNS", "Store"]
+__all__ = ["LATEST_SCHEMA", "PLAIN_COLUMNS", "RECOVER_COLUMNS", "Store"]
 
 #: DuckDB worker threads for the store. One: every statement runs on the thread that
 #: issued it, so the reader threads' low CPU priority applies to user queries (with more,
@@ -52,9 +52,22 @@ _PLAIN = ("coalesce(status = 'pending' AND run_after IS NULL AND expires_at IS N
           "AND NOT requeue AND (pause_reasons IS NULL OR len(pause_reasons) = 0) "
           "AND id NOT IN (SELECT task_id FROM task_deps) AND id NOT IN (SELECT depends_on FROM task_deps) "
           "AND id NOT IN (SELECT parent_id FROM tasks WHERE parent_id IS NOT NULL), false)")
+#: The columns of a plain pending task (``cold_rows``, ``plain_rows``): what ``_PLAIN`` leaves
+#: non-NULL, and its payload when short. Half the columns of a full row: a cold tail loads faster.
+PLAIN_COLUMNS: tuple[str, ...] = (
+    "id", "task_type", "domain", "key", "label", "priority", "created_at", "retry_count", "max_retries",
+    "retry_policy", "timeout_s", "cpus", "memory", "group_key", "tags", "fail_fast", "payload",
+)
 _RECOVER_SELECT = ", ".join(
     f"epoch_us({c}) / 1e6" if c in _EPOCH else "coalesce(pause_reasons, []::VARCHAR[])" if c == "pause_reasons" else c
     for c in RECOVER_COLUMNS)
+#: Payloads longer than this come with a plain row as NULL (loaded when the task is about to run):
+#: a chunk of cold rows holds at most ``chunk × PLAIN_PAYLOAD_MAX`` bytes of payloads.
+PLAIN_PAYLOAD_MAX = 1024
+_PLAIN_SELECT = ", ".join(
+    f"epoch_us({c}) / 1e6" if c in _EPOCH
+    else f"CASE WHEN strlen(payload) <= {PLAIN_PAYLOAD_MAX} THEN payload END" if c == "payload" else c
+    for c in PLAIN_COLUMNS)
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -253,19 +266,21 @@ class Store(Queries):
         return Recovered(next_id=max(next_id, top + 1), tasks=rows, edges=edges, scopes=scopes, cold=cold,
                          max_id=top)
 
-    def cold_rows(self, domain: str, after: tuple[int, int], max_id: int, limit: int) -> list[tuple]:
+    def cold_rows(self, domain: str, after: tuple[int, int], max_id: int, limit: int,
+                  con: duckdb.DuckDBPyConnection | None = None) -> list[tuple]:
         """The next ``limit`` plain pending tasks of ``domain`` after ``after`` (priority, id) in
-        dispatch order, among the ids recovery saw (``<= max_id``); rows as in ``recover``."""
+        dispatch order, among the ids recovery saw (``<= max_id``); rows of ``PLAIN_COLUMNS``.
+        ``con``: another cursor of this store (a thread of its own)."""
         with _gc_paused():
-            return self.con.execute(
-                f"SELECT {_RECOVER_SELECT} FROM tasks WHERE domain = ? AND id <= ? AND "
+            return (con or self.con).execute(
+                f"SELECT {_PLAIN_SELECT} FROM tasks WHERE domain = ? AND id <= ? AND "
                 f"(priority > ? OR (priority = ? AND id > ?)) AND {_PLAIN} ORDER BY priority, id LIMIT ?",
                 [domain, max_id, after[0], after[0], after[1], limit]).fetchall()
 
     def plain_rows(self, ids: Sequence[int], keys: Sequence[str], max_id: int) -> list[tuple]:
-        """Plain pending tasks (ids ``<= max_id``) with one of ``ids`` or ``keys``; rows as in ``recover``."""
+        """Plain pending tasks (ids ``<= max_id``) with one of ``ids`` or ``keys``; rows of ``PLAIN_COLUMNS``."""
         return self.con.execute(
-            f"SELECT {_RECOVER_SELECT} FROM tasks WHERE id <= $3 AND (id IN (SELECT unnest($1::BIGINT[])) "
+            f"SELECT {_PLAIN_SELECT} FROM tasks WHERE id <= $3 AND (id IN (SELECT unnest($1::BIGINT[])) "
             f"OR key IN (SELECT unnest($2::VARCHAR[]))) AND {_PLAIN} ORDER BY priority, id",
             [list(ids), list(keys), max_id]).fetchall()
 

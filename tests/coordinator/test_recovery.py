@@ -119,3 +119,18 @@ def test_a_cold_row_that_cannot_be_read_is_set_aside_and_the_rest_load(tmp_path:
     assert order == [i for i in ids if i != ids[5]]
     assert [tid for tid, _ in lc.cold_bad] == [ids[5]] and "cannot be interpreted" in lc.cold_bad[0][1]
     assert lc.cold == {} and lc.cold_count() == 0
+
+
+def test_a_cold_chunk_brings_short_payloads_and_leaves_long_ones_for_the_run(tmp_path: Any) -> None:
+    long_text = '{"blob": "' + "x" * 5000 + '"}'
+    items = [item(f"k{i}") for i in range(6)]
+    items[4] = items[4]._replace(payload=long_text)
+    items[5] = items[5]._replace(payload='{"n": 5}')
+    store, ids = written(tmp_path, items)
+    lc = recovered(store, hot=2)
+    lc.warm("a", store.cold_rows("a", lc.cold["a"].after, lc.cold_max_id, 10), 10, time.monotonic(), time.time())
+    assert lc.tasks[ids[5]].payload == '{"n": 5}' and lc.tasks[ids[3]].payload == "{}"
+    assert lc.tasks[ids[4]].payload is None and ids[4] in lc.payload_missing  # read when it is about to run
+    lc.fill_payloads(store.fetch_payloads([ids[4]]))
+    assert lc.tasks[ids[4]].payload == long_text
+    lc.check()
