@@ -170,7 +170,7 @@ def main() -> int:
             cancel_hook_timeout=config.get("cancel_hook_timeout", 30.0),
             expiry_sweep_interval=config.get("expiry_sweep_interval", 30.0),
             retention=config.get("retention"), retention_every=config.get("retention_every", 100),
-            start_paused=config.get("start_paused", False))
+            start_paused=config.get("start_paused", False), admission=config.get("admission"))
         try:
             coord.start_workers()
         except RuntimeError as e:

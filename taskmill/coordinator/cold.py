@@ -21,16 +21,11 @@ Counts: a cold task is pending; ``cold_count`` adds them where counts are shown.
 
 from __future__ import annotations
 
-import json
-import math
-from typing import Any
-
 from taskmill.coordinator.entry import Entry
+from taskmill.coordinator.rows import plain_entry
 from taskmill.coordinator.table import TaskTable
-from taskmill.records import RetryPolicy
-from taskmill.validation import MAX_DELAY_SECONDS
 
-__all__ = ["ColdTails", "Tail", "check_row", "plain_entry", "retry_policy"]
+__all__ = ["ColdTails", "Tail"]
 
 
 class Tail:
@@ -137,34 +132,3 @@ class ColdTails(TaskTable):
     def _cold_from_recovery(self, cold: dict[str, tuple[int, tuple[int, int]]], max_id: int) -> None:
         self.cold = {d: Tail(left, after) for d, (left, after) in cold.items() if left > 0}
         self.cold_max_id = max_id
-
-
-def check_row(prio: int, retries: int, max_retries: int, timeout: float | None, cpus: float, memory: int) -> None:
-    """Raise ValueError when a stored task's values are out of range (the row is quarantined)."""
-    if not 0 <= prio <= 255:
-        raise ValueError(f"priority {prio} is outside 0..255")
-    if retries < 0 or max_retries < 0:
-        raise ValueError("a negative retry count")
-    if timeout is not None and not (math.isfinite(timeout) and 0 < timeout <= MAX_DELAY_SECONDS):
-        raise ValueError(f"timeout {timeout!r} is not a number of seconds in (0, {MAX_DELAY_SECONDS:g}]")
-    if not (math.isfinite(cpus) and cpus > 0) or memory < 0:
-        raise ValueError(f"cpus {cpus!r} / memory {memory!r} out of range")
-
-
-def retry_policy(text: str | None) -> Any:
-    """A stored retry policy (JSON text), or None for the task type's."""
-    return RetryPolicy.from_dict(json.loads(text)) if text else None
-
-
-def plain_entry(row: tuple) -> Entry:
-    """An entry from a plain pending row (``PLAIN_COLUMNS`` of the store; the payload when short)."""
-    (tid, ttype, domain, key, label, prio, created, retries, max_retries, retry_json, timeout, cpus, memory,
-     group, tags, fail_fast, payload) = row
-    check_row(prio, retries, max_retries, timeout, cpus, memory)
-    e = Entry(tid, ttype, domain, key, label, prio, "pending", created, retries, max_retries, retry_policy(retry_json),
-              timeout, cpus, memory, group)
-    e.tags = tags
-    e.payload = payload
-    if fail_fast is False:
-        e.extra().fail_fast = False
-    return e

@@ -62,7 +62,7 @@ class Entry:
         "id", "task_type", "domain", "key", "label", "priority", "status", "created_at", "run_after",
         "retry_count", "max_retries", "retry", "timeout", "cpus", "memory", "group", "payload", "requeue",
         "requeue_priority", "started_at", "started_mono", "worker", "qver", "queued", "cancelled", "timer",
-        "tags", "parent_id", "paused", "blockers", "expires", "x",
+        "tags", "parent_id", "paused", "blockers", "expires", "io", "x",
     )
 
     def __init__(self, id: int, task_type: str, domain: str, key: str, label: str, priority: int, status: str,
@@ -99,6 +99,7 @@ class Entry:
         self.paused = 0  # pause reason bits (PAUSE_REASONS)
         self.blockers = 0  # prerequisites not yet completed
         self.expires: float | None = None  # monotonic TTL deadline
+        self.io: tuple[int, int, int, int] | None = None  # expected IO (disk read/write, net rx/tx), if any
         self.x: Extra | None = None
 
     def extra(self) -> Extra:

@@ -27,10 +27,12 @@ from collections import deque
 from typing import Any, Callable, NamedTuple
 
 from taskmill import protocol
-from taskmill.coordinator.cold import ColdTails, check_row, retry_policy
-from taskmill.coordinator.entry import PAUSE_REASONS, Entry, Schedule
+from taskmill.coordinator.cold import ColdTails
+from taskmill.coordinator.entry import Entry, Schedule
+from taskmill.coordinator.gate import ADMIT, SKIP, STOP, Gate
 from taskmill.coordinator.pauses import GROUP, Pauses, reason_names
 from taskmill.coordinator.relations import Relations
+from taskmill.coordinator.rows import entry_from_row
 from taskmill.coordinator.schedules import SWEEP_INTERVAL, Schedules
 from taskmill.errors import InvalidSubmission
 from taskmill.records import HistoryStatus, RetryPolicy, TaskStatus
@@ -83,7 +85,7 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails):
     def __init__(
         self,
         *,
-        domain_caps: dict[str, int | None] | None = None,
+        gate: Gate | None = None,
         type_retry: dict[str, RetryPolicy] | None = None,
         default_retry: RetryPolicy | None = None,
         finalizers: frozenset[str] = frozenset(),
@@ -96,7 +98,7 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails):
         self.retention = retention  # ("count", keep) or ("age_days", days), pruned every retention_every rows
         self.retention_every = retention_every
         self._rows_since_prune = 0
-        super().__init__(domain_caps=domain_caps, type_retry=type_retry, default_retry=default_retry,
+        super().__init__(gate=gate, type_retry=type_retry, default_retry=default_retry,
                          finalizers=finalizers, cancel_hooks=cancel_hooks, rng=rng)
         self._init_relations()
         self._init_pauses()
@@ -201,6 +203,8 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails):
                 expires_at = parent.x.expires_at
         e.tags = tags
         e.parent_id = parent_id
+        if io_read or io_write or io_rx or io_tx:
+            e.io = (io_read, io_write, io_rx, io_tx)
         if ttl is not None or expires_at is not None or run_after is not None or depends_on or on_dep != "cancel" \
                 or not fail_fast or recurring is not None:
             x = e.extra()
@@ -244,18 +248,34 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails):
 
     # ------------------------------------------------------------------ dispatch (the hot path)
 
-    def _domain_full(self, domain: str) -> bool:
-        cap = self.domain_caps.get(domain)
-        return cap is not None and self.running_by_domain.get(domain, 0) >= cap
-
     def pick(self, now: float, wall: float) -> Entry | None:
-        """The most urgent ready task whose domain has headroom, taken off its queue (or None).
-        A task past its TTL expires here instead of running."""
+        """The most urgent ready task the gate admits, taken off its queue (or None: nothing may
+        start now). A lane denied by its domain or group cap is passed over; a rate-limited task
+        waits for its token as a delayed task; a task past its TTL expires here instead."""
+        ready, gate = self.ready, self.gate
+        skip: set[tuple[str, str | None]] | None = None
         while True:
-            e = self.ready.pop_best(self._domain_full)
-            if e is None or e.expires is None or e.expires > now:
+            e = ready.best(skip)
+            if e is None:
+                return None
+            if e.expires is not None and e.expires <= now:
+                ready.take(e)
+                self._expire(e, now, wall)
+                continue
+            verdict = gate.admit(e, now)
+            if verdict == ADMIT:
+                ready.take(e)
                 return e
-            self._expire(e, now, wall)
+            if verdict == STOP:
+                return None
+            if verdict == SKIP:
+                if skip is None:
+                    skip = set()
+                skip.add((e.domain, e.group))
+                continue
+            ready.take(e)  # rate-limited: back when its token is there
+            self.counters["rate_limit_throttles"] += 1
+            self._make_ready(e, float(verdict))
 
     def payload_chunk(self, e: Entry) -> list[int]:
         """Ids whose payloads to read in one query before ``e`` can run: ``e`` first, then the
@@ -282,8 +302,7 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails):
         e.started_mono = now
         e.worker = worker
         self.running[e.id] = e
-        self.running_total += 1
-        self.running_by_domain[e.domain] = self.running_by_domain.get(e.domain, 0) + 1
+        self.gate.take(e, now)
         self.batch.running[e.id] = wall
         self._touch(now)
         self.counters["dispatched"] += 1
@@ -302,8 +321,7 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails):
         comes next (``completed``, ``failed``, ``interrupted``) unless ``e`` was cancelled."""
         e.worker = None
         del self.running[e.id]
-        self.running_total -= 1
-        self.running_by_domain[e.domain] -= 1
+        self.gate.give(e)
         if e.payload is not None and e.cancelled:
             self.payload_bytes -= len(e.payload)
             e.payload = None
@@ -598,7 +616,7 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails):
         for d, counts in self.domain_counts.items():
             assert counts == by_domain.get(d, {s.value: 0 for s in TaskStatus}), (d, counts)
         assert all(e.worker is not None for e in self.running.values())
-        assert self.running_total == len(self.running)
+        self.gate.check(self.running.values())
         assert len(self.ready) == sum(1 for e in self.tasks.values() if e.queued)
 
 
@@ -631,48 +649,3 @@ def unstorable_result(text: str | None) -> str | None:
         except (ValueError, UnicodeEncodeError) as e:
             return f"the return value holds a lone UTF-16 surrogate ({e}), so it cannot be stored"
     return None
-
-
-_STATUS_VALUES = {s.value: s.value for s in TaskStatus}
-
-
-def entry_from_row(row: tuple, now: float, wall: float) -> Entry:
-    """An entry from a stored ``tasks`` row (see ``Store.recover``), checked field by field."""
-    (tid, ttype, domain, key, label, prio, status, created, run_after, retries, max_retries, retry_json,
-     timeout, cpus, memory, group, requeue, requeue_prio, parent_id, tags, ttl, ttl_from, expires_at, on_dep,
-     fail_fast, interval, most, count, delay, rec_paused, reasons, memo, phase, started_at, *_io) = row
-    status = _STATUS_VALUES[status]  # KeyError: an unknown status (quarantined)
-    check_row(prio, retries, max_retries, timeout, cpus, memory)
-    if requeue_prio is not None and not 0 <= requeue_prio <= 255:
-        raise ValueError(f"priority {requeue_prio} is outside 0..255")
-    for name, t in (("run_after", run_after), ("expires_at", expires_at)):
-        if t is not None and not math.isfinite(t):
-            raise ValueError(f"{name} {t!r} is not a time")
-    if interval is not None and not (math.isfinite(interval) and 0 < interval <= MAX_DELAY_SECONDS):
-        raise ValueError(f"recurring interval {interval!r} out of range")
-    if reasons:
-        unknown = set(reasons) - set(PAUSE_REASONS)
-        if unknown:
-            raise ValueError(f"unknown pause reasons {sorted(unknown)}")
-    e = Entry(tid, ttype, domain, key, label, prio, status, created, retries, max_retries, retry_policy(retry_json),
-              timeout, cpus, memory, group)
-    e.requeue = bool(requeue)
-    e.requeue_priority = requeue_prio
-    e.parent_id = parent_id
-    e.tags = tags
-    if reasons:
-        e.paused = sum(PAUSE_REASONS[r] for r in reasons)
-    if (ttl is not None or expires_at is not None or run_after is not None or (on_dep or "cancel") != "cancel"
-            or fail_fast is False or interval is not None or memo is not None or (phase or "execute") != "execute"):
-        x = e.extra()
-        x.ttl_seconds, x.ttl_from, x.expires_at = ttl, ttl_from or "submission", expires_at
-        x.on_dep_failure, x.fail_fast = on_dep or "cancel", fail_fast is not False
-        x.memo, x.phase = memo, phase or "execute"
-        if interval is not None:
-            x.schedule = Schedule(interval, most, count or 0, delay or 0.0, bool(rec_paused))
-            x.schedule.due_wall = run_after if run_after is not None else wall
-        if run_after is not None:
-            x.run_after_wall = run_after
-    if run_after is not None and run_after > wall:  # a stored time is wall clock: mapped onto the monotonic one
-        e.run_after = now + (run_after - wall)
-    return e

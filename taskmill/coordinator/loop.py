@@ -42,6 +42,7 @@ from taskmill import protocol
 from taskmill.coordinator import snapshots
 from taskmill.coordinator.acceptor import Acceptor
 from taskmill.coordinator.entry import Entry
+from taskmill.coordinator.gate import make_gate
 from taskmill.coordinator.lifecycle import Lifecycle
 from taskmill.coordinator.prefetch import ColdPrefetch
 from taskmill.coordinator.progress import ProgressTracker
@@ -116,6 +117,7 @@ class Coordinator(Workforce):
         retention_every: int = 100,
         start_paused: bool = False,
         recover_hot: int | None = RECOVER_HOT,
+        admission: dict[str, Any] | None = None,
     ) -> None:
         self.store = store
         self.pool = pool
@@ -129,7 +131,7 @@ class Coordinator(Workforce):
         self.type_retry = type_retry
         self.start_paused = start_paused
         self.recover_hot = recover_hot
-        self.lc = Lifecycle(domain_caps=domain_caps, type_retry=type_retry, default_retry=default_retry,
+        self.lc = Lifecycle(gate=make_gate(max_concurrency, domain_caps, admission or {}, mono()), type_retry=type_retry, default_retry=default_retry,
                             finalizers=finalizers, cancel_hooks=cancel_hooks, sweep_interval=expiry_sweep_interval,
                             retention=retention, retention_every=retention_every)
         self.tracker = ProgressTracker()

@@ -1,9 +1,9 @@
 """In-memory ready queues and timers: the hot path never asks DuckDB what is next.
 
-Invariant: a task entry is in at most one place — a domain heap (ready now),
+Invariant: a task entry is in at most one place — a lane heap (ready now),
 the timer heap (due later) or a worker (running). Heaps use lazy deletion: an
 item is live only while its version matches the entry's. Cost per pick is
-O(domains · log n), so dispatch does not slow down as the queue grows.
+O(lanes · log n), so dispatch does not slow down as the queue grows.
 Imports nothing from taskmill but leaves.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from taskmill.coordinator.entry import Entry
@@ -22,52 +22,72 @@ __all__ = ["ReadyQueues", "Timer", "Timers"]
 PURGE_MIN_DEAD = 256
 
 
-class _DomainHeap:
-    __slots__ = ("heap", "live")
+class _Lane:
+    """The ready entries of one (domain, group), a heap by (priority, id)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("key", "heap", "live")
+
+    def __init__(self, key: tuple[str, str | None]) -> None:
+        self.key = key
         self.heap: list[tuple[int, int, int, Entry]] = []
         self.live = 0
 
+    def head(self) -> Entry | None:
+        """The most urgent live entry, left queued (stale items on top are dropped)."""
+        heap = self.heap
+        while heap:
+            e = heap[0][3]
+            if heap[0][2] == e.qver:
+                return e
+            heapq.heappop(heap)
+        return None
+
 
 class ReadyQueues:
-    """Per-domain heaps ordered by (priority, id): most urgent first, FIFO within a level."""
+    """Ready entries in lanes, one per (domain, group), each ordered by (priority, id): most
+    urgent first, FIFO within a level. A pick looks at the head of every lane, so a lane that
+    may not run now (its domain or group is at its cap) is passed over without blocking the
+    others."""
 
     def __init__(self) -> None:
-        self._domains: dict[str, _DomainHeap] = {}
+        self._lanes: dict[tuple[str, str | None], _Lane] = {}
+        self._by_domain: dict[str, list[_Lane]] = {}
         self._len = 0
 
     def __len__(self) -> int:
         return self._len
 
+    def _lane(self, e: Entry) -> _Lane:
+        key = (e.domain, e.group)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane(key)
+            self._by_domain.setdefault(e.domain, []).append(lane)
+        return lane
+
     def push(self, e: Entry) -> None:
         if e.queued:
             self.discard(e)
         e.qver += 1
-        d = self._domains.get(e.domain)
-        if d is None:
-            d = self._domains[e.domain] = _DomainHeap()
-        heapq.heappush(d.heap, (e.priority, e.id, e.qver, e))
+        lane = self._lane(e)
+        heapq.heappush(lane.heap, (e.priority, e.id, e.qver, e))
         e.queued = True
-        d.live += 1
+        lane.live += 1
         self._len += 1
 
     def load(self, entries: list[Entry]) -> None:
-        """Queue many entries that are not queued yet (recovery): one heapify per domain
+        """Queue many entries that are not queued yet (recovery): one heapify per lane
         instead of a push each (rows come sorted by priority and id, so it is cheap)."""
-        touched: set[str] = set()
-        domains = self._domains
+        touched: set[_Lane] = set()
         for e in entries:
             e.qver += 1
             e.queued = True
-            d = domains.get(e.domain)
-            if d is None:
-                d = domains[e.domain] = _DomainHeap()
-            d.heap.append((e.priority, e.id, e.qver, e))
-            d.live += 1
-            touched.add(e.domain)
-        for name in touched:
-            heapq.heapify(domains[name].heap)
+            lane = self._lane(e)
+            lane.heap.append((e.priority, e.id, e.qver, e))
+            lane.live += 1
+            touched.add(lane)
+        for lane in touched:
+            heapq.heapify(lane.heap)
         self._len += len(entries)
 
     def discard(self, e: Entry) -> None:
@@ -75,46 +95,41 @@ class ReadyQueues:
         if e.queued:
             e.queued = False
             e.qver += 1
-            self._domains[e.domain].live -= 1
+            self._lanes[(e.domain, e.group)].live -= 1
             self._len -= 1
-
-    def _head(self, d: _DomainHeap) -> Entry | None:
-        heap = d.heap
-        while heap:
-            prio, tid, ver, e = heap[0]
-            if ver == e.qver:
-                return e
-            heapq.heappop(heap)
-        return None
 
     def count(self, domain: str) -> int:
         """Ready entries of ``domain``."""
-        d = self._domains.get(domain)
-        return d.live if d is not None else 0
+        return sum(lane.live for lane in self._by_domain.get(domain, ()))
 
     def peek(self, domain: str) -> Entry | None:
         """The most urgent ready entry of ``domain``, left queued (None: nothing ready)."""
-        d = self._domains.get(domain)
-        return self._head(d) if d is not None and d.live else None
-
-    def pop_best(self, blocked: Callable[[str], bool]) -> Entry | None:
-        """Pop the most urgent ready entry whose domain is not blocked."""
         best: Entry | None = None
-        best_d: _DomainHeap | None = None
-        for name, d in self._domains.items():
-            if d.live == 0 or blocked(name):
-                continue
-            e = self._head(d)
+        for lane in self._by_domain.get(domain, ()):
+            e = lane.head() if lane.live else None
             if e is not None and (best is None or (e.priority, e.id) < (best.priority, best.id)):
-                best, best_d = e, d
-        if best is None or best_d is None:
-            return None
-        heapq.heappop(best_d.heap)
-        best.queued = False
-        best.qver += 1
-        best_d.live -= 1
-        self._len -= 1
+                best = e
         return best
+
+    def best(self, skip: set[tuple[str, str | None]] | None = None) -> Entry | None:
+        """The most urgent ready entry over every lane not in ``skip``, left queued."""
+        best: Entry | None = None
+        for key, lane in self._lanes.items():
+            if lane.live == 0 or (skip is not None and key in skip):
+                continue
+            e = lane.head()
+            if e is not None and (best is None or (e.priority, e.id) < (best.priority, best.id)):
+                best = e
+        return best
+
+    def take(self, e: Entry) -> None:
+        """Take ``e`` (just returned by ``best``: the head of its lane) off its queue."""
+        lane = self._lanes[(e.domain, e.group)]
+        heapq.heappop(lane.heap)
+        e.queued = False
+        e.qver += 1
+        lane.live -= 1
+        self._len -= 1
 
 
 class Timer:

@@ -16,6 +16,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from taskmill.coordinator.entry import Entry
+from taskmill.coordinator.gate import Gate
 from taskmill.coordinator.queues import ReadyQueues, Timers
 from taskmill.records import HistoryStatus, RetryPolicy, TaskStatus
 from taskmill.store.batch import WriteBatch
@@ -27,6 +28,8 @@ __all__ = ["TaskTable"]
 
 _PENDING = TaskStatus.PENDING.value
 _RUNNING = TaskStatus.RUNNING.value
+#: A concurrency cap that never binds (a table built without a gate: tests of the lifecycle alone).
+UNLIMITED = 2**31 - 1
 
 
 class TaskTable:
@@ -35,14 +38,14 @@ class TaskTable:
     def __init__(
         self,
         *,
-        domain_caps: dict[str, int | None] | None = None,
+        gate: Gate | None = None,
         type_retry: dict[str, RetryPolicy] | None = None,
         default_retry: RetryPolicy | None = None,
         finalizers: frozenset[str] = frozenset(),
         cancel_hooks: frozenset[str] = frozenset(),
         rng: random.Random | None = None,
     ) -> None:
-        self.domain_caps = domain_caps or {}
+        self.gate = gate or Gate(UNLIMITED)  # admission, and what running tasks hold
         self.type_retry = type_retry or {}
         self.default_retry = default_retry or RetryPolicy()
         self.finalizers = finalizers  # task types with a finalize step
@@ -58,8 +61,6 @@ class TaskTable:
         self.domain_counts: dict[str, dict[str, int]] = {}
         self.running: dict[int, Entry] = {}  # entries with a worker, cancelling runs included
         self.recurring: set[int] = set()  # ids of tasks with a recurring schedule
-        self.running_total = 0
-        self.running_by_domain: dict[str, int] = {}
         self.next_id = 1
         self.payload_bytes = 0
         self.payload_missing: deque[int] = deque()  # recovered ids in dispatch order, payloads not loaded
@@ -73,7 +74,12 @@ class TaskTable:
         self.hooks: list[tuple[int, str, str]] = []  # (task id, task type, payload) on_cancel runs to start
         self.counters: dict[str, int] = {k: 0 for k in (
             "submitted", "dispatched", "completed", "failed", "retried", "dead_lettered", "cancelled",
-            "superseded", "expired")}
+            "superseded", "expired", "rate_limit_throttles")}
+
+    @property
+    def running_total(self) -> int:
+        """Tasks holding a slot (running, or cancelling)."""
+        return self.gate.running
 
     # ------------------------------------------------------------------ status bookkeeping
 

@@ -56,7 +56,8 @@ _PLAIN = ("coalesce(status = 'pending' AND run_after IS NULL AND expires_at IS N
 #: non-NULL, and its payload when short. Half the columns of a full row: a cold tail loads faster.
 PLAIN_COLUMNS: tuple[str, ...] = (
     "id", "task_type", "domain", "key", "label", "priority", "created_at", "retry_count", "max_retries",
-    "retry_policy", "timeout_s", "cpus", "memory", "group_key", "tags", "fail_fast", "payload",
+    "retry_policy", "timeout_s", "cpus", "memory", "group_key", "tags", "fail_fast", "expected_read_bytes",
+    "expected_write_bytes", "expected_net_rx_bytes", "expected_net_tx_bytes", "payload",
 )
 _RECOVER_SELECT = ", ".join(
     f"epoch_us({c}) / 1e6" if c in _EPOCH else "coalesce(pause_reasons, []::VARCHAR[])" if c == "pause_reasons" else c

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from taskmill import protocol
+from taskmill.coordinator.gate import Gate
 from taskmill.coordinator.lifecycle import Ended, Lifecycle
 from taskmill.errors import InvalidSubmission
 from taskmill.records import RetryPolicy
@@ -59,7 +60,7 @@ class Model:
 class LifecycleMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.lc = Lifecycle(domain_caps=dict(CAPS), default_retry=RetryPolicy.constant(1, 1.0),
+        self.lc = Lifecycle(gate=Gate(2**31 - 1, domain_caps={d: c for d, c in CAPS.items() if c is not None}), default_retry=RetryPolicy.constant(1, 1.0),
                             finalizers=FINALIZERS, sweep_interval=5.0)
         self.now = 1000.0
         self.wall = 5000.0  # the wall clock runs alongside the monotonic one
@@ -149,6 +150,9 @@ class LifecycleMachine(RuleBasedStateMachine):
                                    parent, fail_fast, ttl, recurring)
             if out[0] == "s":
                 assert out[2] == existing.id  # type: ignore[union-attr]
+                for other in self.m.values():  # a superseded prerequisite hands its dependents on
+                    if out[2] in other.deps:
+                        other.deps = tuple(out[1] if d == out[2] else d for d in other.deps)
         self.collect()
         return out
 
@@ -192,7 +196,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         if e is None:
             for q in self.lc.tasks.values():  # whatever is still queued waits for its domain's cap
                 if q.queued:
-                    assert self.lc._domain_full(q.domain), q
+                    cap = CAPS[q.domain]
+                    assert cap is not None and self.lc.gate.by_domain.get(q.domain, 0) >= cap, q
             return
         m = self.m[e.id]
         for d in m.deps:  # started only once every prerequisite completed (or, with "ignore", ended)

@@ -1,0 +1,277 @@
+"""Admission control: may this ready task start now? Plain code, no I/O (issue 7).
+
+The lifecycle offers candidates most urgent first; ``Gate.admit`` answers with
+one of three verdicts, or the time of a rate limit's next token:
+
+- ``ADMIT``: start it (``take`` books its slot and resources; ``give`` returns them).
+- ``SKIP``: denied by a check scoped to its domain or group (a cap): the
+  candidate's lane is passed over for the rest of the round; other domains and
+  groups go on.
+- ``STOP``: denied by a check of the whole machine (concurrency, CPU cores,
+  memory, the IO window, the throttle policy): no less urgent candidate may
+  pass it, so the round ends. A task waiting for two free cores is not
+  overtaken forever by one-core tasks; it starts as soon as the cores are free.
+- a float: rate-limited; the monotonic time of the bucket's next token. The
+  lifecycle delays the task until then, so it blocks nobody.
+
+Checks run cheapest first and each denial is counted by reason
+(``denials``). Pauses are the lifecycle's: a paused task is never a candidate.
+The gate never samples anything itself: the loop hands it the sampler's
+smoothed rates (``observe``) and the pressure (``set_pressure``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable
+
+__all__ = ["ADMIT", "SKIP", "STOP", "REASONS", "Bucket", "Gate", "default_throttle", "make_gate"]
+
+ADMIT = 0
+SKIP = 1
+STOP = 2
+
+#: Denial reasons, in the order the checks run.
+REASONS = ("concurrency", "domain_cap", "group_cap", "cpu", "memory", "io", "throttle", "rate_limit")
+
+#: Directions of an IO budget, as in ``Entry.io``: disk read, disk write, network rx, network tx.
+IO_DIRECTIONS = ("disk_read", "disk_write", "net_rx", "net_tx")
+
+
+def default_throttle(priority: int, pressure: float) -> bool:
+    """The default policy: BACKGROUND (192) and lower wait above 0.5, NORMAL (128) and lower
+    above 0.75, more urgent work never."""
+    if priority >= 192:
+        return pressure > 0.5
+    if priority >= 128:
+        return pressure > 0.75
+    return False
+
+
+class Bucket:
+    """A token bucket: ``permits`` tokens per ``interval`` seconds, holding at most ``burst``.
+    Starts full. Times are monotonic seconds."""
+
+    __slots__ = ("permits", "interval", "burst", "tokens", "stamp")
+
+    def __init__(self, permits: int, interval: float, burst: int, now: float) -> None:
+        self.permits = permits
+        self.interval = interval
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp = now
+
+    def _refill(self, now: float) -> None:
+        if now > self.stamp:
+            self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.permits / self.interval)
+            self.stamp = now
+
+    def available(self, now: float) -> float:
+        self._refill(now)
+        return self.tokens
+
+    def next_token(self, now: float) -> float:
+        """When a whole token will be there (``now`` if it is)."""
+        self._refill(now)
+        if self.tokens >= 1.0:
+            return now
+        return now + (1.0 - self.tokens) * self.interval / self.permits
+
+    def take(self, now: float) -> None:
+        self._refill(now)
+        self.tokens -= 1.0
+
+
+class Gate:
+    """The admission state of one coordinator: caps, capacities, what running tasks hold."""
+
+    def __init__(self, max_concurrency: int, *, cpus: float = math.inf, memory: int = 0,
+                 domain_caps: dict[str, int] | None = None, group_caps: dict[str, int] | None = None,
+                 default_group_cap: int | None = None, io_window: float = 2.0, io_fraction: float = 0.8,
+                 throttle: Callable[[int, float], bool] = default_throttle) -> None:
+        self.max_concurrency = max_concurrency
+        self.cpus_total = cpus
+        self.memory_total = memory  # 0: memory is not admitted on
+        self.domain_caps = dict(domain_caps or {})
+        self.group_caps = dict(group_caps or {})
+        self.default_group_cap = default_group_cap
+        self.io_window = io_window
+        self.io_fraction = io_fraction
+        self.throttle = throttle
+        self.running = 0
+        self.by_domain: dict[str, int] = {}
+        self.by_group: dict[str, int] = {}
+        self.cpus_in_use = 0.0
+        self.memory_in_use = 0
+        self.io_in_use = [0, 0, 0, 0]
+        self.io_running = 0  # running tasks that declared any IO
+        self.io_rates = [0.0, 0.0, 0.0, 0.0]  # smoothed observed bytes/s per direction
+        self.pressure = 0.0
+        self.pressure_breakdown: list[tuple[str, float]] = []
+        self.type_limits: dict[str, Bucket] = {}
+        self.group_limits: dict[str, Bucket] = {}
+        self.denials = dict.fromkeys(REASONS, 0)
+
+    # ------------------------------------------------------------------ the decision
+
+    def group_cap(self, group: str | None) -> int | None:
+        if group is None:
+            return None
+        cap = self.group_caps.get(group)
+        return cap if cap is not None else self.default_group_cap
+
+    def admit(self, e: Any, now: float, priority: int | None = None) -> int | float:
+        """The verdict for ready entry ``e`` (see the module docstring); ``priority``: its
+        effective priority (default its own). A rate-limited answer takes no token."""
+        if self.running >= self.max_concurrency:
+            return self._deny("concurrency", STOP)
+        cap = self.domain_caps.get(e.domain)
+        if cap is not None and self.by_domain.get(e.domain, 0) >= cap:
+            return self._deny("domain_cap", SKIP)
+        group = e.group
+        if group is not None:
+            cap = self.group_cap(group)
+            if cap is not None and self.by_group.get(group, 0) >= cap:
+                return self._deny("group_cap", SKIP)
+        if self.running and e.cpus > self.cpus_total - self.cpus_in_use + 1e-9:
+            return self._deny("cpu", STOP)
+        if self.running and e.memory and self.memory_total and e.memory > self.memory_total - self.memory_in_use:
+            return self._deny("memory", STOP)
+        io = e.io
+        if io is not None and self.io_running and not self._io_fits(io):
+            return self._deny("io", STOP)
+        if self.pressure > 0.0 and self.throttle(e.priority if priority is None else priority, self.pressure):
+            return self._deny("throttle", STOP)
+        if self.type_limits or self.group_limits:
+            due = self._next_token(e, now)
+            if due > now:
+                self.denials["rate_limit"] += 1
+                return due
+        return ADMIT
+
+    def _deny(self, reason: str, verdict: int) -> int:
+        self.denials[reason] += 1
+        return verdict
+
+    def _io_fits(self, io: tuple[int, int, int, int]) -> bool:
+        """Every direction's budget fits in what is left of its window. A direction with no
+        observed throughput has no window (nothing to go by): it does not hold anyone back."""
+        scale = self.io_window * self.io_fraction
+        for want, held, rate in zip(io, self.io_in_use, self.io_rates):
+            if want and rate > 0.0 and held + want > rate * scale:
+                return False
+        return True
+
+    def _next_token(self, e: Any, now: float) -> float:
+        due = now
+        for bucket in (self.type_limits.get(e.task_type), self.group_limits.get(e.group) if e.group else None):
+            if bucket is not None:
+                due = max(due, bucket.next_token(now))
+        return due
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def take(self, e: Any, now: float) -> None:
+        """``e`` starts: it holds a slot, its cores, memory and IO budget, and a token."""
+        self.running += 1
+        self.by_domain[e.domain] = self.by_domain.get(e.domain, 0) + 1
+        group = e.group
+        if group is not None:
+            self.by_group[group] = self.by_group.get(group, 0) + 1
+        self.cpus_in_use += e.cpus
+        self.memory_in_use += e.memory
+        io = e.io
+        if io is not None:
+            self.io_running += 1
+            held = self.io_in_use
+            for i in range(4):
+                held[i] += io[i]
+        if self.type_limits or self.group_limits:
+            bucket = self.type_limits.get(e.task_type)
+            if bucket is not None:
+                bucket.take(now)
+            bucket = self.group_limits.get(group) if group is not None else None
+            if bucket is not None:
+                bucket.take(now)
+
+    def give(self, e: Any) -> None:
+        """``e`` stopped running (ended, or stopped for a pause): what it held is free."""
+        self.running -= 1
+        self.by_domain[e.domain] -= 1
+        group = e.group
+        if group is not None:
+            left = self.by_group[group] - 1
+            if left:
+                self.by_group[group] = left
+            else:
+                del self.by_group[group]
+        self.cpus_in_use -= e.cpus
+        if self.running == 0:
+            self.cpus_in_use = 0.0  # no float drift survives an idle moment
+        self.memory_in_use -= e.memory
+        io = e.io
+        if io is not None:
+            self.io_running -= 1
+            held = self.io_in_use
+            for i in range(4):
+                held[i] -= io[i]
+
+    def check(self, running: Iterable[Any]) -> None:
+        """Assert that what the gate books equals a recount over ``running`` (tests)."""
+        running = list(running)
+        by_domain: dict[str, int] = {}
+        by_group: dict[str, int] = {}
+        io = [0, 0, 0, 0]
+        for e in running:
+            by_domain[e.domain] = by_domain.get(e.domain, 0) + 1
+            if e.group is not None:
+                by_group[e.group] = by_group.get(e.group, 0) + 1
+            for i, b in enumerate(e.io or (0, 0, 0, 0)):
+                io[i] += b
+        assert self.running == len(running), (self.running, len(running))
+        assert {d: n for d, n in self.by_domain.items() if n} == by_domain, (self.by_domain, by_domain)
+        assert self.by_group == by_group, (self.by_group, by_group)
+        assert abs(self.cpus_in_use - sum(e.cpus for e in running)) < 1e-6
+        assert self.memory_in_use == sum(e.memory for e in running)
+        assert self.io_in_use == io and self.io_running == sum(1 for e in running if e.io is not None)
+
+    # ------------------------------------------------------------------ inputs and settings
+
+    def observe(self, rates: Iterable[float]) -> None:
+        """The sampler's smoothed IO rates (bytes/s: disk read, disk write, net rx, net tx)."""
+        self.io_rates = [max(0.0, float(r)) for r in rates]
+
+    def set_pressure(self, value: float, breakdown: list[tuple[str, float]]) -> None:
+        self.pressure = min(1.0, max(0.0, value))
+        self.pressure_breakdown = breakdown
+
+    def set_rate_limit(self, kind: str, scope: str, limit: tuple[int, float, int] | None, now: float) -> None:
+        """Set (``(permits, interval, burst)``) or remove (None) the bucket of a task type
+        (``kind`` "type") or a group ("group"). A new bucket starts full."""
+        table = self.type_limits if kind == "type" else self.group_limits
+        if limit is None:
+            table.pop(scope, None)
+        else:
+            permits, interval, burst = limit
+            table[scope] = Bucket(permits, interval, burst, now)
+
+    def window(self) -> list[float]:
+        """The IO window per direction in bytes (observed rate × window × fraction)."""
+        scale = self.io_window * self.io_fraction
+        return [r * scale for r in self.io_rates]
+
+
+def make_gate(max_concurrency: int, domain_caps: dict[str, int | None], admission: dict[str, Any],
+              now: float) -> Gate:
+    """The gate of a coordinator from its configuration (``admission``: the host's resolved
+    values: ``cpus``, ``memory``, ``group_caps``, ``default_group_cap``, ``rate_limits`` and
+    ``group_rate_limits`` as (permits, interval, burst), ``io_window``, ``io_fraction``)."""
+    gate = Gate(max_concurrency, cpus=admission.get("cpus", math.inf), memory=admission.get("memory", 0),
+                domain_caps={d: c for d, c in domain_caps.items() if c is not None},
+                group_caps=admission.get("group_caps"), default_group_cap=admission.get("default_group_cap"),
+                io_window=admission.get("io_window", 2.0), io_fraction=admission.get("io_fraction", 0.8))
+    for scope, limit in (admission.get("rate_limits") or {}).items():
+        gate.set_rate_limit("type", scope, limit, now)
+    for scope, limit in (admission.get("group_rate_limits") or {}).items():
+        gate.set_rate_limit("group", scope, limit, now)
+    return gate
