@@ -1,5 +1,6 @@
 """taskmill: a persistent, priority-aware task scheduler for one host."""
 
+from taskmill.admission import Capacity, RateLimit
 from taskmill.context import TaskContext
 from taskmill.domain import Domain, Submission, TaskOptions, TaskType
 from taskmill.errors import (
@@ -37,15 +38,19 @@ from taskmill.outcomes import (
     Upgraded,
 )
 from taskmill.records import (
+    CapacityInfo,
     DuplicateStrategy,
+    GroupAllocationInfo,
     EstimatedProgress,
     HistoryStatus,
     IoBudget,
     MaxAgeDays,
     MaxCount,
+    MetricsSnapshot,
     ModuleSnapshot,
     PausedGroupInfo,
     Priority,
+    RateLimitInfo,
     Recurring,
     RecurringScheduleInfo,
     RetryPolicy,
@@ -64,12 +69,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchOutcome",
+    "Capacity",
+    "CapacityInfo",
     "ConfigError",
     "Domain",
     "DomainHandle",
     "Duplicate",
     "DuplicateStrategy",
     "EstimatedProgress",
+    "GroupAllocationInfo",
     "HistoryStatus",
     "Inserted",
     "InvalidPayload",
@@ -77,6 +85,7 @@ __all__ = [
     "IoBudget",
     "MaxAgeDays",
     "MaxCount",
+    "MetricsSnapshot",
     "ModuleSnapshot",
     "NotATaskmillStore",
     "PausedGroupInfo",
@@ -84,6 +93,8 @@ __all__ = [
     "Priority",
     "QueryRefused",
     "QueryTimeout",
+    "RateLimit",
+    "RateLimitInfo",
     "Recurring",
     "RecurringScheduleInfo",
     "Rejected",

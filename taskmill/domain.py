@@ -513,8 +513,8 @@ class Submission:
 class Defaults:
     """Scheduler-wide defaults, the last level before built-ins, and the limits a submission must fit.
 
-    ``cpu_capacity`` is the most cores one task may ask for (SPEC §6): for now the
-    cores this process may use; a ``Capacity(cpus=…)`` setting will replace it.
+    ``cpu_capacity`` and ``memory_capacity`` are the most cores and bytes one task may
+    ask for (SPEC §6): the scheduler's ``Capacity``.
     """
 
     priority: int = int(Priority.NORMAL)
@@ -522,6 +522,7 @@ class Defaults:
     timeout: float | None = None
     cpu_capacity: float = field(default_factory=usable_cpus)
     ttl: float | None = None
+    memory_capacity: int = INT64_MAX
 
 
 def as_submission(task: Any, payload: dict[str, Any], what: str = "submit()") -> Submission:
@@ -621,6 +622,9 @@ def _resolve_options(t: TaskType, o: Mapping[str, Any], raw_payload: Mapping[str
         raise ValueError(f"{t.qualified}: cpus={cpus:g} is more than the scheduler's CPU capacity of "
                          f"{defaults.cpu_capacity:g} cores")
     memory = _check_memory(o["memory"], "memory") if "memory" in o else t.memory
+    if memory > defaults.memory_capacity:
+        raise ValueError(f"{t.qualified}: memory={memory} bytes is more than the scheduler's memory capacity of "
+                         f"{defaults.memory_capacity} bytes")
 
     tags = {**t.domain.tags, **t.tags, **_check_tags(o.get("tags"))}
     group = _check_group(o["group"]) if "group" in o else (t.group if t.group is not None else t.domain.group)

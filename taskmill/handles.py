@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from taskmill import protocol
+from taskmill.admission import RateLimit
 from taskmill.domain import Domain, Submission, TaskOptions, TaskType, as_submission, resolve
 from taskmill.errors import InvalidSubmission, UnknownTaskType
 from taskmill.outcomes import BatchOutcome, SubmitOutcome, outcomes_from_wire
@@ -23,7 +24,7 @@ from taskmill.records import (
     TaskRecord,
     TaskStatus,
 )
-from taskmill.validation import as_int, as_str, describe
+from taskmill.validation import INT32_MAX, as_int, as_str, describe
 
 if TYPE_CHECKING:
     from taskmill.scheduler import Scheduler
@@ -48,6 +49,7 @@ class DomainHandle:
         self._s = sched
         self.domain = domain
         self.name = domain.name
+        self._cap = domain.max_concurrency
 
     def __repr__(self) -> str:
         return f"<DomainHandle {self.name}>"
@@ -187,6 +189,45 @@ class DomainHandle:
         return self._call("recurring", "cancel", as_int(task_id, "task_id"), self.name)
 
     # ------------------------------------------------------------------ queries (seed)
+
+    # ------------------------------------------------------------------ admission (F17, F20)
+
+    @property
+    def max_concurrency(self) -> int | None:
+        """This domain's cap on running tasks (None: none), as last set."""
+        return self._cap
+
+    def set_max_concurrency(self, n: int | None) -> None:
+        """Cap this domain's running tasks at ``n`` at runtime (None: no cap)."""
+        cap = None if n is None else as_int(n, "max_concurrency", lo=1, hi=INT32_MAX)
+        self._s._set_admission("domain_cap", self.name, cap)
+        self._cap = cap
+
+    def _type_name(self, task: Any) -> str:
+        name = getattr(task, "qualified", None)
+        if name is None:
+            name = as_str(task, "task")
+            if "::" not in name:
+                name = f"{self.name}::{name}"
+        if not name.startswith(self.name + "::"):
+            raise UnknownTaskType(f"task {name} belongs to another domain than {self.name!r}")
+        return name
+
+    def set_rate_limit(self, task: TaskType | str, limit: RateLimit) -> None:
+        """Give one of this domain's task types (a ``TaskType`` or its name) a token bucket."""
+        self._s.set_rate_limit(self._type_name(task), limit)
+
+    def remove_rate_limit(self, task: TaskType | str) -> None:
+        """Remove a task type's token bucket."""
+        self._s.remove_rate_limit(self._type_name(task))
+
+    def set_group_rate_limit(self, group: str, limit: RateLimit) -> None:
+        """Give ``group`` a token bucket (groups span domains: the Scheduler's setting)."""
+        self._s.set_group_rate_limit(group, limit)
+
+    def remove_group_rate_limit(self, group: str) -> None:
+        """Remove ``group``'s token bucket (the Scheduler's setting)."""
+        self._s.remove_group_rate_limit(group)
 
     def snapshot(self) -> ModuleSnapshot:
         """Running tasks, counts, progress and pause state for this domain."""

@@ -19,12 +19,16 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import cloudpickle
 
 from taskmill import protocol
+from taskmill.admission import Capacity, PressureSource, RateLimit, SamplerConfig, ThrottlePolicy, admission_settings
 from taskmill.client import CoordinatorProcess
+from taskmill.controls import AdmissionControls
 from taskmill.domain import Defaults, Domain, Submission, check_timeout
 from taskmill.errors import ConfigError, SchedulerClosed, UnknownDomain, WaitTimeout
 from taskmill.handles import DomainHandle
+from taskmill.monitor import ResourceMonitor, monitoring_settings
 from taskmill.outcomes import SubmitOutcome, outcomes_from_wire
 from taskmill.records import (
+    MetricsSnapshot,
     MaxAgeDays,
     MaxCount,
     PausedGroupInfo,
@@ -47,7 +51,6 @@ from taskmill.validation import (
     as_wait_timeout,
     describe,
     sql_params,
-    usable_cpus,
 )
 
 __all__ = ["DEFAULT_STORE", "DomainHandle", "Scheduler", "TaskStore"]
@@ -58,7 +61,13 @@ DEFAULT_STORE = "taskmill.duckdb"
 PROGRESS_REFRESH = 0.2
 
 
-class Scheduler:
+def _stop(monitor: ResourceMonitor | None, proc: CoordinatorProcess) -> None:
+    if monitor is not None:
+        monitor.stop()
+    proc.stop()
+
+
+class Scheduler(AdmissionControls):
     """A persistent scheduler: starts a coordinator process that owns the store.
 
     Args:
@@ -72,8 +81,9 @@ class Scheduler:
         state: Objects for ``ctx.state(name)`` in every domain.
         poll_interval: Longest the coordinator sleeps without an event (seconds,
             in (0, ``MAX_POLL_INTERVAL``]).
-        resource_monitoring: Accepted for API compatibility; resource admission
-            (F18) is not built yet, see the README.
+        resource_monitoring: Sample the machine with psutil (disk and network
+            throughput, other processes' CPU load) for the IO window and the
+            ``cpu`` pressure source (F18, F19). Off by default.
         max_retries: Retries of task types and domains that set no retry policy
             (shorthand for ``default_retry``'s ``max_retries``; default 3).
         default_ttl: Time to live in seconds where nothing else sets one (F16).
@@ -83,11 +93,24 @@ class Scheduler:
         retention: ``MaxCount(n)`` or ``MaxAgeDays(d)``: history is pruned to it
             every ``retention_every`` finished executions (F26).
         cancel_hook_timeout: Seconds an ``on_cancel`` hook may run.
+        capacity: ``Capacity(cpus=…, memory=…)``: what running tasks may hold
+            together (default: the cores this process may use and the memory
+            available at construction). A task asking for more is refused at submit.
+        group_concurrency: ``{group: n}``: most running tasks of each group.
+        default_group_concurrency: Cap of every other group (None: no cap).
+        rate_limits: ``{qualified task type: RateLimit}`` token buckets.
+        group_rate_limits: ``{group: RateLimit}`` token buckets.
+        resource_sampler: An object with ``sample() -> ResourceSample`` used instead
+            of psutil (turns monitoring on); called in this process.
+        sampler_config: ``SamplerConfig``: interval, EWMA alpha, IO window, its usable share.
+        pressure_sources: ``PressureSource`` objects, called in this process every
+            interval within a time budget; the pressure is the largest value.
+        throttle_policy: ``ThrottlePolicy``: which priorities wait at which pressure.
+        bandwidth_limit: Bytes/s: the built-in ``network`` source reports observed
+            rx + tx against it (turns monitoring on).
 
     Every argument is checked here, on the host: a bad one is a ``TypeError`` or
-    ``ValueError`` naming it (``ConfigError`` for two domains of one name). A task
-    asking for more ``cpus`` than this process may use (its CPU affinity) is
-    refused at submit.
+    ``ValueError`` naming it (``ConfigError`` for two domains of one name).
 
     Example:
         >>> with Scheduler(store_path="tasks.duckdb", domains=[media]) as sched:   # doctest: +SKIP
@@ -115,6 +138,16 @@ class Scheduler:
         retention: MaxCount | MaxAgeDays | None = None,
         retention_every: int = 100,
         cancel_hook_timeout: float = 30.0,
+        capacity: Capacity | None = None,
+        group_concurrency: dict[str, int] | None = None,
+        default_group_concurrency: int | None = None,
+        rate_limits: dict[str, RateLimit] | None = None,
+        group_rate_limits: dict[str, RateLimit] | None = None,
+        resource_sampler: Any = None,
+        sampler_config: SamplerConfig | None = None,
+        pressure_sources: Sequence[PressureSource] = (),
+        throttle_policy: ThrottlePolicy | None = None,
+        bandwidth_limit: float | None = None,
     ) -> None:
         path = os.fspath(store_path) if isinstance(store_path, os.PathLike) else store_path
         if not isinstance(path, str):
@@ -150,8 +183,6 @@ class Scheduler:
         timeout = None if default_timeout is None else check_timeout(default_timeout, "default_timeout")
         if state is not None and not isinstance(state, Mapping):
             raise TypeError(f"state must be a dict of names to objects or None, got {describe(state)}")
-        if not isinstance(resource_monitoring, bool):
-            raise TypeError(f"resource_monitoring must be a bool, got {describe(resource_monitoring)}")
         if max_retries is not None:
             base = default_retry or RetryPolicy()
             default_retry = RetryPolicy.from_dict({**base.to_dict(), "max_retries": as_int(
@@ -171,11 +202,19 @@ class Scheduler:
         self._domains = names
         self.max_concurrency = max_concurrency
         self.shutdown_mode = shutdown or Shutdown.hard()
+        self._admission_config = admission_settings(capacity, group_concurrency, default_group_concurrency,
+                                                    rate_limits, group_rate_limits)
+        self._monitoring = monitoring_settings(resource_monitoring, resource_sampler, sampler_config,
+                                               pressure_sources, throttle_policy, bandwidth_limit)
+        self._admission_config.update(self._monitoring.wire())
+        self._monitor: ResourceMonitor | None = None
         self._defaults = Defaults(priority=priority, retry=default_retry or RetryPolicy(), timeout=timeout,
-                                  cpu_capacity=usable_cpus(), ttl=self._ttl)
+                                  cpu_capacity=self._admission_config["cpus"],
+                                  memory_capacity=self._admission_config["memory"],
+                                  ttl=self._ttl)
         self._state = {as_str(k, "state key"): v for k, v in (state or {}).items()}
         self._poll = poll
-        self.resource_monitoring = resource_monitoring
+        self.resource_monitoring = self._monitoring.sampler is not None
         self._registered: frozenset[str] = frozenset()
         self._process: CoordinatorProcess | None = None
         self._closed = False  # close() was called: calls say "closed", not "not started"
@@ -191,6 +230,10 @@ class Scheduler:
         self._closed = False
         types = [t for d in self._domains.values() for t in d.tasks.values()]
         tasks = {t.qualified: t.fn for t in types}
+        unknown = sorted(set(self._admission_config["rate_limits"]) - set(tasks))
+        if unknown:
+            raise ValueError(f"rate_limits names task types no domain registers: {unknown} "
+                             f"(qualified names, such as 'media::thumbnail')")
         finalizers = {t.qualified: t.finalizer for t in types if t.finalizer is not None}
         hooks = {t.qualified: t.cancel_hook for t in types if t.cancel_hook is not None}
         registry = cloudpickle.dumps({
@@ -222,11 +265,13 @@ class Scheduler:
             "retention": self._retention,
             "retention_every": self._retention_every,
             "start_paused": self._start_paused,
+            "admission": self._admission_config,
         }
-        self._process = CoordinatorProcess(config)
+        self._process = proc = CoordinatorProcess(config)
+        self._monitor = self._monitoring.monitor(proc.call, proc.pid)
         # A scheduler that is never closed still stops its processes: when it is collected, or at
         # interpreter exit (before module teardown, unlike __del__).
-        self._finalizer = weakref.finalize(self, self._process.stop)
+        self._finalizer = weakref.finalize(self, _stop, self._monitor, proc)
         self._registered = frozenset(tasks)
         return self
 
@@ -309,6 +354,17 @@ class Scheduler:
     def snapshot(self) -> SchedulerSnapshot:
         """Global aggregates: running tasks, counts, progress."""
         return self._proc().call("snapshot")
+
+    def metrics_snapshot(self) -> MetricsSnapshot:
+        """Counters and gauges from the shared-memory segment (no round trip to the coordinator):
+        submissions, outcomes, gate denials by reason, the sampler's figures, capacity in use."""
+        from taskmill.shm import SegmentReader
+
+        reader = SegmentReader(self.shm_name)
+        try:
+            return MetricsSnapshot.from_counters(reader.counters())
+        finally:
+            reader.close()
 
     def retry_dead_letter(self, task_id: int) -> SubmitOutcome:
         """Resubmit a dead-letter task (any domain) with a fresh retry budget."""

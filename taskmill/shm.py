@@ -8,7 +8,7 @@ Workers and readers attach *without* registering, so their exit never unlinks.
 
 Layout (little-endian, native alignment, all fields 8 bytes)::
 
-    header, HEADER_SIZE = 256 bytes
+    header, HEADER_SIZE = 512 bytes
       0   magic           8s   b"TASKMILL"
       8   layout version  u32
       12  slot count      u32
@@ -46,11 +46,11 @@ import time
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 
-__all__ = ["COUNTER_NAMES", "SegmentReader", "SharedState", "SlotView", "WorkerSlot"]
+__all__ = ["COUNTER_NAMES", "SegmentReader", "SharedState", "SlotView", "WorkerSlot", "worker_slots"]
 
 MAGIC = b"TASKMILL"
-LAYOUT_VERSION = 1
-HEADER_SIZE = 256
+LAYOUT_VERSION = 2
+HEADER_SIZE = 512
 SLOT_SIZE = 128
 COUNTER_NAMES = (
     "submitted",
@@ -69,6 +69,31 @@ COUNTER_NAMES = (
     "workers",
     "max_concurrency",
     "commits",
+    # admission (issue 7): denials by reason, the sampler's figures, what running tasks hold
+    "expired",
+    "rate_limit_throttles",
+    "gate_denials",
+    "denied_concurrency",
+    "denied_domain_cap",
+    "denied_group_cap",
+    "denied_cpu",
+    "denied_memory",
+    "denied_io",
+    "denied_throttle",
+    "denied_rate_limit",
+    "pressure_ppm",  # pressure x 1e6
+    "cpu_usage_ppm",  # other processes' CPU load x 1e6
+    "io_read_bps",
+    "io_write_bps",
+    "net_rx_bps",
+    "net_tx_bps",
+    "cpus_total_milli",
+    "cpus_in_use_milli",
+    "memory_total",
+    "memory_in_use",
+    "group_pauses",
+    "group_resumes",
+    "groups_paused",
 )
 _HEAD = struct.Struct("<8sIIqdQ")
 _COUNTERS = struct.Struct("<%dq" % len(COUNTER_NAMES))
@@ -80,6 +105,12 @@ _IO = struct.Struct("<qqqq")  # at offset 56
 _CANCEL = struct.Struct("<q")
 _CANCEL_OFFSET = 96
 assert _HEAD.size + _COUNTERS.size <= HEADER_SIZE and _SLOT.size == SLOT_SIZE
+
+
+def worker_slots(max_concurrency: int) -> int:
+    """Slots for a pool of ``max_concurrency`` workers, with room for it to grow at runtime
+    (``set_max_concurrency``) and for the workers a suspension holds."""
+    return 2 * max_concurrency + 16
 
 
 def _size(slots: int) -> int:

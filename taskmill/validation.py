@@ -214,12 +214,41 @@ def as_wait_timeout(value: Any, what: str = "timeout") -> float | None:
         raise ValueError(f"{e}; use timeout=None to wait without a limit") from None
 
 
-def usable_cpus() -> float:
-    """The number of cores this process may run on (its CPU affinity), at least 1."""
+#: Where a CPU quota of this process's cgroup may be (v2, then v1).
+CGROUP_CPU = ("/sys/fs/cgroup/cpu.max", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+
+
+def read_text(path: str) -> str | None:
+    """A small file's text, or None if it cannot be read."""
     try:
-        return float(len(os.sched_getaffinity(0)) or 1)
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def cgroup_cpus(v2: str | None, v1_quota: str | None, v1_period: str | None) -> float | None:
+    """Cores a cgroup's CPU quota allows (``cpu.max`` of v2, or v1's quota and period), None without one."""
+    try:
+        if v2 is not None:
+            quota, period = (v2.split() + ["100000"])[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        if v1_quota is not None and v1_period is not None and int(v1_quota) > 0:
+            return int(v1_quota) / int(v1_period)
+    except ValueError:
+        return None
+    return None
+
+
+def usable_cpus() -> float:
+    """The cores this process may use: its CPU affinity, lowered by a cgroup CPU quota; at least 1."""
+    try:
+        cores = float(len(os.sched_getaffinity(0)) or 1)
     except (AttributeError, OSError):  # no sched_getaffinity on this platform
-        return float(os.cpu_count() or 1)
+        cores = float(os.cpu_count() or 1)
+    quota = cgroup_cpus(read_text(CGROUP_CPU[0]), read_text(CGROUP_CPU[1]),
+                        read_text(CGROUP_CPU[1].replace("quota", "period")))
+    return max(1.0, min(cores, quota)) if quota is not None else cores
 
 
 # --------------------------------------------------------------------------- payloads (JSON)

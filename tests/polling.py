@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+import taskmill as tm
+
 #: Seconds any single wait may take on a loaded 2-core machine.
 DEADLINE = 60.0
 
@@ -29,3 +31,9 @@ def poll_until(cond: Callable[[], Any], timeout: float = DEADLINE, interval: flo
             between()
         else:
             time.sleep(interval)
+
+
+def slots_as_cores(max_concurrency: int) -> tm.Capacity:
+    """A CPU capacity of one core per slot, for tests that count concurrent tasks, not cores
+    (by default a task holds one core and the capacity is the machine's cores)."""
+    return tm.Capacity(cpus=max_concurrency)

@@ -104,7 +104,7 @@ def main() -> int:
     )
 
     from taskmill.coordinator.loop import Coordinator
-    from taskmill.shm import SharedState
+    from taskmill.shm import SharedState, worker_slots
     from taskmill.store import Store
     from taskmill.workers.pool import WorkerPool
 
@@ -154,7 +154,7 @@ def main() -> int:
         with open(registry_path, "wb") as reg:
             reg.write(config["registry"])
         host_pidfd = _open_host_pidfd(config.get("host_pid"))
-        shm = SharedState(config["max_concurrency"])
+        shm = SharedState(worker_slots(config["max_concurrency"]))
         pool = WorkerPool(registry_path, shm.name)  # fork server starts here, before DuckDB
         # Everything this process creates from here on (the store, its WAL, the state file, the
         # socket) is the owner's only. Workers keep the host's umask: the fork server already runs.

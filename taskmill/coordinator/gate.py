@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterable
 
-__all__ = ["ADMIT", "SKIP", "STOP", "REASONS", "Bucket", "Gate", "default_throttle", "make_gate"]
+__all__ = ["ADMIT", "SKIP", "STOP", "REASONS", "Bucket", "Gate", "default_throttle", "gate_figures", "make_gate", "thresholds_policy"]
 
 ADMIT = 0
 SKIP = 1
@@ -46,6 +46,19 @@ def default_throttle(priority: int, pressure: float) -> bool:
     if priority >= 128:
         return pressure > 0.75
     return False
+
+
+def thresholds_policy(thresholds: list[tuple[int, float]]) -> Callable[[int, float], bool]:
+    """A throttle policy from ``(priority, limit)`` pairs (``ThrottlePolicy.thresholds``: least
+    urgent first): a task of that priority or less urgent waits while the pressure is above the limit."""
+    rules = sorted(((int(p), float(limit)) for p, limit in thresholds), reverse=True)
+
+    def throttled(priority: int, pressure: float) -> bool:
+        for floor, limit in rules:
+            if priority >= floor:
+                return pressure > limit
+        return False
+    return throttled
 
 
 class Bucket:
@@ -107,6 +120,7 @@ class Gate:
         self.io_running = 0  # running tasks that declared any IO
         self.io_rates = [0.0, 0.0, 0.0, 0.0]  # smoothed observed bytes/s per direction
         self.pressure = 0.0
+        self.cpu_usage = 0.0  # other processes' CPU load, as the host's monitor last saw it
         self.pressure_breakdown: list[tuple[str, float]] = []
         self.type_limits: dict[str, Bucket] = {}
         self.group_limits: dict[str, Bucket] = {}
@@ -269,9 +283,25 @@ def make_gate(max_concurrency: int, domain_caps: dict[str, int | None], admissio
     gate = Gate(max_concurrency, cpus=admission.get("cpus", math.inf), memory=admission.get("memory", 0),
                 domain_caps={d: c for d, c in domain_caps.items() if c is not None},
                 group_caps=admission.get("group_caps"), default_group_cap=admission.get("default_group_cap"),
-                io_window=admission.get("io_window", 2.0), io_fraction=admission.get("io_fraction", 0.8))
+                io_window=admission.get("io_window", 2.0), io_fraction=admission.get("io_fraction", 0.8),
+                throttle=thresholds_policy(admission["throttle"]) if "throttle" in admission else default_throttle)
     for scope, limit in (admission.get("rate_limits") or {}).items():
         gate.set_rate_limit("type", scope, limit, now)
     for scope, limit in (admission.get("group_rate_limits") or {}).items():
         gate.set_rate_limit("group", scope, limit, now)
     return gate
+
+
+def gate_figures(gate: Gate) -> dict[str, int]:
+    """The gate's numbers as the shared segment's integer counters (see ``shm.COUNTER_NAMES``)."""
+    out = {f"denied_{reason}": n for reason, n in gate.denials.items()}
+    out["gate_denials"] = sum(gate.denials.values())
+    out["pressure_ppm"] = round(gate.pressure * 1e6)
+    out["cpu_usage_ppm"] = round(gate.cpu_usage * 1e6)
+    for name, rate in zip(("io_read_bps", "io_write_bps", "net_rx_bps", "net_tx_bps"), gate.io_rates):
+        out[name] = round(min(rate, 1e18))
+    out["cpus_total_milli"] = round(min(gate.cpus_total, 1e15) * 1000)
+    out["cpus_in_use_milli"] = round(gate.cpus_in_use * 1000)
+    out["memory_total"] = gate.memory_total
+    out["memory_in_use"] = gate.memory_in_use
+    return out

@@ -251,20 +251,19 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails):
     def pick(self, now: float, wall: float) -> Entry | None:
         """The most urgent ready task the gate admits, taken off its queue (or None: nothing may
         start now). A lane denied by its domain or group cap is passed over; a rate-limited task
-        waits for its token as a delayed task; a task past its TTL expires here instead."""
+        waits for its token as a delayed task; an admitted task past its TTL expires here instead of running."""
         ready, gate = self.ready, self.gate
         skip: set[tuple[str, str | None]] | None = None
         while True:
             e = ready.best(skip)
             if e is None:
                 return None
-            if e.expires is not None and e.expires <= now:
-                ready.take(e)
-                self._expire(e, now, wall)
-                continue
             verdict = gate.admit(e, now)
             if verdict == ADMIT:
                 ready.take(e)
+                if e.expires is not None and e.expires <= now:
+                    self._expire(e, now, wall)
+                    continue
                 return e
             if verdict == STOP:
                 return None

@@ -42,7 +42,7 @@ from taskmill import protocol
 from taskmill.coordinator import snapshots
 from taskmill.coordinator.acceptor import Acceptor
 from taskmill.coordinator.entry import Entry
-from taskmill.coordinator.gate import make_gate
+from taskmill.coordinator.gate import gate_figures, make_gate
 from taskmill.coordinator.lifecycle import Lifecycle
 from taskmill.coordinator.prefetch import ColdPrefetch
 from taskmill.coordinator.progress import ProgressTracker
@@ -122,7 +122,6 @@ class Coordinator(Workforce):
         self.store = store
         self.pool = pool
         self.shm = shm
-        self.max_concurrency = max_concurrency
         self.shutdown_mode = shutdown_mode
         self.shutdown_timeout = shutdown_timeout
         self.poll_interval = poll_interval
@@ -131,8 +130,8 @@ class Coordinator(Workforce):
         self.type_retry = type_retry
         self.start_paused = start_paused
         self.recover_hot = recover_hot
-        self.lc = Lifecycle(gate=make_gate(max_concurrency, domain_caps, admission or {}, mono()), type_retry=type_retry, default_retry=default_retry,
-                            finalizers=finalizers, cancel_hooks=cancel_hooks, sweep_interval=expiry_sweep_interval,
+        gate = make_gate(max_concurrency, domain_caps, admission or {}, mono())
+        self.lc = Lifecycle(gate=gate, type_retry=type_retry, default_retry=default_retry, finalizers=finalizers, cancel_hooks=cancel_hooks, sweep_interval=expiry_sweep_interval,
                             retention=retention, retention_every=retention_every)
         self.tracker = ProgressTracker()
         self._init_workforce(max_concurrency, cancel_hook_timeout)
@@ -616,6 +615,8 @@ class Coordinator(Workforce):
         c["running"] = self.lc.running_total
         c["workers"] = sum(1 for w in self.workers if w is not None)
         c["max_concurrency"] = self.max_concurrency
+        c.update(gate_figures(self.lc.gate))
+        c["groups_paused"] = len(self.lc.paused_group_infos())
         self.shm.publish(c)
 
     # ================================================================== shutdown (F11)

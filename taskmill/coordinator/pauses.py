@@ -101,6 +101,8 @@ class Pauses(TaskTable):
         elif kind == "domain":
             self.paused_domains.setdefault(scope, wall)
         else:
+            if scope not in self.paused_groups:
+                self.counters["group_pauses"] += 1
             self.paused_groups[scope] = (self.paused_groups.get(scope, (wall, None))[0], resume_at)
             self.timers.cancel(self.group_timers.pop(scope, None))
             if resume_at is not None:
@@ -137,6 +139,7 @@ class Pauses(TaskTable):
         else:
             if self.paused_groups.pop(scope, None) is None:
                 return 0
+            self.counters["group_resumes"] += 1
             self.timers.cancel(self.group_timers.pop(scope, None))
         self.batch.scopes[(kind, scope)] = None
         self._touch(now)

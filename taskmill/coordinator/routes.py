@@ -155,6 +155,60 @@ def _recurring(coord: Coordinator, op: str, task_id: int, domain: str | None = N
     raise ValueError(f"unknown recurring operation {op!r}")
 
 
+def _cap(v: Any, what: str) -> int | None:
+    if v is not None and (type(v) is not int or not 1 <= v <= 2**31 - 1):
+        raise ValueError(f"{what} must be an int >= 1 or None")
+    return v
+
+
+def _rate(v: Any) -> tuple[int, float, int] | None:
+    if v is None:
+        return None
+    if (type(v) is not tuple or len(v) != 3 or type(v[0]) is not int or type(v[2]) is not int
+            or type(v[1]) is not float or not (v[0] >= 1 and v[2] >= 1 and math.isfinite(v[1]) and v[1] > 0)):
+        raise ValueError("a rate limit travels as (permits, interval, burst)")
+    return v
+
+
+def _admission(coord: Coordinator, what: str, scope: Any, value: Any) -> None:
+    """Change an admission setting at runtime (F17, F20); the next dispatch round obeys it."""
+    gate = coord.lc.gate
+    if what == "max_concurrency":
+        n = _cap(value, "max_concurrency")
+        if n is None:
+            raise ValueError("max_concurrency must be an int >= 1")
+        coord.set_max_concurrency(n)
+        return
+    name = _str(scope, "scope")
+    if what in ("domain_cap", "group_cap"):
+        caps = gate.domain_caps if what == "domain_cap" else gate.group_caps
+        n = _cap(value, what)
+        if n is None:
+            caps.pop(name, None)
+        else:
+            caps[name] = n
+    elif what == "default_group_cap":
+        gate.default_group_cap = _cap(value, what)
+    elif what in ("type_rate", "group_rate"):
+        gate.set_rate_limit("type" if what == "type_rate" else "group", name, _rate(value), coord.mono())
+    else:
+        raise ValueError(f"unknown admission setting {what!r}")
+
+
+def _observe(coord: Coordinator, rates: Any, cpu: Any, pressure: Any, breakdown: Any) -> None:
+    """The host's resource monitor reports: smoothed IO rates, CPU load, pressure (F18, F19)."""
+    numbers = [*rates, cpu, pressure] if type(rates) is tuple and len(rates) == 4 else None
+    if numbers is None or not all(type(v) is float and math.isfinite(v) and v >= 0.0 for v in numbers):
+        raise ValueError("observe takes four IO rates, a CPU load and a pressure, as floats")
+    if type(breakdown) is not list or not all(
+            type(p) is tuple and len(p) == 2 and type(p[0]) is str and type(p[1]) is float for p in breakdown):
+        raise ValueError("observe takes the pressure breakdown as a list of (name, value)")
+    gate = coord.lc.gate
+    gate.observe(rates)
+    gate.cpu_usage = min(1.0, cpu)
+    gate.set_pressure(pressure, breakdown)
+
+
 def _running_count(coord: Coordinator) -> int:
     return sum(1 for e in coord.lc.running.values() if not e.cancelled)
 
@@ -238,6 +292,8 @@ ROUTES: dict[str, Route] = {
     "is_paused": _memory(lambda c, kind, scope="": c.lc.is_paused(kind, scope), 1, 2),
     "paused_groups": _memory(lambda c: snapshots.paused_groups(c.lc), 0),
     "ping": _memory(lambda c: {"pid": os.getpid(), "shm": c.shm.name}, 0),
+    "admission": _memory(_admission, 3),
+    "observe": _memory(_observe, 4),
 }
 
 

@@ -14,13 +14,16 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from taskmill.coordinator.entry import Entry
+from taskmill.coordinator.gate import Gate
 from taskmill.coordinator.lifecycle import Lifecycle
 from taskmill.coordinator.pauses import reason_names
 from taskmill.coordinator.progress import ProgressTracker
 from taskmill.records import (
+    CapacityInfo,
     EstimatedProgress,
     ModuleSnapshot,
     PausedGroupInfo,
+    RateLimitInfo,
     RecurringScheduleInfo,
     SchedulerSnapshot,
     TaskEventHeader,
@@ -133,6 +136,21 @@ def paused_groups(lc: Lifecycle) -> list[PausedGroupInfo]:
             for g, at, n, until in lc.paused_group_infos()]
 
 
+def capacity(gate: Gate) -> CapacityInfo:
+    return CapacityInfo(cpus_total=gate.cpus_total, cpus_in_use=round(gate.cpus_in_use, 6),
+                        memory_total=gate.memory_total, memory_in_use=gate.memory_in_use)
+
+
+def rate_limits(gate: Gate, now: float) -> list[RateLimitInfo]:
+    out = []
+    for kind, table in (("type", gate.type_limits), ("group", gate.group_limits)):
+        for scope, b in sorted(table.items()):
+            out.append(RateLimitInfo(scope=f"{kind}:{scope}", scope_kind=kind, permits=b.permits,
+                                     interval_ms=round(b.interval * 1000), burst=b.burst,
+                                     available_tokens=round(b.available(now), 3)))
+    return out
+
+
 def snapshot(lc: Lifecycle, tracker: ProgressTracker, slot_of: SlotOf, now: float, *, max_concurrency: int,
              workers: int, domain: str | None = None) -> SchedulerSnapshot | ModuleSnapshot:
     """The seed's ``scheduler.snapshot()`` (``domain`` None) or ``handle.snapshot()``."""
@@ -146,7 +164,9 @@ def snapshot(lc: Lifecycle, tracker: ProgressTracker, slot_of: SlotOf, now: floa
             paused_count=c["paused"],
             blocked_count=c["blocked"], waiting_count=c["waiting"], progress=prog, byte_progress=byte,
             max_concurrency=max_concurrency, workers=workers, is_paused=lc.is_paused("global"),
-            recurring_schedules=recurring_schedules(lc), paused_groups=paused_groups(lc))
+            recurring_schedules=recurring_schedules(lc), paused_groups=paused_groups(lc),
+            pressure=lc.gate.pressure, pressure_breakdown=list(lc.gate.pressure_breakdown),
+            capacity=capacity(lc.gate), rate_limits=rate_limits(lc.gate, now))
     c = lc.domain_counts.get(domain) or {s.value: 0 for s in TaskStatus}
     return ModuleSnapshot(domain=domain, running=running, pending_count=c["pending"] + lc.cold_count(domain),
                           paused_count=c["paused"],

@@ -74,7 +74,7 @@ class TaskTable:
         self.hooks: list[tuple[int, str, str]] = []  # (task id, task type, payload) on_cancel runs to start
         self.counters: dict[str, int] = {k: 0 for k in (
             "submitted", "dispatched", "completed", "failed", "retried", "dead_lettered", "cancelled",
-            "superseded", "expired", "rate_limit_throttles")}
+            "superseded", "expired", "rate_limit_throttles", "group_pauses", "group_resumes")}
 
     @property
     def running_total(self) -> int:

@@ -58,7 +58,6 @@ class Workforce:
     tracker: ProgressTracker
     stopping: bool
     must_commit: bool
-    max_concurrency: int
     worker_acks: list[tuple[WorkerHandle, Any]]
     _fds: dict[int, tuple[str, Any]]
 
@@ -82,6 +81,21 @@ class Workforce:
 
     def _apply_submissions(self, items: list[protocol.SubmitItem]) -> list[tuple]:
         raise NotImplementedError
+
+    @property
+    def max_concurrency(self) -> int:
+        """Most tasks running at once (the gate's cap; workers beyond it stay idle)."""
+        return self.lc.gate.max_concurrency
+
+    def set_max_concurrency(self, n: int) -> None:
+        """Change the cap at runtime; a larger one grows the pool (up to the segment's slots)."""
+        if not 1 <= n <= self.shm.slots:
+            raise ValueError(f"max_concurrency must be in 1..{self.shm.slots} (the worker slots of this "
+                             f"scheduler), got {n}")
+        self.lc.gate.max_concurrency = n
+        while len(self.workers) < n:
+            self.workers.append(None)
+            self._spawn(len(self.workers) - 1)
 
     def _init_workforce(self, max_concurrency: int, cancel_hook_timeout: float) -> None:
         self.workers: list[WorkerHandle | None] = [None] * max_concurrency

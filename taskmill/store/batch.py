@@ -7,7 +7,7 @@ batch without touching the store. Imports the standard library only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 __all__ = ["UPDATE_COLUMNS", "FinishedRow", "Recovered", "WriteBatch", "utc"]
@@ -33,9 +33,14 @@ UPDATE_COLUMNS: dict[str, str] = {
 }
 
 
+_EPOCH = datetime(1970, 1, 1)
+
+
 def utc(ts: float) -> datetime:
-    """Epoch seconds to the naive-UTC datetime the store keeps."""
-    return datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None)
+    """Epoch seconds to the naive-UTC datetime the store keeps, rounded to the microsecond the
+    way SQL's ``make_timestamp((ts * 1e6)::BIGINT)`` rounds (the product, half to even), so a
+    time written by either path reads back the same."""
+    return _EPOCH + timedelta(microseconds=round(ts * 1e6))
 
 
 @dataclass(slots=True)

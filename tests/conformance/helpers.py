@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import taskmill as tm
-from polling import poll_until
+from polling import poll_until, slots_as_cores
 from taskfiles import append, lines, wait_flag  # noqa: F401 - re-exported for the test modules
 
 DEADLINE = 60.0  # seconds any single wait may take on a loaded 2-core machine
@@ -27,6 +27,8 @@ ALIVE_WORLDS: set[int] = set()
 def module_world(store_path: str, domains: list[tm.Domain], flags: list[str] | None = None,
                  **config: Any) -> Iterator[tm.Scheduler]:
     """One scheduler for a whole module; on exit every flag in ``flags`` is created, then it closes."""
+    if "max_concurrency" in config:  # the tests count slots, not cores
+        config.setdefault("capacity", slots_as_cores(config["max_concurrency"]))
     s = tm.Scheduler(store_path=store_path, domains=domains, **config)
     ALIVE_WORLDS.add(id(s))
     try:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import taskmill as tm
-from polling import poll_until
+from polling import poll_until, slots_as_cores
 from taskfiles import append as _append
 from taskfiles import wait_flag as _wait_flag
 
@@ -190,6 +190,7 @@ ALL = [basic, solo, other]
 
 def sched(store: str, domains: list[tm.Domain] | None = None, **kw: Any) -> tm.Scheduler:
     kw.setdefault("max_concurrency", 2)
+    kw.setdefault("capacity", slots_as_cores(kw["max_concurrency"]))
     return tm.Scheduler(store_path=store, domains=domains if domains is not None else ALL, **kw)
 
 

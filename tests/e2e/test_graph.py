@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 import taskmill as tm
-from polling import poll_until
+from polling import poll_until, slots_as_cores
 from taskfiles import append as _append
 from taskfiles import lines
 from taskfiles import wait_flag as _wait_flag
@@ -179,6 +179,7 @@ ALL = [graph, ingest, process, bg, solo]
 
 def sched(store: str, **kw: Any) -> tm.Scheduler:
     kw.setdefault("max_concurrency", 2)
+    kw.setdefault("capacity", slots_as_cores(kw["max_concurrency"]))
     return tm.Scheduler(store_path=store, domains=ALL, **kw)
 
 

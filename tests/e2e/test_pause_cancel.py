@@ -39,7 +39,7 @@ from typing import Any
 import psutil
 
 import taskmill as tm
-from polling import poll_until
+from polling import poll_until, slots_as_cores
 from taskfiles import append as _append
 from taskfiles import lines as _lines
 
@@ -143,6 +143,7 @@ ALL = [pa, pb, hk]
 
 def sched(store: str, **kw: Any) -> tm.Scheduler:
     kw.setdefault("max_concurrency", 2)
+    kw.setdefault("capacity", slots_as_cores(kw["max_concurrency"]))
     return tm.Scheduler(store_path=store, domains=ALL, **kw)
 
 
