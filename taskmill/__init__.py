@@ -1,6 +1,14 @@
 """taskmill: a persistent, priority-aware task scheduler for one host."""
 
-from taskmill.admission import Capacity, RateLimit
+from taskmill.admission import (
+    AgingConfig,
+    Capacity,
+    PressureSource,
+    RateLimit,
+    ResourceSample,
+    SamplerConfig,
+    ThrottlePolicy,
+)
 from taskmill.context import TaskContext
 from taskmill.domain import Domain, Submission, TaskOptions, TaskType
 from taskmill.errors import (
@@ -68,6 +76,7 @@ from taskmill.scheduler import DomainHandle, Scheduler, TaskStore
 __version__ = "0.1.0"
 
 __all__ = [
+    "AgingConfig",
     "BatchOutcome",
     "Capacity",
     "CapacityInfo",
@@ -90,6 +99,7 @@ __all__ = [
     "NotATaskmillStore",
     "PausedGroupInfo",
     "Permanent",
+    "PressureSource",
     "Priority",
     "QueryRefused",
     "QueryTimeout",
@@ -99,8 +109,10 @@ __all__ = [
     "RecurringScheduleInfo",
     "Rejected",
     "Requeued",
+    "ResourceSample",
     "RetryPolicy",
     "Retryable",
+    "SamplerConfig",
     "Scheduler",
     "SchedulerBroken",
     "SchedulerClosed",
@@ -126,6 +138,7 @@ __all__ = [
     "TaskStore",
     "TaskType",
     "TaskmillError",
+    "ThrottlePolicy",
     "TypeStats",
     "UnknownDomain",
     "UnknownTaskType",

@@ -26,6 +26,7 @@ __all__ = [
     "SamplerConfig",
     "ThrottlePolicy",
     "admission_settings",
+    "fairness_settings",
     "usable_memory",
 ]
 
@@ -275,6 +276,34 @@ def wire_rate_limits(limits: Any, what: str) -> dict[str, tuple[int, float, int]
     return out
 
 
+def fairness_settings(group_weights: Any, default_group_weight: Any, group_minimum_slots: Any,
+                      priority_aging: Any) -> dict[str, Any]:
+    """The Scheduler's fair-share and aging keywords, checked, as plain config values."""
+    weights = {}
+    for group, w in _group_dict(group_weights, "group_weights").items():
+        weights[group] = as_float(w, f"group_weights[{group!r}]", lo=0.0, lo_open=True, hi=1e9)
+    mins = {g: as_int(n, f"group_minimum_slots[{g!r}]", lo=0, hi=INT32_MAX)
+            for g, n in _group_dict(group_minimum_slots, "group_minimum_slots").items()}
+    if priority_aging is not None and not isinstance(priority_aging, AgingConfig):
+        raise TypeError(f"priority_aging must be an AgingConfig or None, got {type(priority_aging).__name__}")
+    return {"group_weights": weights,
+            "default_group_weight": as_float(default_group_weight, "default_group_weight", lo=0.0, lo_open=True,
+                                             hi=1e9),
+            "group_minimum_slots": mins,
+            "aging": None if priority_aging is None else priority_aging.as_wire()}
+
+
+def _group_dict(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"{what} must be a dict of group names, got {type(value).__name__}")
+    for group in value:
+        if not isinstance(group, str) or not group:
+            raise TypeError(f"{what}: keys must be non-empty group names, got {group!r}")
+    return value
+
+
 def admission_settings(capacity: Any, group_concurrency: Any, default_group_concurrency: Any, rate_limits: Any,
                        group_rate_limits: Any) -> dict[str, Any]:
     """The Scheduler's admission keywords, checked, as the coordinator's ``admission`` config
@@ -284,15 +313,8 @@ def admission_settings(capacity: Any, group_concurrency: Any, default_group_conc
     if not isinstance(capacity, Capacity):
         raise TypeError(f"capacity must be a Capacity, got {type(capacity).__name__}")
     cpus, memory = capacity.resolved()
-    caps = {}
-    if group_concurrency is not None:
-        if not isinstance(group_concurrency, dict):
-            raise TypeError(f"group_concurrency must be a dict of group names to int, got "
-                            f"{type(group_concurrency).__name__}")
-        for group, n in group_concurrency.items():
-            if not isinstance(group, str) or not group:
-                raise TypeError(f"group_concurrency: keys must be non-empty group names, got {group!r}")
-            caps[group] = as_int(n, f"group_concurrency[{group!r}]", lo=1, hi=INT32_MAX)
+    caps = {g: as_int(n, f"group_concurrency[{g!r}]", lo=1, hi=INT32_MAX)
+            for g, n in _group_dict(group_concurrency, "group_concurrency").items()}
     default_cap = None if default_group_concurrency is None else as_int(
         default_group_concurrency, "default_group_concurrency", lo=1, hi=INT32_MAX)
     types = wire_rate_limits(rate_limits, "rate_limits")

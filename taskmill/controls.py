@@ -1,5 +1,5 @@
-"""Admission settings changed at runtime (F17, F20): the Scheduler's concurrency, group caps
-and token buckets.
+"""Admission settings changed at runtime (F17, F20, F21): the Scheduler's concurrency, group
+caps, token buckets and group weights.
 
 A mixin of ``Scheduler``: each method checks its arguments on the host and sends
 one ``admission`` call; the coordinator's next dispatch round obeys the new
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from taskmill.admission import RateLimit
-from taskmill.validation import INT32_MAX, as_int, as_str, describe
+from taskmill.validation import INT32_MAX, as_float, as_int, as_str, describe
 
 __all__ = ["AdmissionControls", "rate_wire", "task_type_name"]
 
@@ -84,3 +84,20 @@ class AdmissionControls:
     def remove_group_rate_limit(self, group: str) -> None:
         """Remove ``group``'s token bucket."""
         self._set_admission("group_rate", as_str(group, "group"), None)
+
+    def set_group_weight(self, group: str, weight: float) -> None:
+        """Weigh ``group`` in fair share (relative to the other groups; default 1)."""
+        self._set_admission("group_weight", as_str(group, "group"),
+                            as_float(weight, "weight", lo=0.0, lo_open=True, hi=1e9))
+
+    def remove_group_weight(self, group: str) -> None:
+        """``group`` goes back to the default weight."""
+        self._set_admission("group_weight", as_str(group, "group"), None)
+
+    def reset_group_weights(self) -> None:
+        """Every group back to weight 1 (minimum slots stay)."""
+        self._set_admission("reset_weights", "", None)
+
+    def set_group_minimum_slots(self, group: str, n: int) -> None:
+        """Guarantee ``group`` ``n`` running slots whatever the weights (0 removes it)."""
+        self._set_admission("group_min_slots", as_str(group, "group"), as_int(n, "n", lo=0, hi=INT32_MAX))

@@ -229,6 +229,22 @@ class DomainHandle:
         """Remove ``group``'s token bucket (the Scheduler's setting)."""
         self._s.remove_group_rate_limit(group)
 
+    def set_group_weight(self, group: str, weight: float) -> None:
+        """Weigh ``group`` in fair share (groups span domains: the Scheduler's setting)."""
+        self._s.set_group_weight(group, weight)
+
+    def remove_group_weight(self, group: str) -> None:
+        """``group`` goes back to the default weight (the Scheduler's setting)."""
+        self._s.remove_group_weight(group)
+
+    def reset_group_weights(self) -> None:
+        """Every group back to weight 1 (the Scheduler's setting)."""
+        self._s.reset_group_weights()
+
+    def set_group_minimum_slots(self, group: str, n: int) -> None:
+        """Guarantee ``group`` ``n`` running slots (the Scheduler's setting)."""
+        self._s.set_group_minimum_slots(group, n)
+
     def snapshot(self) -> ModuleSnapshot:
         """Running tasks, counts, progress and pause state for this domain."""
         return self._call("snapshot", self.name)

@@ -19,7 +19,16 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import cloudpickle
 
 from taskmill import protocol
-from taskmill.admission import Capacity, PressureSource, RateLimit, SamplerConfig, ThrottlePolicy, admission_settings
+from taskmill.admission import (
+    AgingConfig,
+    Capacity,
+    PressureSource,
+    RateLimit,
+    SamplerConfig,
+    ThrottlePolicy,
+    admission_settings,
+    fairness_settings,
+)
 from taskmill.client import CoordinatorProcess
 from taskmill.controls import AdmissionControls
 from taskmill.domain import Defaults, Domain, Submission, check_timeout
@@ -108,6 +117,11 @@ class Scheduler(AdmissionControls):
         throttle_policy: ``ThrottlePolicy``: which priorities wait at which pressure.
         bandwidth_limit: Bytes/s: the built-in ``network`` source reports observed
             rx + tx against it (turns monitoring on).
+        group_weights: ``{group: weight}``: fair share of dispatches between groups
+            (F21); setting any weight or minimum turns fair share on.
+        default_group_weight: Weight of other groups and of ungrouped tasks.
+        group_minimum_slots: ``{group: n}``: running slots a group gets before any weighing.
+        priority_aging: ``AgingConfig``: waiting tasks gain priority over time.
 
     Every argument is checked here, on the host: a bad one is a ``TypeError`` or
     ``ValueError`` naming it (``ConfigError`` for two domains of one name).
@@ -148,6 +162,10 @@ class Scheduler(AdmissionControls):
         pressure_sources: Sequence[PressureSource] = (),
         throttle_policy: ThrottlePolicy | None = None,
         bandwidth_limit: float | None = None,
+        group_weights: dict[str, float] | None = None,
+        default_group_weight: float = 1.0,
+        group_minimum_slots: dict[str, int] | None = None,
+        priority_aging: AgingConfig | None = None,
     ) -> None:
         path = os.fspath(store_path) if isinstance(store_path, os.PathLike) else store_path
         if not isinstance(path, str):
@@ -207,6 +225,8 @@ class Scheduler(AdmissionControls):
         self._monitoring = monitoring_settings(resource_monitoring, resource_sampler, sampler_config,
                                                pressure_sources, throttle_policy, bandwidth_limit)
         self._admission_config.update(self._monitoring.wire())
+        self._admission_config.update(fairness_settings(group_weights, default_group_weight, group_minimum_slots,
+                                                        priority_aging))
         self._monitor: ResourceMonitor | None = None
         self._defaults = Defaults(priority=priority, retry=default_retry or RetryPolicy(), timeout=timeout,
                                   cpu_capacity=self._admission_config["cpus"],

@@ -36,7 +36,8 @@ class Extra:
     """Rarely used per-task state (TTL, dependencies policy, parents, recurring, finalize)."""
 
     __slots__ = ("ttl_seconds", "ttl_from", "expires_at", "on_dep_failure", "fail_fast", "schedule", "memo",
-                 "phase", "spawned", "child_failures", "first_failure", "run_after_wall", "stop", "ttl_timer")
+                 "phase", "spawned", "child_failures", "first_failure", "run_after_wall", "stop", "ttl_timer",
+                 "paused_for", "paused_since")
 
     def __init__(self) -> None:
         self.ttl_seconds: float | None = None
@@ -53,6 +54,8 @@ class Extra:
         self.run_after_wall: float | None = None  # wall clock of a pending delay (for records and pauses)
         self.stop: str | None = None  # "pause" while a running task is asked to stop for a pause
         self.ttl_timer: Any = None  # its entry in the TTL heap
+        self.paused_for = 0.0  # seconds spent paused (aging does not count them), this run of the coordinator
+        self.paused_since: float | None = None  # monotonic start of the current pause (with aging only)
 
 
 class Entry:
@@ -62,7 +65,7 @@ class Entry:
         "id", "task_type", "domain", "key", "label", "priority", "status", "created_at", "run_after",
         "retry_count", "max_retries", "retry", "timeout", "cpus", "memory", "group", "payload", "requeue",
         "requeue_priority", "started_at", "started_mono", "worker", "qver", "queued", "cancelled", "timer",
-        "tags", "parent_id", "paused", "blockers", "expires", "io", "x",
+        "tags", "parent_id", "paused", "blockers", "expires", "io", "lane", "x",
     )
 
     def __init__(self, id: int, task_type: str, domain: str, key: str, label: str, priority: int, status: str,
@@ -100,6 +103,7 @@ class Entry:
         self.blockers = 0  # prerequisites not yet completed
         self.expires: float | None = None  # monotonic TTL deadline
         self.io: tuple[int, int, int, int] | None = None  # expected IO (disk read/write, net rx/tx), if any
+        self.lane: Any = None  # its ready lane while queued (queues.Lane)
         self.x: Extra | None = None
 
     def extra(self) -> Extra:

@@ -26,9 +26,9 @@ or its demand.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Any, Iterable
 
-__all__ = ["Aging", "FairShare", "effective_priority"]
+__all__ = ["Aging", "FairShare", "effective_priority", "make_fairness"]
 
 
 class Aging:
@@ -132,3 +132,11 @@ class FairShare:
                     out[g] += 1
                     left -= 1
         return out
+
+
+def make_fairness(admission: dict[str, Any]) -> tuple[FairShare, Aging | None]:
+    """Fair share and aging from a coordinator's ``admission`` config (the host checked it)."""
+    fair = FairShare(admission.get("group_weights"), admission.get("default_group_weight", 1.0),
+                     admission.get("group_minimum_slots"))
+    aging = admission.get("aging")
+    return fair, (Aging(*aging) if aging is not None else None)

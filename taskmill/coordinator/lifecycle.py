@@ -29,7 +29,9 @@ from typing import Any, Callable, NamedTuple
 from taskmill import protocol
 from taskmill.coordinator.cold import ColdTails
 from taskmill.coordinator.entry import Entry, Schedule
-from taskmill.coordinator.gate import ADMIT, SKIP, STOP, Gate
+from taskmill.coordinator.dispatch import Dispatch
+from taskmill.coordinator.fairness import Aging, FairShare
+from taskmill.coordinator.gate import Gate
 from taskmill.coordinator.pauses import GROUP, Pauses, reason_names
 from taskmill.coordinator.relations import Relations
 from taskmill.coordinator.rows import entry_from_row
@@ -43,8 +45,6 @@ __all__ = ["CANCELLING", "Ended", "Lifecycle", "clean_text", "unstorable_result"
 
 #: Payload bytes kept in memory for queued tasks; beyond it payloads are read back at dispatch.
 PAYLOAD_CACHE_BYTES = 256 * 1024 * 1024
-#: Payloads fetched per query when a recovered (uncached) task is dispatched.
-PAYLOAD_FETCH_CHUNK = 10_000
 #: Longest text stored as a task's error (characters).
 MAX_ERROR_CHARS = 20_000
 #: Largest task result stored, as JSON text (bytes); larger results fail the task.
@@ -79,13 +79,15 @@ class Ended(NamedTuple):
     io: tuple[int, int, int, int]
 
 
-class Lifecycle(Relations, Pauses, Schedules, ColdTails):
+class Lifecycle(Relations, Pauses, Schedules, ColdTails, Dispatch):
     """The task table and its transitions; the loop feeds it inputs and carries out its effects."""
 
     def __init__(
         self,
         *,
         gate: Gate | None = None,
+        fair: FairShare | None = None,
+        aging: Aging | None = None,
         type_retry: dict[str, RetryPolicy] | None = None,
         default_retry: RetryPolicy | None = None,
         finalizers: frozenset[str] = frozenset(),
@@ -98,7 +100,7 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails):
         self.retention = retention  # ("count", keep) or ("age_days", days), pruned every retention_every rows
         self.retention_every = retention_every
         self._rows_since_prune = 0
-        super().__init__(gate=gate, type_retry=type_retry, default_retry=default_retry,
+        super().__init__(gate=gate, fair=fair, aging=aging, type_retry=type_retry, default_retry=default_retry,
                          finalizers=finalizers, cancel_hooks=cancel_hooks, rng=rng)
         self._init_relations()
         self._init_pauses()
@@ -227,6 +229,8 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails):
         bits = 0 if prereqs else self._scope_bits(e)
         if bits:
             e.status, e.paused = _PAUSED, bits
+            if self.aging is not None:  # aging does not count the pause
+                e.extra().paused_since = now
         if self.payload_bytes < PAYLOAD_CACHE_BYTES:
             e.payload = payload
             self.payload_bytes += len(payload)
@@ -245,85 +249,6 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails):
         if e.status == _PENDING:
             self._make_ready(e, e.run_after)
         return ("i", tid, bool(bits & GROUP))
-
-    # ------------------------------------------------------------------ dispatch (the hot path)
-
-    def pick(self, now: float, wall: float) -> Entry | None:
-        """The most urgent ready task the gate admits, taken off its queue (or None: nothing may
-        start now). A lane denied by its domain or group cap is passed over; a rate-limited task
-        waits for its token as a delayed task; an admitted task past its TTL expires here instead of running."""
-        ready, gate = self.ready, self.gate
-        skip: set[tuple[str, str | None]] | None = None
-        while True:
-            e = ready.best(skip)
-            if e is None:
-                return None
-            verdict = gate.admit(e, now)
-            if verdict == ADMIT:
-                ready.take(e)
-                if e.expires is not None and e.expires <= now:
-                    self._expire(e, now, wall)
-                    continue
-                return e
-            if verdict == STOP:
-                return None
-            if verdict == SKIP:
-                if skip is None:
-                    skip = set()
-                skip.add((e.domain, e.group))
-                continue
-            ready.take(e)  # rate-limited: back when its token is there
-            self.counters["rate_limit_throttles"] += 1
-            self._make_ready(e, float(verdict))
-
-    def payload_chunk(self, e: Entry) -> list[int]:
-        """Ids whose payloads to read in one query before ``e`` can run: ``e`` first, then the
-        next uncached tasks in dispatch order (each id is looked at once: linear overall)."""
-        ids = [e.id]
-        missing = self.payload_missing
-        while missing and len(ids) < PAYLOAD_FETCH_CHUNK:
-            other = self.tasks.get(missing.popleft())
-            if other is not None and other.payload is None and other is not e and other.worker is None:
-                ids.append(other.id)
-        return ids
-
-    def fill_payloads(self, payloads: dict[int, str]) -> None:
-        for tid, payload in payloads.items():
-            entry = self.tasks.get(tid)
-            if entry is not None and entry.payload is None:
-                entry.payload = payload
-                self.payload_bytes += len(payload)
-
-    def started(self, e: Entry, worker: Any, now: float, wall: float) -> str:
-        """``e`` (just picked) now runs on ``worker``; returns its payload text."""
-        self._move(e, _RUNNING)
-        e.started_at = wall
-        e.started_mono = now
-        e.worker = worker
-        self.running[e.id] = e
-        self.gate.take(e, now)
-        self.batch.running[e.id] = wall
-        self._touch(now)
-        self.counters["dispatched"] += 1
-        if e.x is not None:
-            self._ttl_starts(e, now, wall)
-        payload = e.payload
-        if payload is None:
-            return "{}"
-        if e.task_type not in self.cancel_hooks:  # an on_cancel hook needs it later
-            self.payload_bytes -= len(payload)
-            e.payload = None
-        return payload
-
-    def run_ended(self, e: Entry) -> None:
-        """The worker gave ``e`` back (done, crashed or killed): its slot is free. The outcome
-        comes next (``completed``, ``failed``, ``interrupted``) unless ``e`` was cancelled."""
-        e.worker = None
-        del self.running[e.id]
-        self.gate.give(e)
-        if e.payload is not None and e.cancelled:
-            self.payload_bytes -= len(e.payload)
-            e.payload = None
 
     # ------------------------------------------------------------------ outcomes (F9, F14, F15)
 

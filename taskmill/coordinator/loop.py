@@ -42,6 +42,7 @@ from taskmill import protocol
 from taskmill.coordinator import snapshots
 from taskmill.coordinator.acceptor import Acceptor
 from taskmill.coordinator.entry import Entry
+from taskmill.coordinator.fairness import make_fairness
 from taskmill.coordinator.gate import gate_figures, make_gate
 from taskmill.coordinator.lifecycle import Lifecycle
 from taskmill.coordinator.prefetch import ColdPrefetch
@@ -131,7 +132,8 @@ class Coordinator(Workforce):
         self.start_paused = start_paused
         self.recover_hot = recover_hot
         gate = make_gate(max_concurrency, domain_caps, admission or {}, mono())
-        self.lc = Lifecycle(gate=gate, type_retry=type_retry, default_retry=default_retry, finalizers=finalizers, cancel_hooks=cancel_hooks, sweep_interval=expiry_sweep_interval,
+        fair, aging = make_fairness(admission or {})
+        self.lc = Lifecycle(gate=gate, fair=fair, aging=aging, type_retry=type_retry, default_retry=default_retry, finalizers=finalizers, cancel_hooks=cancel_hooks, sweep_interval=expiry_sweep_interval,
                             retention=retention, retention_every=retention_every)
         self.tracker = ProgressTracker()
         self._init_workforce(max_concurrency, cancel_hook_timeout)

@@ -59,8 +59,12 @@ class Pauses(TaskTable):
         """``e`` may run again (no worker, no blockers): pending (ready or due), or paused if held."""
         bits = self._scope_bits(e)
         if bits:
-            self._hold(e, bits)
+            self._hold(e, bits, now)
             return
+        x = e.x
+        if x is not None and x.paused_since is not None:  # aging: the pause does not count as waiting
+            x.paused_for += max(0.0, now - x.paused_since)
+            x.paused_since = None
         was = e.status
         e.paused = 0
         due = e.run_after if e.run_after is not None and e.run_after > now else None
@@ -70,8 +74,10 @@ class Pauses(TaskTable):
         elif was not in ("", _PENDING):
             self.batch.update(e.id, status=_PENDING, pause_reasons=[])
 
-    def _hold(self, e: Entry, bits: int) -> None:
+    def _hold(self, e: Entry, bits: int, now: float) -> None:
         """``e`` (not running) becomes paused with ``bits``; a delay it had is kept for later."""
+        if self.aging is not None and (e.x is None or e.x.paused_since is None):
+            e.extra().paused_since = now  # aging does not count the pause
         if e.queued:
             self.ready.discard(e)
         self.timers.cancel(e.timer)
@@ -117,7 +123,7 @@ class Pauses(TaskTable):
             if e.status in (_PENDING, _PAUSED):
                 if not e.paused & bit:
                     moved += e.status == _PENDING
-                    self._hold(e, e.paused | bit)
+                    self._hold(e, e.paused | bit, now)
             elif e.status == _RUNNING and not e.cancelled:
                 e.paused |= bit
                 if e.extra().stop is None:

@@ -3,7 +3,8 @@
 Invariant: a task entry is in at most one place — a lane heap (ready now),
 the timer heap (due later) or a worker (running). Heaps use lazy deletion: an
 item is live only while its version matches the entry's. Cost per pick is
-O(lanes · log n), so dispatch does not slow down as the queue grows.
+O(lanes · log n) (a lane per domain, group and priority level in use), so
+dispatch does not slow down as the queue grows.
 Imports nothing from taskmill but leaves.
 """
 
@@ -16,53 +17,55 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from taskmill.coordinator.entry import Entry
 
-__all__ = ["ReadyQueues", "Timer", "Timers"]
+__all__ = ["Lane", "ReadyQueues", "Timer", "Timers"]
 
 #: Dead timers tolerated before a purge is considered (purging tiny heaps is not worth it).
 PURGE_MIN_DEAD = 256
 
 
-class _Lane:
-    """The ready entries of one (domain, group), a heap by (priority, id)."""
+class Lane:
+    """The ready entries of one (domain, group, priority), a heap by id: FIFO within the level."""
 
-    __slots__ = ("key", "heap", "live")
+    __slots__ = ("key", "priority", "heap", "live")
 
-    def __init__(self, key: tuple[str, str | None]) -> None:
+    def __init__(self, key: tuple[str, str | None, int]) -> None:
         self.key = key
-        self.heap: list[tuple[int, int, int, Entry]] = []
+        self.priority = key[2]
+        self.heap: list[tuple[int, int, Entry]] = []
         self.live = 0
 
     def head(self) -> Entry | None:
-        """The most urgent live entry, left queued (stale items on top are dropped)."""
+        """The oldest live entry, left queued (stale items on top are dropped)."""
         heap = self.heap
         while heap:
-            e = heap[0][3]
-            if heap[0][2] == e.qver:
+            e = heap[0][2]
+            if heap[0][1] == e.qver:
                 return e
             heapq.heappop(heap)
         return None
 
 
 class ReadyQueues:
-    """Ready entries in lanes, one per (domain, group), each ordered by (priority, id): most
-    urgent first, FIFO within a level. A pick looks at the head of every lane, so a lane that
-    may not run now (its domain or group is at its cap) is passed over without blocking the
-    others."""
+    """Ready entries in lanes, one per (domain, group, priority), each FIFO by id.
+
+    A pick looks at the head of every lane: the most urgent is the least (priority, id);
+    a lane that may not run now (its domain or group is at its cap) is passed over
+    without blocking the others, and with aging the head of each level is its oldest
+    task, so an effective priority is computed for heads only. Empty lanes are dropped.
+    """
 
     def __init__(self) -> None:
-        self._lanes: dict[tuple[str, str | None], _Lane] = {}
-        self._by_domain: dict[str, list[_Lane]] = {}
+        self._lanes: dict[tuple[str, str | None, int], Lane] = {}
         self._len = 0
 
     def __len__(self) -> int:
         return self._len
 
-    def _lane(self, e: Entry) -> _Lane:
-        key = (e.domain, e.group)
+    def _lane(self, e: Entry) -> Lane:
+        key = (e.domain, e.group, e.priority)
         lane = self._lanes.get(key)
         if lane is None:
-            lane = self._lanes[key] = _Lane(key)
-            self._by_domain.setdefault(e.domain, []).append(lane)
+            lane = self._lanes[key] = Lane(key)
         return lane
 
     def push(self, e: Entry) -> None:
@@ -70,52 +73,66 @@ class ReadyQueues:
             self.discard(e)
         e.qver += 1
         lane = self._lane(e)
-        heapq.heappush(lane.heap, (e.priority, e.id, e.qver, e))
+        heapq.heappush(lane.heap, (e.id, e.qver, e))
         e.queued = True
+        e.lane = lane
         lane.live += 1
         self._len += 1
 
     def load(self, entries: list[Entry]) -> None:
         """Queue many entries that are not queued yet (recovery): one heapify per lane
         instead of a push each (rows come sorted by priority and id, so it is cheap)."""
-        touched: set[_Lane] = set()
+        touched: set[Lane] = set()
         for e in entries:
             e.qver += 1
             e.queued = True
-            lane = self._lane(e)
-            lane.heap.append((e.priority, e.id, e.qver, e))
+            lane = e.lane = self._lane(e)
+            lane.heap.append((e.id, e.qver, e))
             lane.live += 1
             touched.add(lane)
         for lane in touched:
             heapq.heapify(lane.heap)
         self._len += len(entries)
 
+    def _gone(self, e: Entry) -> None:
+        lane: Lane = e.lane
+        e.queued = False
+        e.qver += 1
+        e.lane = None
+        lane.live -= 1
+        self._len -= 1
+        if lane.live == 0 and self._lanes.get(lane.key) is lane:
+            del self._lanes[lane.key]
+
     def discard(self, e: Entry) -> None:
         """Remove ``e`` if queued (lazy: its heap item goes stale)."""
         if e.queued:
-            e.queued = False
-            e.qver += 1
-            self._lanes[(e.domain, e.group)].live -= 1
-            self._len -= 1
+            self._gone(e)
+
+    def lanes(self) -> list[Lane]:
+        """Every lane with a ready entry."""
+        return list(self._lanes.values())
 
     def count(self, domain: str) -> int:
         """Ready entries of ``domain``."""
-        return sum(lane.live for lane in self._by_domain.get(domain, ()))
+        return sum(lane.live for key, lane in self._lanes.items() if key[0] == domain)
 
     def peek(self, domain: str) -> Entry | None:
         """The most urgent ready entry of ``domain``, left queued (None: nothing ready)."""
         best: Entry | None = None
-        for lane in self._by_domain.get(domain, ()):
-            e = lane.head() if lane.live else None
-            if e is not None and (best is None or (e.priority, e.id) < (best.priority, best.id)):
-                best = e
+        for key, lane in self._lanes.items():
+            if key[0] == domain:
+                e = lane.head()
+                if e is not None and (best is None or (e.priority, e.id) < (best.priority, best.id)):
+                    best = e
         return best
 
     def best(self, skip: set[tuple[str, str | None]] | None = None) -> Entry | None:
-        """The most urgent ready entry over every lane not in ``skip``, left queued."""
+        """The most urgent ready entry (least (priority, id)) over every lane whose
+        (domain, group) is not in ``skip``, left queued."""
         best: Entry | None = None
         for key, lane in self._lanes.items():
-            if lane.live == 0 or (skip is not None and key in skip):
+            if skip is not None and key[:2] in skip:
                 continue
             e = lane.head()
             if e is not None and (best is None or (e.priority, e.id) < (best.priority, best.id)):
@@ -123,13 +140,9 @@ class ReadyQueues:
         return best
 
     def take(self, e: Entry) -> None:
-        """Take ``e`` (just returned by ``best``: the head of its lane) off its queue."""
-        lane = self._lanes[(e.domain, e.group)]
-        heapq.heappop(lane.heap)
-        e.queued = False
-        e.qver += 1
-        lane.live -= 1
-        self._len -= 1
+        """Take ``e`` (the head of its lane, as ``best`` or ``Lane.head`` returned it) off its queue."""
+        heapq.heappop(e.lane.heap)
+        self._gone(e)
 
 
 class Timer:

@@ -191,6 +191,23 @@ def _admission(coord: Coordinator, what: str, scope: Any, value: Any) -> None:
         gate.default_group_cap = _cap(value, what)
     elif what in ("type_rate", "group_rate"):
         gate.set_rate_limit("type" if what == "type_rate" else "group", name, _rate(value), coord.mono())
+    elif what == "group_weight":
+        if value is None:
+            coord.lc.fair.weights.pop(name, None)
+        elif type(value) is float and math.isfinite(value) and value > 0:
+            coord.lc.fair.weights[name] = value
+        else:
+            raise ValueError("a group weight must be a positive float")
+    elif what == "reset_weights":
+        coord.lc.fair.weights.clear()
+        coord.lc.fair.default_weight = 1.0
+    elif what == "group_min_slots":
+        if type(value) is not int or not 0 <= value <= 2**31 - 1:
+            raise ValueError("minimum slots must be an int >= 0")
+        if value:
+            coord.lc.fair.min_slots[name] = value
+        else:
+            coord.lc.fair.min_slots.pop(name, None)
     else:
         raise ValueError(f"unknown admission setting {what!r}")
 

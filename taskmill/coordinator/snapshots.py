@@ -18,9 +18,11 @@ from taskmill.coordinator.gate import Gate
 from taskmill.coordinator.lifecycle import Lifecycle
 from taskmill.coordinator.pauses import reason_names
 from taskmill.coordinator.progress import ProgressTracker
+from taskmill.admission import AgingConfig
 from taskmill.records import (
     CapacityInfo,
     EstimatedProgress,
+    GroupAllocationInfo,
     ModuleSnapshot,
     PausedGroupInfo,
     RateLimitInfo,
@@ -151,6 +153,32 @@ def rate_limits(gate: Gate, now: float) -> list[RateLimitInfo]:
     return out
 
 
+def group_allocations(lc: Lifecycle) -> list[GroupAllocationInfo]:
+    """Each group's weight, slot share, running and ready counts (fair share on only)."""
+    fair, gate = lc.fair, lc.gate
+    if not fair.configured:
+        return []
+    pending: dict[str | None, int] = {}
+    for lane in lc.ready.lanes():
+        pending[lane.key[1]] = pending.get(lane.key[1], 0) + lane.live
+    running: dict[str | None, int] = {g: n for g, n in gate.by_group.items()}
+    running[None] = gate.running - sum(gate.by_group.values())
+    groups = set(pending) | {g for g, n in running.items() if n} | set(fair.weights) | set(fair.min_slots)
+    demand = {g: running.get(g, 0) + pending.get(g, 0) for g in groups}
+    caps: dict[str | None, int | None] = {g: gate.group_cap(g) for g in groups}
+    slots = fair.allocations(gate.max_concurrency, demand, caps)
+    return [GroupAllocationInfo(group=g, weight=fair.weight(g), allocated_slots=slots[g], running=running.get(g, 0),
+                                pending=pending.get(g, 0), min_slots=fair.min_slots.get(g, 0) if g else 0,
+                                cap=caps[g])
+            for g in sorted(groups, key=lambda g: (g is None, g or ""))]
+
+
+def aging_config(lc: Lifecycle) -> AgingConfig | None:
+    a = lc.aging
+    return None if a is None else AgingConfig(grace_period=a.grace, aging_interval=a.interval,
+                                              max_effective_priority=a.cap, urgent_threshold=a.urgent)
+
+
 def snapshot(lc: Lifecycle, tracker: ProgressTracker, slot_of: SlotOf, now: float, *, max_concurrency: int,
              workers: int, domain: str | None = None) -> SchedulerSnapshot | ModuleSnapshot:
     """The seed's ``scheduler.snapshot()`` (``domain`` None) or ``handle.snapshot()``."""
@@ -166,7 +194,8 @@ def snapshot(lc: Lifecycle, tracker: ProgressTracker, slot_of: SlotOf, now: floa
             max_concurrency=max_concurrency, workers=workers, is_paused=lc.is_paused("global"),
             recurring_schedules=recurring_schedules(lc), paused_groups=paused_groups(lc),
             pressure=lc.gate.pressure, pressure_breakdown=list(lc.gate.pressure_breakdown),
-            capacity=capacity(lc.gate), rate_limits=rate_limits(lc.gate, now))
+            capacity=capacity(lc.gate), rate_limits=rate_limits(lc.gate, now),
+            group_allocations=group_allocations(lc), aging_config=aging_config(lc))
     c = lc.domain_counts.get(domain) or {s.value: 0 for s in TaskStatus}
     return ModuleSnapshot(domain=domain, running=running, pending_count=c["pending"] + lc.cold_count(domain),
                           paused_count=c["paused"],

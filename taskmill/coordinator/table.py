@@ -16,6 +16,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from taskmill.coordinator.entry import Entry
+from taskmill.coordinator.fairness import Aging, FairShare
 from taskmill.coordinator.gate import Gate
 from taskmill.coordinator.queues import ReadyQueues, Timers
 from taskmill.records import HistoryStatus, RetryPolicy, TaskStatus
@@ -39,6 +40,8 @@ class TaskTable:
         self,
         *,
         gate: Gate | None = None,
+        fair: FairShare | None = None,
+        aging: Aging | None = None,
         type_retry: dict[str, RetryPolicy] | None = None,
         default_retry: RetryPolicy | None = None,
         finalizers: frozenset[str] = frozenset(),
@@ -46,6 +49,8 @@ class TaskTable:
         rng: random.Random | None = None,
     ) -> None:
         self.gate = gate or Gate(UNLIMITED)  # admission, and what running tasks hold
+        self.fair = fair or FairShare()  # group weights (dispatch order among groups)
+        self.aging = aging  # priority aging (None: off)
         self.type_retry = type_retry or {}
         self.default_retry = default_retry or RetryPolicy()
         self.finalizers = finalizers  # task types with a finalize step

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from taskmill import protocol
+from taskmill.coordinator.fairness import Aging, FairShare
 from taskmill.coordinator.gate import Gate
 from taskmill.coordinator.lifecycle import Ended, Lifecycle
 from taskmill.errors import InvalidSubmission
@@ -60,8 +61,11 @@ class Model:
 class LifecycleMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.lc = Lifecycle(gate=Gate(2**31 - 1, domain_caps={d: c for d, c in CAPS.items() if c is not None}), default_retry=RetryPolicy.constant(1, 1.0),
-                            finalizers=FINALIZERS, sweep_interval=5.0)
+        # fair share and aging on: the weighed pick is the one under test (the plain one is the
+        # same minus the ranking; test_gate drives it)
+        self.lc = Lifecycle(gate=Gate(2**31 - 1, domain_caps={d: c for d, c in CAPS.items() if c is not None}),
+                            fair=FairShare({"g1": 2.0}, min_slots={"g2": 1}), aging=Aging(3.0, 1.0, 64, 100),
+                            default_retry=RetryPolicy.constant(1, 1.0), finalizers=FINALIZERS, sweep_interval=5.0)
         self.now = 1000.0
         self.wall = 5000.0  # the wall clock runs alongside the monotonic one
         self.m: dict[int, Model] = {}

@@ -1,0 +1,171 @@
+"""Dispatch, the hot path: which ready task starts next, and what starting and ending a run books.
+
+A ``Lifecycle`` mixin, plain code. ``pick`` offers ready tasks to the gate
+(``gate.py``) and takes the first it admits:
+
+- without fair share or aging, the least (priority, id) over every lane, as
+  fast as the plain heap it replaced;
+- with them (``fairness.py``), heads are ranked by their effective priority;
+  a task aged to the urgent threshold goes first, then the group fair share
+  says is furthest behind (its most urgent head), else the most urgent head.
+
+Either way a lane denied by its domain or group cap is passed over for the
+round, a machine-wide denial ends it, a rate-limited task waits for its token
+as a delayed task, and an admitted task past its TTL expires instead of running.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from taskmill.coordinator.entry import Entry
+from taskmill.coordinator.fairness import effective_priority
+from taskmill.coordinator.gate import ADMIT, SKIP, STOP
+from taskmill.coordinator.table import TaskTable
+from taskmill.records import TaskStatus
+
+__all__ = ["PAYLOAD_FETCH_CHUNK", "Dispatch"]
+
+#: Payloads of recovered tasks read in one query, in dispatch order.
+PAYLOAD_FETCH_CHUNK = 10_000
+
+_RUNNING = TaskStatus.RUNNING.value
+Skip = set[tuple[str, str | None]]
+
+
+class Dispatch(TaskTable):
+    """Picking, starting and ending runs (mixed into ``Lifecycle``)."""
+
+    # ------------------------------------------------------------------ effective priority
+
+    def waited(self, e: Entry, wall: float) -> float:
+        """Seconds ``e`` has been waiting, paused time left out (what aging counts)."""
+        paused = e.x.paused_for if e.x is not None else 0.0
+        return max(0.0, wall - e.created_at - paused)
+
+    def effective(self, e: Entry, wall: float) -> int:
+        """``e``'s priority after aging (its own without aging, or while it is not waiting)."""
+        if self.aging is None or e.status != TaskStatus.PENDING.value:
+            return e.priority
+        return effective_priority(e.priority, self.waited(e, wall), self.aging)
+
+    # ------------------------------------------------------------------ the pick
+
+    def pick(self, now: float, wall: float) -> Entry | None:
+        """The next ready task the gate admits, taken off its queue (None: nothing may start now)."""
+        weighed = self.fair.configured or self.aging is not None
+        skip: Skip | None = None
+        while True:
+            e, weighed_turn = self._candidate(skip, wall) if weighed else (self.ready.best(skip), True)
+            if e is None:
+                return None
+            verdict = self.gate.admit(e, now, self.effective(e, wall) if weighed else None)
+            if verdict == ADMIT:
+                self.ready.take(e)
+                if e.expires is not None and e.expires <= now:
+                    self._expire(e, now, wall)
+                    continue
+                if self.fair.configured:
+                    self.fair.dispatched(e.group, weighed_turn)
+                return e
+            if verdict == STOP:
+                return None
+            if verdict == SKIP:
+                if skip is None:
+                    skip = set()
+                skip.add((e.domain, e.group))
+                continue
+            self.ready.take(e)  # rate-limited: back when its token is there
+            self.counters["rate_limit_throttles"] += 1
+            self._make_ready(e, float(verdict))
+
+    def _candidate(self, skip: Skip | None, wall: float) -> tuple[Entry | None, bool]:
+        """The head fair share and aging put first (and whether it is a weighed turn)."""
+        aging = self.aging
+        urgent = aging.urgent if aging is not None else None
+        best: dict[str | None, tuple[tuple[int, int], Entry]] = {}  # group -> its most urgent head
+        first: tuple[tuple[int, int], Entry] | None = None
+        for lane in self.ready.lanes():
+            if skip is not None and lane.key[:2] in skip:
+                continue
+            e = lane.head()
+            if e is None:
+                continue
+            k = (effective_priority(lane.priority, self.waited(e, wall), aging), e.id)
+            held = best.get(e.group)
+            if held is None or k < held[0]:
+                best[e.group] = (k, e)
+            if first is None or k < first[0]:
+                first = (k, e)
+        if first is None:
+            return None, True
+        if urgent is not None and first[0][0] <= urgent:  # aged past the threshold: bypasses weights
+            return first[1], False
+        if not self.fair.configured:
+            return first[1], True
+        running: dict[str | None, int] = {g: n for g, n in self.gate.by_group.items()}
+        running[None] = self.gate.running - sum(self.gate.by_group.values())
+        group = self.fair.order(best, running)[0]
+        need = self.fair.min_slots.get(group, 0) if group is not None else 0
+        return best[group][1], running.get(group, 0) >= need
+
+    # ------------------------------------------------------------------ payloads
+
+    def payload_chunk(self, e: Entry) -> list[int]:
+        """Ids whose payloads to read in one query before ``e`` can run: ``e`` first, then the
+        next uncached tasks in dispatch order (each id is looked at once: linear overall)."""
+        ids = [e.id]
+        missing = self.payload_missing
+        while missing and len(ids) < PAYLOAD_FETCH_CHUNK:
+            other = self.tasks.get(missing.popleft())
+            if other is not None and other.payload is None and other is not e and other.worker is None:
+                ids.append(other.id)
+        return ids
+
+    def fill_payloads(self, payloads: dict[int, str]) -> None:
+        for tid, payload in payloads.items():
+            entry = self.tasks.get(tid)
+            if entry is not None and entry.payload is None:
+                entry.payload = payload
+                self.payload_bytes += len(payload)
+
+    # ------------------------------------------------------------------ runs
+
+    def started(self, e: Entry, worker: Any, now: float, wall: float) -> str:
+        """``e`` (just picked) now runs on ``worker``; returns its payload text."""
+        self._move(e, _RUNNING)
+        e.started_at = wall
+        e.started_mono = now
+        e.worker = worker
+        self.running[e.id] = e
+        self.gate.take(e, now)
+        self.batch.running[e.id] = wall
+        self._touch(now)
+        self.counters["dispatched"] += 1
+        if e.x is not None:
+            self._ttl_starts(e, now, wall)
+        payload = e.payload
+        if payload is None:
+            return "{}"
+        if e.task_type not in self.cancel_hooks:  # an on_cancel hook needs it later
+            self.payload_bytes -= len(payload)
+            e.payload = None
+        return payload
+
+    def run_ended(self, e: Entry) -> None:
+        """The worker gave ``e`` back (done, crashed or killed): its slot is free. The outcome
+        comes next (``completed``, ``failed``, ``interrupted``) unless ``e`` was cancelled."""
+        e.worker = None
+        del self.running[e.id]
+        self.gate.give(e)
+        if e.payload is not None and e.cancelled:
+            self.payload_bytes -= len(e.payload)
+            e.payload = None
+
+    # ------------------------------------------------------------------ defined by the parts
+
+    def _expire(self, e: Entry, now: float, wall: float) -> None:  # schedules
+        raise NotImplementedError
+
+    def _ttl_starts(self, e: Entry, now: float, wall: float) -> None:  # schedules
+        raise NotImplementedError
