@@ -27,6 +27,7 @@ __all__ = [
     "ThrottlePolicy",
     "admission_settings",
     "fairness_settings",
+    "preemption_settings",
     "usable_memory",
 ]
 
@@ -274,6 +275,14 @@ def wire_rate_limits(limits: Any, what: str) -> dict[str, tuple[int, float, int]
             raise TypeError(f"{what}[{name!r}] must be a RateLimit, got {type(limit).__name__}")
         out[name] = limit.as_wire()
     return out
+
+
+def preemption_settings(preempt_priority: Any, preemption: Any) -> dict[str, Any]:
+    """``preempt_priority`` (a priority, or None: off) and the mode, checked."""
+    if preemption not in ("cancel", "suspend"):
+        raise ValueError(f"preemption must be 'cancel' or 'suspend', got {preemption!r}")
+    return {"preempt_priority": None if preempt_priority is None else int(Priority(preempt_priority)),
+            "preemption": preemption}
 
 
 def fairness_settings(group_weights: Any, default_group_weight: Any, group_minimum_slots: Any,

@@ -634,6 +634,7 @@ class MetricsSnapshot(_ToDict):
     superseded: int
     cancelled: int
     expired: int
+    preempted: int
     gate_denials: int
     gate_denials_by_reason: dict[str, int]
     rate_limit_throttles: int
@@ -664,7 +665,7 @@ class MetricsSnapshot(_ToDict):
             submitted=c["submitted"], dispatched=c["dispatched"], completed=c["completed"],
             failed=c["failed"] + c["dead_lettered"] + c["retried"], failed_retryable=c["retried"],
             retried=c["retried"], dead_lettered=c["dead_lettered"], superseded=c["superseded"],
-            cancelled=c["cancelled"], expired=c["expired"], gate_denials=c["gate_denials"],
+            cancelled=c["cancelled"], expired=c["expired"], preempted=c["preempted"], gate_denials=c["gate_denials"],
             gate_denials_by_reason={r: c[f"denied_{r}"] for r in reasons},
             rate_limit_throttles=c["rate_limit_throttles"], group_pauses=c["group_pauses"],
             group_resumes=c["group_resumes"], pending=c["pending"], running=c["running"], blocked=c["blocked"],

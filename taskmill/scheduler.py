@@ -28,6 +28,7 @@ from taskmill.admission import (
     ThrottlePolicy,
     admission_settings,
     fairness_settings,
+    preemption_settings,
 )
 from taskmill.client import CoordinatorProcess
 from taskmill.controls import AdmissionControls
@@ -122,6 +123,12 @@ class Scheduler(AdmissionControls):
         default_group_weight: Weight of other groups and of ungrouped tasks.
         group_minimum_slots: ``{group: n}``: running slots a group gets before any weighing.
         priority_aging: ``AgingConfig``: waiting tasks gain priority over time.
+        preempt_priority: A task submitted at this priority or more urgent pauses
+            running work of lower priority until no such task is left (F12;
+            default REALTIME, None: never).
+        preemption: ``"cancel"`` (the victims see ``ctx.cancelled`` and run again
+            later) or ``"suspend"`` (their workers are stopped with SIGSTOP and
+            continue where they were).
 
     Every argument is checked here, on the host: a bad one is a ``TypeError`` or
     ``ValueError`` naming it (``ConfigError`` for two domains of one name).
@@ -166,6 +173,8 @@ class Scheduler(AdmissionControls):
         default_group_weight: float = 1.0,
         group_minimum_slots: dict[str, int] | None = None,
         priority_aging: AgingConfig | None = None,
+        preempt_priority: int | None = Priority.REALTIME,
+        preemption: str = "cancel",
     ) -> None:
         path = os.fspath(store_path) if isinstance(store_path, os.PathLike) else store_path
         if not isinstance(path, str):
@@ -227,6 +236,7 @@ class Scheduler(AdmissionControls):
         self._admission_config.update(self._monitoring.wire())
         self._admission_config.update(fairness_settings(group_weights, default_group_weight, group_minimum_slots,
                                                         priority_aging))
+        self._admission_config.update(preemption_settings(preempt_priority, preemption))
         self._monitor: ResourceMonitor | None = None
         self._defaults = Defaults(priority=priority, retry=default_retry or RetryPolicy(), timeout=timeout,
                                   cpu_capacity=self._admission_config["cpus"],

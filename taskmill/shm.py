@@ -94,6 +94,7 @@ COUNTER_NAMES = (
     "group_pauses",
     "group_resumes",
     "groups_paused",
+    "preempted",
 )
 _HEAD = struct.Struct("<8sIIqdQ")
 _COUNTERS = struct.Struct("<%dq" % len(COUNTER_NAMES))

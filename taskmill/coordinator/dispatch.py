@@ -156,8 +156,10 @@ class Dispatch(TaskTable):
         """The worker gave ``e`` back (done, crashed or killed): its slot is free. The outcome
         comes next (``completed``, ``failed``, ``interrupted``) unless ``e`` was cancelled."""
         e.worker = None
-        del self.running[e.id]
-        self.gate.give(e)
+        if self.running.pop(e.id, None) is not None:
+            self.gate.give(e)
+        else:  # a suspended run (its slot and resources were given back when it stopped)
+            del self.suspended[e.id]
         if e.payload is not None and e.cancelled:
             self.payload_bytes -= len(e.payload)
             e.payload = None

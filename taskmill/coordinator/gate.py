@@ -185,8 +185,24 @@ class Gate:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def take(self, e: Any, now: float) -> None:
-        """``e`` starts: it holds a slot, its cores, memory and IO budget, and a token."""
+    def fits(self, e: Any) -> bool:
+        """Is there room for ``e`` now: slot, domain and group caps, cores, memory (a suspended
+        run continuing: no IO window, pressure or token is asked of it)? Counts no denial."""
+        if self.running >= self.max_concurrency:
+            return False
+        cap = self.domain_caps.get(e.domain)
+        if cap is not None and self.by_domain.get(e.domain, 0) >= cap:
+            return False
+        cap = self.group_cap(e.group)
+        if cap is not None and self.by_group.get(e.group, 0) >= cap:
+            return False
+        if self.running and e.cpus > self.cpus_total - self.cpus_in_use + 1e-9:
+            return False
+        return not (self.running and e.memory and self.memory_total
+                    and e.memory > self.memory_total - self.memory_in_use)
+
+    def take(self, e: Any, now: float, tokens: bool = True) -> None:
+        """``e`` starts: it holds a slot, its cores, memory and IO budget, and (``tokens``) a token."""
         self.running += 1
         self.by_domain[e.domain] = self.by_domain.get(e.domain, 0) + 1
         group = e.group
@@ -200,7 +216,7 @@ class Gate:
             held = self.io_in_use
             for i in range(4):
                 held[i] += io[i]
-        if self.type_limits or self.group_limits:
+        if tokens and (self.type_limits or self.group_limits):
             bucket = self.type_limits.get(e.task_type)
             if bucket is not None:
                 bucket.take(now)

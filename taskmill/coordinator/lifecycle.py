@@ -30,6 +30,7 @@ from taskmill import protocol
 from taskmill.coordinator.cold import ColdTails
 from taskmill.coordinator.entry import Entry, Schedule
 from taskmill.coordinator.dispatch import Dispatch
+from taskmill.coordinator.preemption import Preemption
 from taskmill.coordinator.fairness import Aging, FairShare
 from taskmill.coordinator.gate import Gate
 from taskmill.coordinator.pauses import GROUP, Pauses, reason_names
@@ -79,7 +80,7 @@ class Ended(NamedTuple):
     io: tuple[int, int, int, int]
 
 
-class Lifecycle(Relations, Pauses, Schedules, ColdTails, Dispatch):
+class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Dispatch):
     """The task table and its transitions; the loop feeds it inputs and carries out its effects."""
 
     def __init__(
@@ -88,6 +89,8 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Dispatch):
         gate: Gate | None = None,
         fair: FairShare | None = None,
         aging: Aging | None = None,
+        preempt_priority: int | None = None,
+        preemption: str = "cancel",
         type_retry: dict[str, RetryPolicy] | None = None,
         default_retry: RetryPolicy | None = None,
         finalizers: frozenset[str] = frozenset(),
@@ -106,6 +109,7 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Dispatch):
         self._init_pauses()
         self._init_schedules(sweep_interval)
         self._init_cold()
+        self._init_preemption(preempt_priority, preemption)
 
     def lookups(self, items: list[protocol.SubmitItem]) -> tuple[set[int], set[str]]:
         """What ``submit`` needs the store to answer first: prerequisite ids that are not active
@@ -248,6 +252,7 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Dispatch):
         self._adopt(e)
         if e.status == _PENDING:
             self._make_ready(e, e.run_after)
+        self._maybe_preempt(e, now)
         return ("i", tid, bool(bits & GROUP))
 
     # ------------------------------------------------------------------ outcomes (F9, F14, F15)
@@ -428,6 +433,8 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Dispatch):
                 del self.group_timers[t.payload]
                 self.resume_scope("group", t.payload, now)
         self._fire_schedules(now, wall)
+        if self.victims and not self.preemptors:
+            self._release_preempted(now)
 
     # ------------------------------------------------------------------ recovery
 
@@ -514,12 +521,14 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Dispatch):
             assert e.key not in keys, f"two active tasks hold key {e.key}"
             keys.add(e.key)
             assert self.by_key[e.key] is e
-            places = [e.queued, e.timer is not None, e.worker is not None]
+            places = [e.queued, e.timer is not None, e.worker is not None and tid not in self.suspended]
             assert sum(places) <= 1, (tid, places)
             if e.status == _PENDING:
                 assert sum(places) == 1 and not e.paused, f"pending task {tid} is neither ready nor due"
             elif e.status == _RUNNING:
                 assert e.worker is not None and self.running.get(tid) is e
+            elif tid in self.suspended:
+                assert e.status == _PAUSED and e.worker is not None and tid not in self.running
             else:
                 assert sum(places) == 0, (tid, e.status, places)
             assert (e.status == _PAUSED) == (e.paused != 0 and e.status != _RUNNING) or e.status == _RUNNING

@@ -53,6 +53,8 @@ class Pauses(TaskTable):
             bits |= GROUP
         if e.x is not None and e.x.schedule is not None and e.x.schedule.paused:
             bits |= RECURRING
+        if e.id in self.victims:
+            bits |= PREEMPTED
         return bits
 
     def _settle(self, e: Entry, now: float) -> None:
@@ -153,11 +155,11 @@ class Pauses(TaskTable):
         for e in list(self.tasks.values()):
             if not e.paused & bit:
                 continue
-            if e.status == _PAUSED:
+            if e.status == _PAUSED and e.id not in self.suspended:
                 self._settle(e, now)
                 moved += e.status == _PENDING
-            else:
-                e.paused &= ~bit  # a running task asked to pause: it comes back pending instead
+            else:  # a running task asked to pause comes back pending instead; a suspended one
+                e.paused &= ~bit  # continues once nothing holds it (preemption.resume_suspended)
         return moved
 
     def is_paused(self, kind: str, scope: str = "") -> bool:

@@ -87,8 +87,8 @@ def entry_from_row(row: tuple, now: float, wall: float) -> Entry:
     e.requeue_priority = requeue_prio
     e.parent_id = parent_id
     e.tags = tags
-    if reasons:
-        e.paused = sum(PAUSE_REASONS[r] for r in reasons)
+    if reasons:  # a preemption ends with the coordinator that made it
+        e.paused = sum(PAUSE_REASONS[r] for r in reasons if r != "preempted")
     if (ttl is not None or expires_at is not None or run_after is not None or (on_dep or "cancel") != "cancel"
             or fail_fast is False or interval is not None or memo is not None or (phase or "execute") != "execute"):
         x = e.extra()

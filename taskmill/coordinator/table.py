@@ -66,6 +66,9 @@ class TaskTable:
         self.domain_counts: dict[str, dict[str, int]] = {}
         self.running: dict[int, Entry] = {}  # entries with a worker, cancelling runs included
         self.recurring: set[int] = set()  # ids of tasks with a recurring schedule
+        self.preemptors: set[int] = set()  # active tasks at or above preempt_priority (preemption.py)
+        self.victims: set[int] = set()  # tasks held by them (pause reason "preempted")
+        self.suspended: dict[int, Entry] = {}  # victims whose worker is stopped: paused, worker kept
         self.next_id = 1
         self.payload_bytes = 0
         self.payload_missing: deque[int] = deque()  # recovered ids in dispatch order, payloads not loaded
@@ -79,7 +82,7 @@ class TaskTable:
         self.hooks: list[tuple[int, str, str]] = []  # (task id, task type, payload) on_cancel runs to start
         self.counters: dict[str, int] = {k: 0 for k in (
             "submitted", "dispatched", "completed", "failed", "retried", "dead_lettered", "cancelled",
-            "superseded", "expired", "rate_limit_throttles", "group_pauses", "group_resumes")}
+            "superseded", "expired", "rate_limit_throttles", "group_pauses", "group_resumes", "preempted")}
 
     @property
     def running_total(self) -> int:
@@ -124,6 +127,8 @@ class TaskTable:
             e.x.ttl_timer = None
         del self.tasks[e.id]
         self.recurring.discard(e.id)
+        self.preemptors.discard(e.id)
+        self.victims.discard(e.id)
         if self.by_key.get(e.key) is e:
             del self.by_key[e.key]
 

@@ -14,6 +14,7 @@ lifecycle. Imports leaves, the lifecycle and the worker pool.
 from __future__ import annotations
 
 import pickle
+import signal
 import time
 from collections import deque
 from multiprocessing.connection import wait
@@ -156,6 +157,11 @@ class Workforce:
         while idle and self.hook_queue:
             self._run_hook(idle.pop(), *self.hook_queue.popleft(), now)
         wall = self.clock()
+        if lc.to_suspend:
+            self._suspend_workers(now)
+        if lc.let_go:
+            for held in lc.resume_suspended(now):
+                self._continue_worker(held, now)
         if lc.cold and idle and lc.running_total < self.max_concurrency:
             for domain in lc.cold_needed():  # the next task in order may still be in the store
                 self._warm(domain)
@@ -176,6 +182,33 @@ class Workforce:
                                phase, x.memo if x is not None and phase == "finalize" else None, e.group, e.tags))
             if e.timeout:
                 w.timer = self.timers.add(now + e.timeout, "timeout", w)
+
+    # ------------------------------------------------------------------ preemption by suspension (F12)
+
+    def _suspend_workers(self, now: float) -> None:
+        """Stop the workers of suspended victims; a preemptor needs an idle worker: grow the pool."""
+        stop, self.lc.to_suspend = self.lc.to_suspend, []
+        for e in stop:
+            w = e.worker
+            if w is None or w.task is not e:
+                continue
+            w.signal_group(signal.SIGSTOP)
+            if w.timer is not None:  # its timeout waits while it is stopped
+                w.timeout_left = max(0.0, w.timer.due - now)
+                self.timers.cancel(w.timer)
+                w.timer = None
+            if not self.idle and len(self.workers) < self.shm.slots and not self.stopping:
+                self.workers.append(None)
+                self._spawn(len(self.workers) - 1)
+
+    def _continue_worker(self, e: Entry, now: float) -> None:
+        w = e.worker
+        if w is None:
+            return
+        w.signal_group(signal.SIGCONT)
+        if w.timeout_left is not None:
+            w.timer = self.timers.add(now + w.timeout_left, "timeout", w)
+            w.timeout_left = None
 
     def _send_run(self, w: WorkerHandle, run: tuple) -> None:
         self.shm.set_cancel(w.index, False)
@@ -198,7 +231,9 @@ class Workforce:
         signals, self.lc.to_signal = self.lc.to_signal, []
         for e in signals:
             w = e.worker
-            if w is not None and w.task is e:
+            if w is not None and w.task is e and e.id in self.lc.suspended:
+                w.kill("cancelled while suspended")  # a stopped worker cannot notice ctx.cancelled
+            elif w is not None and w.task is e:
                 self.shm.set_cancel(w.index, True)
                 self.timers.cancel(w.timer)  # a timeout gives way to the kill grace
                 w.timer = self.timers.add(now + CANCEL_GRACE, "kill", w)

@@ -11,6 +11,7 @@ lifeline pipe reaches EOF and the worker exits at once, even mid-task.
 
 from __future__ import annotations
 
+import ctypes
 import faulthandler
 import json
 import os
@@ -174,10 +175,22 @@ def _describe(e: BaseException) -> str:
     return text
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when its parent (the fork server, which ends with the
+    coordinator) is gone. The lifeline thread does the same, but a worker stopped by a
+    preemption (SIGSTOP) runs no thread: without this it would outlive a killed coordinator."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the lifeline is all there is
+
+
 def worker_main(conn: Any, lifeline: Any, slot_index: int, shm_name: str) -> None:
     """Entry point of a worker process (target of the fork-server Process)."""
     faulthandler.enable()
     os.setpgid(0, 0)  # own process group: killing the worker also kills what its task started
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when we stop
     threading.Thread(target=_watch_lifeline, args=(lifeline,), daemon=True, name="taskmill-lifeline").start()
     pid = os.getpid()

@@ -45,7 +45,8 @@ def describe_exit(exitcode: int | None) -> str:
 class WorkerHandle:
     """One worker process as the coordinator sees it."""
 
-    __slots__ = ("index", "process", "conn", "pid", "ready", "task", "kill_reason", "stopping", "timer", "hook")
+    __slots__ = ("index", "process", "conn", "pid", "ready", "task", "kill_reason", "stopping", "timer", "hook",
+                 "timeout_left")
 
     def __init__(self, index: int, process: Any, conn: Connection) -> None:
         self.index = index
@@ -58,6 +59,7 @@ class WorkerHandle:
         self.stopping = False
         self.timer: Any = None  # the coordinator's timer for its task: timeout, or kill grace after a cancel
         self.hook: tuple[int, str] | None = None  # (task id, task type) of an on_cancel hook it runs
+        self.timeout_left: float | None = None  # while stopped (preempted): what was left of its timeout
 
     @property
     def sentinel(self) -> int:
@@ -75,6 +77,16 @@ class WorkerHandle:
             os.kill(self.pid, signal.SIGKILL)  # in case it had not made its group yet
         except ProcessLookupError:
             pass
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        """Send ``sig`` (SIGSTOP, SIGCONT) to the worker and what its task started."""
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
 
     def kill_group(self) -> None:
         """SIGKILL what is left of the worker's process group (once the worker itself is gone)."""

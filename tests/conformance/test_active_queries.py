@@ -191,7 +191,6 @@ def pre_hold(ctx: tm.TaskContext, flag: str, started: str) -> str:
     return "released"
 
 
-@pytest.mark.xfail(strict=True, reason="F12 preemption is not built yet (issue 7): a REALTIME submission does not pause running work")
 def test_paused_tasks_include_preempted_tasks(tmp_path: Path) -> None:
     """F12: a REALTIME submission preempts lower-priority running work, which shows up as paused."""
     flag = str(tmp_path / "flag")

@@ -128,7 +128,6 @@ def test_snapshot_includes_recurring_schedules_and_dashboard_extras(world: dict[
     assert isinstance(held, tm.PausedGroupInfo) and held.paused_task_count == 1 and held.resume_at is None
 
 
-@pytest.mark.xfail(strict=True, reason="F20/F21 rate limits, fair share and aging are not built yet (issue 7)")
 def test_snapshot_reports_configured_aging_group_allocations_and_rate_limits(tmp_path: Path) -> None:
     aging = tm.AgingConfig(grace_period=300, aging_interval=60)
     with tm.Scheduler(store_path=str(tmp_path / "s.duckdb"), domains=[sched], max_concurrency=2,

@@ -1,0 +1,115 @@
+"""Preemption (F12): urgent work takes the workers of running lower-priority work. Plain code.
+
+A ``Lifecycle`` mixin. A task at or above ``preempt_priority`` (numerically at
+or below it) that is ready the moment it is submitted is a *preemptor*: every
+running task of lower priority becomes a *victim*, with the pause reason
+``preempted``. Victims stay held while any preemptor is active (in the table,
+whatever its status) and are let go together when the last one leaves, so
+work is not stopped and restarted over and over (no thrashing).
+
+Two modes:
+
+- ``"cancel"``: the victim's ``ctx.cancelled`` turns true; when its run ends
+  it goes back to ``paused`` (no retry counted) and runs again from the start
+  once let go;
+- ``"suspend"``: the victim's worker is stopped (SIGSTOP, the loop sends it)
+  and keeps its task; the victim is ``paused`` and gives back its slot, cores,
+  memory and IO budget at once. Once let go, it continues (SIGCONT) as soon as
+  the gate has room for it again, before any new task starts: it loses nothing.
+
+A preemption does not outlive the coordinator: a restart drops the reason.
+"""
+
+from __future__ import annotations
+
+from taskmill.coordinator.entry import PAUSE_REASONS, Entry
+from taskmill.coordinator.pauses import reason_names
+from taskmill.coordinator.table import TaskTable
+from taskmill.records import TaskStatus
+
+__all__ = ["PREEMPTED", "Preemption"]
+
+PREEMPTED = PAUSE_REASONS["preempted"]
+_PENDING = TaskStatus.PENDING.value
+_RUNNING = TaskStatus.RUNNING.value
+_PAUSED = TaskStatus.PAUSED.value
+
+
+class Preemption(TaskTable):
+    """Preemptors, victims and suspended runs (mixed into ``Lifecycle``)."""
+
+    def _init_preemption(self, priority: int | None, mode: str) -> None:
+        self.preempt_priority = priority  # None: preemption off
+        self.preempt_mode = mode  # "cancel" | "suspend"
+        self.to_suspend: list[Entry] = []  # effects: workers to stop / to continue
+        self.to_resume: list[Entry] = []
+        self.let_go: list[int] = []  # suspended victims waiting for room to continue
+
+    def _maybe_preempt(self, e: Entry, now: float) -> None:
+        """``e`` was just submitted: a ready preemptor stops running lower-priority work."""
+        if self.preempt_priority is None or e.priority > self.preempt_priority:
+            return
+        self.preemptors.add(e.id)
+        if e.status != _PENDING or e.timer is not None:  # blocked, paused or delayed: not now
+            return
+        for r in list(self.running.values()):
+            if r.priority <= e.priority or r.cancelled or r.id in self.victims:
+                continue
+            if r.x is not None and r.x.stop is not None:  # already asked to stop
+                continue
+            self.victims.add(r.id)
+            self.counters["preempted"] += 1
+            r.paused |= PREEMPTED
+            if self.preempt_mode == "suspend":
+                self._suspend(r, now)
+            else:
+                r.extra().stop = "pause"
+                self.to_signal.append(r)  # ctx.cancelled; it comes back paused
+        self._touch(now)
+
+    def _suspend(self, r: Entry, now: float) -> None:
+        del self.running[r.id]
+        self.gate.give(r)
+        self.suspended[r.id] = r
+        self._move(r, _PAUSED)
+        self.batch.update(r.id, status=_PAUSED, pause_reasons=reason_names(r.paused))
+        self.to_suspend.append(r)
+
+    def _release_preempted(self, now: float) -> None:
+        """No preemptor is left: every victim is let go (suspended ones continue when they fit)."""
+        victims, self.victims = self.victims, set()
+        for tid in sorted(victims):
+            e = self.tasks.get(tid)
+            if e is None:
+                continue
+            e.paused &= ~PREEMPTED
+            if tid in self.suspended:
+                self.let_go.append(tid)
+            elif e.status == _PAUSED:
+                self._settle(e, now)
+            self._touch(now)
+
+    def resume_suspended(self, now: float) -> list[Entry]:
+        """Suspended runs that may continue now (the gate has room again; most urgent first):
+        they hold their slot and resources again and are running. The loop continues their workers."""
+        if not self.let_go:
+            return []
+        out = []
+        waiting = []
+        for tid in sorted(self.let_go, key=lambda t: (self.tasks[t].priority, t) if t in self.tasks else (0, t)):
+            e = self.suspended.get(tid)
+            if e is None or self.tasks.get(tid) is not e:
+                continue
+            if e.paused or not self.gate.fits(e):  # paused for another reason meanwhile, or no room yet
+                waiting.append(tid)
+                continue
+            del self.suspended[tid]
+            self.gate.take(e, now, tokens=False)
+            self.running[tid] = e
+            self._move(e, _RUNNING)
+            self.batch.update(tid, status=_RUNNING, pause_reasons=[])
+            out.append(e)
+        self.let_go = waiting
+        if out:
+            self._touch(now)
+        return out
