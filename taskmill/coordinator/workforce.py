@@ -131,6 +131,14 @@ class Workforce:
                 raise RuntimeError(f"the first worker died while starting: {describe_exit(first.exitcode())}")
         for i in range(1, len(self.workers)):
             self._spawn(i)
+        if self.lc.preempt_mode == "suspend" and self.lc.preempt_priority is not None:
+            self._spare_worker()
+
+    def _spare_worker(self) -> None:
+        """One more worker than slots, for the preemptor of a suspension: it starts at once."""
+        if len(self.workers) < self.shm.slots and not self.stopping:
+            self.workers.append(None)
+            self._spawn(len(self.workers) - 1)
 
     def _spawn(self, index: int) -> WorkerHandle:
         w = self.pool.spawn(index)
@@ -186,7 +194,7 @@ class Workforce:
     # ------------------------------------------------------------------ preemption by suspension (F12)
 
     def _suspend_workers(self, now: float) -> None:
-        """Stop the workers of suspended victims; a preemptor needs an idle worker: grow the pool."""
+        """Stop the workers of suspended victims; each one is replaced by a new spare worker."""
         stop, self.lc.to_suspend = self.lc.to_suspend, []
         for e in stop:
             w = e.worker
@@ -197,9 +205,7 @@ class Workforce:
                 w.timeout_left = max(0.0, w.timer.due - now)
                 self.timers.cancel(w.timer)
                 w.timer = None
-            if not self.idle and len(self.workers) < self.shm.slots and not self.stopping:
-                self.workers.append(None)
-                self._spawn(len(self.workers) - 1)
+            self._spare_worker()  # the stopped worker keeps its task: the preemptor takes the spare
 
     def _continue_worker(self, e: Entry, now: float) -> None:
         w = e.worker

@@ -451,7 +451,8 @@ def test_concurrent_submitters_dedup_across_threads(store_path: str, tmp_path: P
 def test_dispatch_order_priority_then_fifo(store_path: str, tmp_path: Path) -> None:
     flag = str(tmp_path / "flag")
     log = str(tmp_path / "order")
-    with sched(store_path, max_concurrency=1) as s:
+    # REALTIME tasks below would preempt the blocker (F12, tests/e2e/test_preemption.py): not this test's subject
+    with sched(store_path, max_concurrency=1, preempt_priority=None) as s:
         h = s.domain(basic)
         blocker = h.submit(hold, flag=flag)
         wait_running(s, blocker.id)
