@@ -17,7 +17,9 @@ Sections (each prints a table with its target; ``--only`` picks some):
   50 ms; makespan and the probe's p99, for taskmill with IO admission
   (``resource_monitoring=True``, the disk tasks declare their 32 MiB),
   without it, and ProcessPoolExecutor. Target: admission cuts the probe's p99
-  and costs at most 10 % of makespan.
+  and costs at most 10 % of makespan. The table also shows how often the IO
+  window denied a task and the largest smoothed write rate the gate saw: the
+  window is that rate x 2 s x 0.8, so on a fast disk it may never bind.
 
 The W1/W2 targets of ``bench/run.py`` (the gate must not slow the hot path) are
 checked by running ``python bench/run.py --only W1,W2``.
@@ -280,18 +282,29 @@ class Probe:
         return statistics.quantiles(self.samples, n=100)[98] if len(self.samples) >= 2 else float("nan")
 
 
-def _mixed_taskmill(d: str, monitoring: bool, cpu: int, disk: int) -> tuple[float, float]:
+def _mixed_taskmill(d: str, monitoring: bool, cpu: int, disk: int) -> tuple[float, float, int, float]:
+    """Makespan, probe p99, IO denials and the peak smoothed write rate the gate saw."""
     with tm.Scheduler(os.path.join(d, f"mixed-{monitoring}.duckdb"), [bd], max_concurrency=WORKERS,
                       resource_monitoring=monitoring, sampler_config=tm.SamplerConfig(interval=0.25)) as s:
         h = s.domain(bd)
         time.sleep(1.0 if monitoring else 0.0)  # a few samples first
+        peak = [0.0]
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(0.1):
+                peak[0] = max(peak[0], s.metrics_snapshot().io_write_bytes_per_sec)
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
         with Probe(d) as probe:
             t = time.perf_counter()
             h.submit_batch([tm_disk32.call(i=i, dirname=d) for i in range(disk)]
                            + [tm_cpu10.call(i=i) for i in range(cpu)])
             s.wait_idle(timeout=3600)
             makespan = time.perf_counter() - t
-        return makespan, probe.p99()
+        done.set()
+        watcher.join()
+        return makespan, probe.p99(), s.metrics_snapshot().gate_denials_by_reason["io"], peak[0]
 
 
 def _mixed_ppe(d: str, cpu: int, disk: int) -> tuple[float, float]:
@@ -311,13 +324,15 @@ def mixed(d: str, quick: bool) -> bool:
     on = _mixed_taskmill(d, True, cpu, disk)
     off = _mixed_taskmill(d, False, cpu, disk)
     ppe = _mixed_ppe(d, cpu, disk)
-    cut = on[1] < off[1]
+    cut = on[1] <= 0.9 * off[1]  # a cut beyond the noise of one run
     cost = on[0] / off[0] - 1
     rows = [
-        ("taskmill, IO admission on", f"{on[0]:.2f} s", _ms(on[1]), f"{cost:+.0%} makespan vs off", mark(cost <= 0.10)),
+        ("taskmill, IO admission on", f"{on[0]:.2f} s", _ms(on[1]),
+         f"{cost:+.0%} makespan vs off; {on[2]:,} IO denials, peak write rate seen {on[3] / MIB:,.0f} MiB/s "
+         f"(window {on[3] * 1.6 / MIB:,.0f} MiB)", mark(cost <= 0.10)),
         ("taskmill, IO admission off", f"{off[0]:.2f} s", _ms(off[1]), "", ""),
         ("ProcessPoolExecutor", f"{ppe[0]:.2f} s", _ms(ppe[1]), "", ""),
-        ("probe p99, on ÷ off", "", f"{on[1] / off[1]:.2f}×", "< 1 (cut)", mark(cut)),
+        ("probe p99, on ÷ off", "", f"{on[1] / off[1]:.2f}×", "≤ 0.90 (a cut)", mark(cut)),
     ]
     table(f"mixed load: {cpu} CPU tasks (10 ms) + {disk} disk tasks (32 MiB fsync), {WORKERS} workers, "
           f"probe: 4 KiB fsync every 50 ms", ("system", "makespan", "probe p99", "", "target"), rows)

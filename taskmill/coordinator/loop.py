@@ -619,7 +619,7 @@ class Coordinator(Workforce):
         c["workers"] = sum(1 for w in self.workers if w is not None)
         c["max_concurrency"] = self.max_concurrency
         c.update(gate_figures(self.lc.gate))
-        c["groups_paused"] = len(self.lc.paused_group_infos())
+        c["groups_paused"] = len(self.lc.paused_groups)
         self.shm.publish(c)
 
     # ================================================================== shutdown (F11)

@@ -246,3 +246,16 @@ def test_rate_limits_change_at_runtime(tmp_path: Any) -> None:
     with pytest.raises(ValueError, match="rate_limits names task types no domain registers"):
         with tm.Scheduler(str(tmp_path / "t.duckdb"), [ad], rate_limits={"ad::nope": tm.RateLimit.per_second(1)}):
             pass
+
+
+def test_metrics_snapshot_reads_the_counters_from_shared_memory(tmp_path: Any) -> None:
+    with tm.Scheduler(str(tmp_path / "s.duckdb"), [ad], max_concurrency=1, capacity=tm.Capacity(cpus=1.5)) as s:
+        s.pause_group("x")
+        poll_until(lambda: s.metrics_snapshot().groups_paused == 1, what="the pause published")
+        s.resume_group("x")
+        m = poll_until(lambda: (m := s.metrics_snapshot()).groups_paused == 0 and m, what="the resume published")
+        assert (m.group_pauses, m.group_resumes, m.cpus_total, m.max_concurrency) == (1, 1, 1.5, 1)
+        s.domain(ad).submit(stamp, n=1, log=str(tmp_path / "log"))
+        s.wait_idle(timeout=60)
+        m = poll_until(lambda: (m := s.metrics_snapshot()).completed == 1 and m, what="the completion published")
+        assert m.submitted == 1 and m.dispatched == 1 and m.failed == 0 and m.running == 0
