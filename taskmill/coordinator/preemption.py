@@ -82,10 +82,11 @@ class Preemption(TaskTable):
             e = self.tasks.get(tid)
             if e is None:
                 continue
-            e.paused &= ~PREEMPTED
-            if tid in self.suspended:
+            if tid in self.suspended:  # keeps its reason until it continues (it waits for room)
                 self.let_go.append(tid)
-            elif e.status == _PAUSED:
+                continue
+            e.paused &= ~PREEMPTED
+            if e.status == _PAUSED:
                 self._settle(e, now)
             self._touch(now)
 
@@ -100,9 +101,10 @@ class Preemption(TaskTable):
             e = self.suspended.get(tid)
             if e is None or self.tasks.get(tid) is not e:
                 continue
-            if e.paused or not self.gate.fits(e):  # paused for another reason meanwhile, or no room yet
+            if e.paused & ~PREEMPTED or not self.gate.fits(e):  # paused for another reason, or no room yet
                 waiting.append(tid)
                 continue
+            e.paused = 0
             del self.suspended[tid]
             self.gate.take(e, now, tokens=False)
             self.running[tid] = e

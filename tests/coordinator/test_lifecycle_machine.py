@@ -358,3 +358,46 @@ class LifecycleMachine(RuleBasedStateMachine):
 
 LifecycleMachine.TestCase.settings = settings(max_examples=400, stateful_step_count=50, deadline=None)
 TestLifecycle = LifecycleMachine.TestCase
+
+
+class PreemptingMachine(LifecycleMachine):
+    """The same machine with preemption by suspension on (REALTIME submissions are preemptors):
+    victims are stopped with their worker, give back what they hold, and continue first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lc._init_preemption(0, "suspend")
+
+    def collect(self) -> None:
+        super().collect()
+        self.lc.to_suspend.clear()  # the loop would stop those workers
+
+    def running(self) -> list[int]:  # a suspended run's worker does not answer until it continues
+        return [t for t in super().running() if t not in self.lc.suspended]
+
+    @precondition(lambda self: bool(self.running()))
+    @rule(domain=st.sampled_from(DOMAINS), key=st.sampled_from(KEYS), group=st.sampled_from(GROUPS))
+    def submit_a_preemptor(self, domain: str, key: str, group: str | None) -> None:
+        self._submit(domain, key, group=group, priority=0)
+
+    @rule()
+    def suspended_runs_continue(self) -> None:
+        for e in self.lc.resume_suspended(self.now):
+            assert e.status == "running" and e.id in self.lc.running and not e.paused
+        for e in [e for e in self.lc.suspended.values() if e.cancelled]:  # the loop kills those workers
+            self.lc.run_ended(e)
+        self.collect()
+
+    @invariant()
+    def victims_are_held_while_a_preemptor_is_active(self) -> None:
+        if self.lc.preemptors:
+            for tid in self.lc.victims:
+                e = self.lc.tasks[tid]
+                assert e.status != "pending", f"victim {tid} pending while preemptors {self.lc.preemptors} are active"
+        for tid, e in self.lc.suspended.items():
+            assert tid not in self.lc.running
+            assert (e.status == "paused" and e.paused) or e.cancelled, (tid, e.status, e.paused)
+
+
+PreemptingMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
+TestPreempting = PreemptingMachine.TestCase
