@@ -49,6 +49,15 @@ class Dispatch(TaskTable):
             return e.priority
         return effective_priority(e.priority, self.waited(e, wall), self.aging)
 
+    def paused_times(self) -> dict[int, float]:
+        """Seconds paused of every task that ever was (aging leaves them out)."""
+        out = {}
+        for tid in self.were_paused:
+            e = self.tasks.get(tid)
+            if e is not None and e.x is not None:
+                out[tid] = e.x.paused_for
+        return out
+
     # ------------------------------------------------------------------ the pick
 
     def pick(self, now: float, wall: float) -> Entry | None:

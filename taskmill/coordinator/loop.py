@@ -466,8 +466,13 @@ class Coordinator(Workforce):
             self.acks.append((conn, protocol.Reply(r.fn(self, *args))))
             self.must_commit = True
         elif r.kind is Kind.READ:
-            fn = r.fn
-            self.queries.append((conn, lambda cur: fn(Queries(cur), *args), QUERY_TIME_LIMIT))
+            fn, aging = r.fn, self.lc.aging
+            if aging is None:
+                self.queries.append((conn, lambda cur: fn(Queries(cur), *args), QUERY_TIME_LIMIT))
+            else:  # records read from the store learn their aged priority from memory
+                wall, paused = self.clock(), self.lc.paused_times()
+                self.queries.append((conn, lambda cur: snapshots.with_effective_priority(
+                    fn(Queries(cur), *args), aging, wall, paused), QUERY_TIME_LIMIT))
         else:
             self.deferred.append((conn, lambda: r.fn(self, *args)))
 

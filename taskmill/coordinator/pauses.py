@@ -67,6 +67,7 @@ class Pauses(TaskTable):
         if x is not None and x.paused_since is not None:  # aging: the pause does not count as waiting
             x.paused_for += max(0.0, now - x.paused_since)
             x.paused_since = None
+            self.were_paused.add(e.id)
         was = e.status
         e.paused = 0
         due = e.run_after if e.run_after is not None and e.run_after > now else None

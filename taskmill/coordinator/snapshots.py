@@ -9,11 +9,13 @@ paused groups, schedules) are visited. Imports leaves and the lifecycle.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 from taskmill.coordinator.entry import Entry
+from taskmill.coordinator.fairness import Aging, effective_priority
 from taskmill.coordinator.gate import Gate
 from taskmill.coordinator.lifecycle import Lifecycle
 from taskmill.coordinator.pauses import reason_names
@@ -29,6 +31,7 @@ from taskmill.records import (
     RecurringScheduleInfo,
     SchedulerSnapshot,
     TaskEventHeader,
+    TaskLookup,
     TaskProgress,
     TaskRecord,
     TaskStatus,
@@ -177,6 +180,23 @@ def aging_config(lc: Lifecycle) -> AgingConfig | None:
     a = lc.aging
     return None if a is None else AgingConfig(grace_period=a.grace, aging_interval=a.interval,
                                               max_effective_priority=a.cap, urgent_threshold=a.urgent)
+
+
+def with_effective_priority(value: Any, aging: Aging, wall: float, paused_for: dict[int, float]) -> Any:
+    """``value`` (a query's result) with every pending ``TaskRecord`` in it carrying its aged
+    priority (records read from the store only know the stored one). ``paused_for``: seconds
+    paused of the tasks that ever were (they do not count)."""
+    if isinstance(value, TaskRecord):
+        if value.status != TaskStatus.PENDING or value.created_at is None:
+            return value
+        waited = wall - value.created_at.timestamp() - paused_for.get(value.id, 0.0)
+        eff = effective_priority(value.priority, max(0.0, waited), aging)
+        return value if eff == value.effective_priority else dataclasses.replace(value, effective_priority=eff)
+    if isinstance(value, list):
+        return [with_effective_priority(v, aging, wall, paused_for) for v in value]
+    if isinstance(value, TaskLookup) and value.active is not None:
+        return dataclasses.replace(value, active=with_effective_priority(value.active, aging, wall, paused_for))
+    return value
 
 
 def snapshot(lc: Lifecycle, tracker: ProgressTracker, slot_of: SlotOf, now: float, *, max_concurrency: int,

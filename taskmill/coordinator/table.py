@@ -69,6 +69,7 @@ class TaskTable:
         self.preemptors: set[int] = set()  # active tasks at or above preempt_priority (preemption.py)
         self.victims: set[int] = set()  # tasks held by them (pause reason "preempted")
         self.suspended: dict[int, Entry] = {}  # victims whose worker is stopped: paused, worker kept
+        self.were_paused: set[int] = set()  # with aging: tasks with paused time to leave out
         self.next_id = 1
         self.payload_bytes = 0
         self.payload_missing: deque[int] = deque()  # recovered ids in dispatch order, payloads not loaded
@@ -129,6 +130,7 @@ class TaskTable:
         self.recurring.discard(e.id)
         self.preemptors.discard(e.id)
         self.victims.discard(e.id)
+        self.were_paused.discard(e.id)
         if self.by_key.get(e.key) is e:
             del self.by_key[e.key]
 

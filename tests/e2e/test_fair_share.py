@@ -87,6 +87,9 @@ def test_a_task_that_waited_long_enough_overtakes_a_fresh_more_urgent_one(tmp_pa
         poll_until(lambda: lines(log), what="the blocker running")
         old = h.submit(tick.options(priority=tm.Priority.BACKGROUND), n=1, log=log)
         time.sleep(1.2)  # 0.1 s grace + 65 levels of 10 ms: more urgent than NORMAL (128) by now
+        rec = s.task(old.id)
+        assert rec.priority == tm.Priority.BACKGROUND and rec.effective_priority < tm.Priority.NORMAL  # stored: unchanged
+        assert s.store.pending_tasks(10)[0].effective_priority <= rec.effective_priority  # still aging
         fresh = h.submit(tick.options(priority=tm.Priority.NORMAL), n=2, log=log)
         open(flag, "w").close()
         s.wait_idle(timeout=60)
@@ -102,9 +105,10 @@ def test_time_paused_does_not_count_as_waiting(tmp_path: Any) -> None:
         h.submit(hold, n=0, log=log, flag=flag)
         poll_until(lambda: lines(log), what="the blocker running")
         s.pause_group("slow")
-        h.submit(tick.options(priority=tm.Priority.BACKGROUND, group="slow"), n=1, log=log)
+        slow = h.submit(tick.options(priority=tm.Priority.BACKGROUND, group="slow"), n=1, log=log)
         time.sleep(1.2)  # all of it paused: no aging
         s.resume_group("slow")
+        assert s.task(slow.id).effective_priority >= tm.Priority.BACKGROUND - 5  # at most a few levels since
         h.submit(tick.options(priority=tm.Priority.NORMAL), n=2, log=log)
         open(flag, "w").close()
         s.wait_idle(timeout=60)
