@@ -152,7 +152,7 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Dispatch):
                 self._end(existing, HistoryStatus.SUPERSEDED, f"superseded by task {new[1]}", now, wall)
                 out.append(("s", new[1], existing.id))
             else:
-                out.append(self._skip_duplicate(existing, it.priority))
+                out.append(self._skip_duplicate(existing, it.priority, now))
         self.counters["submitted"] += len(items)
         self.batch.next_id = self.next_id
         self._touch(now)
@@ -173,13 +173,14 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Dispatch):
             return f"parent: task {it.parent} is not active (it does not exist or has finished)"
         return None
 
-    def _skip_duplicate(self, e: Entry, priority: int) -> tuple:
+    def _skip_duplicate(self, e: Entry, priority: int, now: float) -> tuple:
         if e.status in (_PENDING, _PAUSED) and not e.cancelled:
             if priority < e.priority:
                 e.priority = priority
                 self.batch.priorities[e.id] = priority
                 if e.queued:
                     self.ready.push(e)  # re-key the heap item
+                self._maybe_preempt(e, now)  # upgraded to a preemptor?
                 return ("u", e.id)
             return ("d", e.id)
         recurring = e.x is not None and e.x.schedule is not None
@@ -429,6 +430,8 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Dispatch):
                     e.timer = None
                     e.run_after = None
                     self.ready.push(e)
+                    if e.id in self.preemptors:  # a delayed preemptor is due
+                        self._preempt_for(e, now)
             elif t.kind == "resume_group" and self.group_timers.get(t.payload) is t:
                 del self.group_timers[t.payload]
                 self.resume_scope("group", t.payload, now)

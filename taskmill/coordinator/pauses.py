@@ -72,6 +72,8 @@ class Pauses(TaskTable):
         e.paused = 0
         due = e.run_after if e.run_after is not None and e.run_after > now else None
         self._make_ready(e, due)
+        if due is None and e.id in self.preemptors:
+            self._preempt_for(e, now)
         if was == _RUNNING:  # a run that did not finish leaves no start time behind
             self.batch.update(e.id, status=_PENDING, pause_reasons=[], started_at=None)
         elif was not in ("", _PENDING):

@@ -1,7 +1,8 @@
 """Preemption (F12): urgent work takes the workers of running lower-priority work. Plain code.
 
 A ``Lifecycle`` mixin. A task at or above ``preempt_priority`` (numerically at
-or below it) that is ready the moment it is submitted is a *preemptor*: every
+or below it) is a *preemptor*; when it is ready (at once when submitted, or
+when its delay ends, its prerequisites complete or its pause lifts) every
 running task of lower priority becomes a *victim*, with the pause reason
 ``preempted``. Victims stay held while any preemptor is active (in the table,
 whatever its status) and are let go together when the last one leaves, so
@@ -30,7 +31,6 @@ from taskmill.records import TaskStatus
 __all__ = ["PREEMPTED", "Preemption"]
 
 PREEMPTED = PAUSE_REASONS["preempted"]
-_PENDING = TaskStatus.PENDING.value
 _RUNNING = TaskStatus.RUNNING.value
 _PAUSED = TaskStatus.PAUSED.value
 
@@ -46,12 +46,16 @@ class Preemption(TaskTable):
         self.let_go: list[int] = []  # suspended victims waiting for room to continue
 
     def _maybe_preempt(self, e: Entry, now: float) -> None:
-        """``e`` was just submitted: a ready preemptor stops running lower-priority work."""
+        """``e`` was submitted (or upgraded): at or above ``preempt_priority`` it is a preemptor,
+        and if it is ready now it stops running lower-priority work (else when it becomes ready)."""
         if self.preempt_priority is None or e.priority > self.preempt_priority:
             return
         self.preemptors.add(e.id)
-        if e.status != _PENDING or e.timer is not None:  # blocked, paused or delayed: not now
-            return
+        if e.queued:
+            self._preempt_for(e, now)
+
+    def _preempt_for(self, e: Entry, now: float) -> None:
+        """Preemptor ``e`` is ready: every running task of lower priority becomes a victim."""
         for r in list(self.running.values()):
             if r.priority <= e.priority or r.cancelled or r.id in self.victims:
                 continue

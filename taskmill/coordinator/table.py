@@ -168,6 +168,9 @@ class TaskTable:
 
     # ------------------------------------------------------------------ defined by the parts
 
+    def _preempt_for(self, e: Entry, now: float) -> None:  # preemption
+        raise NotImplementedError
+
     def _settle(self, e: Entry, now: float) -> None:  # pauses
         raise NotImplementedError
 

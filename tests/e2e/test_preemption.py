@@ -159,3 +159,21 @@ def test_preemption_can_be_turned_off(tmp_path: Any) -> None:
         assert s.metrics_snapshot().preempted == 0
     with pytest.raises(ValueError, match="preemption must be"):
         tm.Scheduler(str(tmp_path / "t.duckdb"), [pe], preemption="kill")
+
+
+def test_a_delayed_preemptor_preempts_when_it_is_due(tmp_path: Any) -> None:
+    log, flag = str(tmp_path / "log"), str(tmp_path / "go")
+    with tm.Scheduler(str(tmp_path / "s.duckdb"), [pe], max_concurrency=1) as s:
+        h = s.domain(pe)
+        victim = h.submit(background, log=log, flag=flag)
+        poll_until(lambda: lines(log), what="the victim running")
+        later = h.submit(background.options(priority=tm.Priority.REALTIME, run_after=0.8), log=log,
+                         flag=flag + ".2")
+        time.sleep(0.3)
+        assert s.task(victim.id).status == tm.TaskStatus.RUNNING  # not before the preemptor is due
+        poll_until(lambda: (r := s.task(victim.id)) is not None and r.status == tm.TaskStatus.PAUSED,
+                   what="the victim preempted once the delay ended")
+        open(flag + ".2", "w").close()
+        open(flag, "w").close()
+        assert s.wait(later.id, timeout=60).status == tm.HistoryStatus.COMPLETED
+        assert s.wait(victim.id, timeout=60).status == tm.HistoryStatus.COMPLETED
