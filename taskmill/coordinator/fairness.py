@@ -103,26 +103,31 @@ class FairShare:
             give = min(self.min_slots.get(g, 0) if g is not None else 0, limit[g], left)
             out[g] += give
             left -= give
-        # water-filling: groups whose weighted share would pass their limit get the limit,
-        # the others share what is left by weight; then whole slots by largest remainder
+        # water-filling: groups whose weighted share would pass their limit get the limit, groups
+        # already holding more than their share (a minimum) keep it, the others share the rest
+        # by weight; then whole slots by largest remainder, and any slot still free to whoever can use it
         open_ = {g for g in demand if out[g] < limit[g]}
         share: dict[str | None, float] = {}
         while open_ and left > 0:
             weight = sum(self.weight(g) for g in open_)
             pool = left + sum(out[g] for g in open_)
             share = {g: pool * self.weight(g) / weight for g in open_}
-            full = {g for g in open_ if share[g] >= limit[g] or share[g] <= out[g]}
-            if not full:
+            over = {g for g in open_ if share[g] < out[g]}
+            if over:  # they keep what they hold; the shares of the others are computed again
+                open_ -= over
+                share = {}
+                continue
+            capped = {g for g in open_ if share[g] >= limit[g]}
+            if not capped:
                 break
-            for g in full:
-                give = min(limit[g], max(out[g], math.floor(share[g]))) - out[g]
-                out[g] += give
-                left -= give
-            open_ -= full
+            for g in capped:
+                left -= limit[g] - out[g]
+                out[g] = limit[g]
+            open_ -= capped
             share = {}
         if share:
             for g in sorted(open_, key=str):
-                give = min(math.floor(share[g]) - out[g], left)
+                give = max(0, min(math.floor(share[g]) - out[g], left))
                 out[g] += give
                 left -= give
             for g in sorted(open_, key=lambda g: (-(share[g] - math.floor(share[g])), -self.weight(g), str(g))):
@@ -131,6 +136,10 @@ class FairShare:
                 if out[g] < limit[g]:
                     out[g] += 1
                     left -= 1
+        for g in sorted(demand, key=lambda g: (-self.weight(g), str(g))):  # work-conserving
+            give = min(left, limit[g] - out[g])
+            out[g] += give
+            left -= give
         return out
 
 

@@ -61,6 +61,11 @@ def thresholds_policy(thresholds: list[tuple[int, float]]) -> Callable[[int, flo
     return throttled
 
 
+#: Tokens short of a whole one that still count as one: ``(t1 - t0) * permits / interval`` lands
+#: a hair under 1.0 where the exact refill is 1.0, and a refused task would be due "now" forever.
+TOKEN_EPSILON = 1e-9
+
+
 class Bucket:
     """A token bucket: ``permits`` tokens per ``interval`` seconds, holding at most ``burst``.
     Starts full. Times are monotonic seconds."""
@@ -84,15 +89,15 @@ class Bucket:
         return self.tokens
 
     def next_token(self, now: float) -> float:
-        """When a whole token will be there (``now`` if it is)."""
+        """When a whole token will be there (``now`` if it is, to within float rounding)."""
         self._refill(now)
-        if self.tokens >= 1.0:
+        if self.tokens >= 1.0 - TOKEN_EPSILON:
             return now
         return now + (1.0 - self.tokens) * self.interval / self.permits
 
     def take(self, now: float) -> None:
         self._refill(now)
-        self.tokens -= 1.0
+        self.tokens = max(0.0, self.tokens - 1.0)
 
 
 class Gate:

@@ -178,3 +178,11 @@ def test_throttle_denials_stop_the_round_and_are_counted() -> None:
     assert g.admit(entry(3, "d1", None, priority=128), 0.0) == STOP
     assert g.admit(entry(4, "d1", None, priority=64), 0.0) == ADMIT
     assert g.denials["throttle"] == 2
+
+
+def test_a_refill_a_hair_short_of_a_token_counts_as_a_token() -> None:
+    b = Bucket(10, 1.0, 1, now=0.0)
+    b.take(0.5)
+    assert b.next_token(0.6) == 0.6  # (0.6 - 0.5) * 10 is 0.9999999999999998 in floats
+    b.take(0.6)
+    assert b.available(0.6) == 0.0
