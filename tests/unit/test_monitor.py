@@ -129,3 +129,17 @@ def test_psutil_sampler_reports_rates_in_range() -> None:
     second = s.sample()
     assert 0.0 <= second.cpu_usage <= 1.0 and second.io_read_bytes_per_sec >= 0.0
     assert tm.Capacity().resolved()[0] >= 1.0
+
+
+def test_a_cgroup_cpu_quota_lowers_the_default_capacity() -> None:
+    from taskmill.validation import cgroup_cpus
+
+    assert cgroup_cpus("max 100000\n", None, None) is None  # v2, no quota
+    assert cgroup_cpus("200000 100000\n", None, None) == 2.0
+    assert cgroup_cpus("50000 100000", None, None) == 0.5
+    assert cgroup_cpus(None, "-1\n", "100000\n") is None  # v1, no quota
+    assert cgroup_cpus(None, "150000\n", "100000\n") == 1.5
+    assert cgroup_cpus("garbage", None, None) is None
+    assert cgroup_cpus(None, None, None) is None
+    cores, memory = tm.Capacity().resolved()
+    assert cores >= 1.0 and memory > 0
