@@ -94,15 +94,15 @@ class Workforce:
             raise ValueError(f"max_concurrency must be in 1..{self.shm.slots} (the worker slots of this "
                              f"scheduler), got {n}")
         self.lc.gate.max_concurrency = n
-        while len(self.workers) < n:
-            self.workers.append(None)
-            self._spawn(len(self.workers) - 1)
+        while self._live_workers() < n and self._add_worker():
+            pass
 
     def _init_workforce(self, max_concurrency: int, cancel_hook_timeout: float) -> None:
         self.workers: list[WorkerHandle | None] = [None] * max_concurrency
         self.idle: list[WorkerHandle] = []
         self.hook_queue: deque[tuple[int, str, str]] = deque()
         self.cancel_hook_timeout = cancel_hook_timeout
+        self._retired: set[int] = set()  # slots of workers stopped on purpose (trimmed): reused first
         self._to_spawn: list[int] = []
 
     # ------------------------------------------------------------------ starting workers
@@ -136,9 +136,38 @@ class Workforce:
 
     def _spare_worker(self) -> None:
         """One more worker than slots, for the preemptor of a suspension: it starts at once."""
-        if len(self.workers) < self.shm.slots and not self.stopping:
+        self._add_worker()
+
+    def _live_workers(self) -> int:
+        return sum(1 for w in self.workers if w is not None)
+
+    def _add_worker(self) -> bool:
+        """Start one more worker: in the slot of one retired on purpose, else a new slot of the
+        segment. False when the segment is full (or the pool stops)."""
+        if self.stopping:
+            return False
+        for i in sorted(self._retired):
+            if self.workers[i] is None:
+                self._retired.discard(i)
+                self._spawn(i)
+                return True
+        if len(self.workers) < self.shm.slots:
             self.workers.append(None)
             self._spawn(len(self.workers) - 1)
+            return True
+        return False
+
+    def _trim_pool(self) -> None:
+        """Stop idle workers beyond the slots, the spare and the suspended runs' (preemption leaves
+        one more each time a suspended run continues or is cancelled)."""
+        spare = 1 if self.lc.preempt_mode == "suspend" and self.lc.preempt_priority is not None else 0
+        extra = self._live_workers() - (self.max_concurrency + spare + len(self.lc.suspended))
+        while extra > 0 and len(self.idle) > spare:
+            w = self.idle.pop(0)
+            w.stopping = True
+            self._retired.add(w.index)
+            self._send_to_worker(w, protocol.Stop())
+            extra -= 1
 
     def _spawn(self, index: int) -> WorkerHandle:
         w = self.pool.spawn(index)
@@ -153,6 +182,8 @@ class Workforce:
             for index in spawn:
                 if self.workers[index] is None and not self.stopping:
                     self._spawn(index)
+            if self.lc.suspended or len(self.workers) > self.max_concurrency + 1:
+                self._trim_pool()  # a killed suspended worker came back as a new one
 
     # ------------------------------------------------------------------ dispatch (the hot path)
 
@@ -215,6 +246,7 @@ class Workforce:
         if w.timeout_left is not None:
             w.timer = self.timers.add(now + w.timeout_left, "timeout", w)
             w.timeout_left = None
+        self._trim_pool()
 
     def _send_run(self, w: WorkerHandle, run: tuple) -> None:
         self.shm.set_cancel(w.index, False)

@@ -107,6 +107,8 @@ def test_suspend_mode_stops_the_worker_and_the_victim_continues_intact(tmp_path:
         assert hist.status == tm.HistoryStatus.COMPLETED and hist.retry_count == 0
         assert hist.result == sum(i * i for i in range(2 * n))
         assert s.snapshot().capacity.cpus_in_use == 0.0
+        # the pool shrinks back to one worker per slot plus the spare
+        poll_until(lambda: s.snapshot().workers == 2, what="the pool trimmed back to 2 workers")
     assert sum(ln.startswith(f"start {victim.id} ") for ln in lines(log)) == 1  # the same run, never restarted
 
 
