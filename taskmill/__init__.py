@@ -35,6 +35,7 @@ from taskmill.errors import (
     WaitTimeout,
     WorkerCrashed,
 )
+from taskmill.metrics import MetricsSnapshot
 from taskmill.outcomes import (
     BatchOutcome,
     Duplicate,
@@ -54,7 +55,6 @@ from taskmill.records import (
     IoBudget,
     MaxAgeDays,
     MaxCount,
-    MetricsSnapshot,
     ModuleSnapshot,
     PausedGroupInfo,
     Priority,

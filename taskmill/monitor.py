@@ -24,7 +24,8 @@ import psutil
 from taskmill.admission import PressureSource, ResourceSample, SamplerConfig, ThrottlePolicy
 from taskmill.validation import as_float
 
-__all__ = ["Monitoring", "PsutilSampler", "ResourceMonitor", "aggregate", "monitoring_settings", "network_pressure", "smooth"]
+__all__ = ["Monitoring", "PsutilSampler", "ResourceMonitor", "aggregate", "monitoring_settings", "network_pressure",
+           "smooth"]
 
 log = logging.getLogger("taskmill")
 

@@ -37,8 +37,8 @@ from taskmill.errors import ConfigError, SchedulerClosed, UnknownDomain, WaitTim
 from taskmill.handles import DomainHandle
 from taskmill.monitor import ResourceMonitor, monitoring_settings
 from taskmill.outcomes import SubmitOutcome, outcomes_from_wire
+from taskmill.metrics import MetricsSnapshot
 from taskmill.records import (
-    MetricsSnapshot,
     MaxAgeDays,
     MaxCount,
     PausedGroupInfo,

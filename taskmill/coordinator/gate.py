@@ -25,14 +25,17 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterable
 
-__all__ = ["ADMIT", "SKIP", "STOP", "REASONS", "Bucket", "Gate", "default_throttle", "gate_figures", "make_gate", "thresholds_policy"]
+from taskmill.metrics import DENIAL_REASONS
+
+__all__ = ["ADMIT", "SKIP", "STOP", "REASONS", "Bucket", "Gate", "default_throttle", "gate_figures", "make_gate",
+           "thresholds_policy"]
 
 ADMIT = 0
 SKIP = 1
 STOP = 2
 
-#: Denial reasons, in the order the checks run.
-REASONS = ("concurrency", "domain_cap", "group_cap", "cpu", "memory", "io", "throttle", "rate_limit")
+#: Denial reasons, in the order the checks run (their names in ``metrics_snapshot()``).
+REASONS = DENIAL_REASONS
 
 #: Directions of an IO budget, as in ``Entry.io``: disk read, disk write, network rx, network tx.
 IO_DIRECTIONS = ("disk_read", "disk_write", "net_rx", "net_tx")

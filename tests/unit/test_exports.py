@@ -22,7 +22,7 @@ PACKAGE_DIR = Path(taskmill.__file__).resolve().parent
 ROOT = PACKAGE_DIR.parent
 
 LEAVES = {"taskmill.errors", "taskmill.records", "taskmill.outcomes", "taskmill.protocol", "taskmill.shm", "taskmill.validation",
-          "taskmill.options"}
+          "taskmill.options", "taskmill.metrics"}
 
 
 def module_name(path: Path) -> str:
@@ -113,6 +113,7 @@ LEAF_ALLOWED = {
     "taskmill.protocol": {"taskmill.errors"},
     "taskmill.shm": {"taskmill.errors"},
     "taskmill.outcomes": {"taskmill.records"},
+    "taskmill.metrics": {"taskmill.records"},
     "taskmill.options": {"taskmill.errors", "taskmill.records", "taskmill.outcomes", "taskmill.validation"},
 }
 
