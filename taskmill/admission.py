@@ -263,14 +263,8 @@ class AgingConfig:
 
 def wire_rate_limits(limits: Any, what: str) -> dict[str, tuple[int, float, int]]:
     """A ``{name: RateLimit}`` setting as plain tuples, checked."""
-    if limits is None:
-        return {}
-    if not isinstance(limits, dict):
-        raise TypeError(f"{what} must be a dict of names to RateLimit, got {type(limits).__name__}")
     out = {}
-    for name, limit in limits.items():
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"{what}: keys must be non-empty str, got {name!r}")
+    for name, limit in _named_dict(limits, what, "names").items():
         if not isinstance(limit, RateLimit):
             raise TypeError(f"{what}[{name!r}] must be a RateLimit, got {type(limit).__name__}")
         out[name] = limit.as_wire()
@@ -289,10 +283,10 @@ def fairness_settings(group_weights: Any, default_group_weight: Any, group_minim
                       priority_aging: Any) -> dict[str, Any]:
     """The Scheduler's fair-share and aging keywords, checked, as plain config values."""
     weights = {}
-    for group, w in _group_dict(group_weights, "group_weights").items():
+    for group, w in _named_dict(group_weights, "group_weights").items():
         weights[group] = as_float(w, f"group_weights[{group!r}]", lo=0.0, lo_open=True, hi=1e9)
     mins = {g: as_int(n, f"group_minimum_slots[{g!r}]", lo=0, hi=INT32_MAX)
-            for g, n in _group_dict(group_minimum_slots, "group_minimum_slots").items()}
+            for g, n in _named_dict(group_minimum_slots, "group_minimum_slots").items()}
     if priority_aging is not None and not isinstance(priority_aging, AgingConfig):
         raise TypeError(f"priority_aging must be an AgingConfig or None, got {type(priority_aging).__name__}")
     return {"group_weights": weights,
@@ -302,14 +296,15 @@ def fairness_settings(group_weights: Any, default_group_weight: Any, group_minim
             "aging": None if priority_aging is None else priority_aging.as_wire()}
 
 
-def _group_dict(value: Any, what: str) -> dict[str, Any]:
+def _named_dict(value: Any, what: str, names: str = "group names") -> dict[str, Any]:
+    """``value`` (None: empty) checked to be a dict keyed by non-empty str ``names``."""
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise TypeError(f"{what} must be a dict of group names, got {type(value).__name__}")
-    for group in value:
-        if not isinstance(group, str) or not group:
-            raise TypeError(f"{what}: keys must be non-empty group names, got {group!r}")
+        raise TypeError(f"{what} must be a dict of {names}, got {type(value).__name__}")
+    for key in value:
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"{what}: keys must be non-empty {names}, got {key!r}")
     return value
 
 
@@ -323,7 +318,7 @@ def admission_settings(capacity: Any, group_concurrency: Any, default_group_conc
         raise TypeError(f"capacity must be a Capacity, got {type(capacity).__name__}")
     cpus, memory = capacity.resolved()
     caps = {g: as_int(n, f"group_concurrency[{g!r}]", lo=1, hi=INT32_MAX)
-            for g, n in _group_dict(group_concurrency, "group_concurrency").items()}
+            for g, n in _named_dict(group_concurrency, "group_concurrency").items()}
     default_cap = None if default_group_concurrency is None else as_int(
         default_group_concurrency, "default_group_concurrency", lo=1, hi=INT32_MAX)
     types = wire_rate_limits(rate_limits, "rate_limits")

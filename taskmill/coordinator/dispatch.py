@@ -43,12 +43,6 @@ class Dispatch(TaskTable):
         paused = e.x.paused_for if e.x is not None else 0.0
         return max(0.0, wall - e.created_at - paused)
 
-    def effective(self, e: Entry, wall: float) -> int:
-        """``e``'s priority after aging (its own without aging, or while it is not waiting)."""
-        if self.aging is None or e.status != TaskStatus.PENDING.value:
-            return e.priority
-        return effective_priority(e.priority, self.waited(e, wall), self.aging)
-
     def paused_times(self) -> dict[int, float]:
         """Seconds paused of every task that ever was (aging leaves them out)."""
         out = {}
@@ -65,10 +59,13 @@ class Dispatch(TaskTable):
         weighed = self.fair.configured or self.aging is not None
         skip: Skip | None = None
         while True:
-            e, weighed_turn = self._candidate(skip, wall) if weighed else (self.ready.best(skip), True)
+            if weighed:
+                e, eff, weighed_turn = self._candidate(skip, wall)
+            else:
+                e, eff, weighed_turn = self.ready.best(skip), None, True
             if e is None:
                 return None
-            verdict = self.gate.admit(e, now, self.effective(e, wall) if weighed else None)
+            verdict = self.gate.admit(e, now, eff)
             if verdict == ADMIT:
                 self.ready.take(e)
                 if e.expires is not None and e.expires <= now:
@@ -88,8 +85,9 @@ class Dispatch(TaskTable):
             self.counters["rate_limit_throttles"] += 1
             self._make_ready(e, float(verdict))
 
-    def _candidate(self, skip: Skip | None, wall: float) -> tuple[Entry | None, bool]:
-        """The head fair share and aging put first (and whether it is a weighed turn)."""
+    def _candidate(self, skip: Skip | None, wall: float) -> tuple[Entry | None, int | None, bool]:
+        """The head fair share and aging put first, its effective priority, and whether it is a
+        weighed turn."""
         aging = self.aging
         urgent = aging.urgent if aging is not None else None
         best: dict[str | None, tuple[tuple[int, int], Entry]] = {}  # group -> its most urgent head
@@ -107,16 +105,15 @@ class Dispatch(TaskTable):
             if first is None or k < first[0]:
                 first = (k, e)
         if first is None:
-            return None, True
+            return None, None, True
         if urgent is not None and first[0][0] <= urgent:  # aged past the threshold: bypasses weights
-            return first[1], False
+            return first[1], first[0][0], False
         if not self.fair.configured:
-            return first[1], True
-        running: dict[str | None, int] = {g: n for g, n in self.gate.by_group.items()}
-        running[None] = self.gate.running - sum(self.gate.by_group.values())
+            return first[1], first[0][0], True
+        running = self.gate.running_by_group()
         group = self.fair.order(best, running)[0]
-        need = self.fair.min_slots.get(group, 0) if group is not None else 0
-        return best[group][1], running.get(group, 0) >= need
+        (eff, _), e = best[group]
+        return e, eff, running.get(group, 0) >= self.fair.minimum(group)
 
     # ------------------------------------------------------------------ payloads
 

@@ -66,6 +66,10 @@ class FairShare:
     def configured(self) -> bool:
         return bool(self.weights or self.min_slots)
 
+    def minimum(self, group: str | None) -> int:
+        """Slots ``group`` gets before any weighing (none for the ungrouped tasks)."""
+        return self.min_slots.get(group, 0) if group is not None else 0
+
     def weight(self, group: str | None) -> float:
         return self.weights.get(group, self.default_weight) if group is not None else self.default_weight
 
@@ -75,7 +79,7 @@ class FairShare:
         below, rest = [], []
         for g in backlogged:
             vt = max(self.vt.get(g, self.floor), self.floor)
-            need = self.min_slots.get(g, 0) if g is not None else 0
+            need = self.minimum(g)
             if running.get(g, 0) < need:
                 below.append((running.get(g, 0) / need, vt, g))
             else:
@@ -100,7 +104,7 @@ class FairShare:
         limit = {g: min(d, caps.get(g) or d) for g, d in demand.items()}
         left = total
         for g in sorted(demand, key=str):
-            give = min(self.min_slots.get(g, 0) if g is not None else 0, limit[g], left)
+            give = min(self.minimum(g), limit[g], left)
             out[g] += give
             left -= give
         # water-filling: groups whose weighted share would pass their limit get the limit, groups

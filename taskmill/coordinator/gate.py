@@ -36,20 +36,8 @@ STOP = 2
 
 #: Denial reasons, in the order the checks run (their names in ``metrics_snapshot()``).
 REASONS = DENIAL_REASONS
-
-#: Directions of an IO budget, as in ``Entry.io``: disk read, disk write, network rx, network tx.
-IO_DIRECTIONS = ("disk_read", "disk_write", "net_rx", "net_tx")
-
-
-def default_throttle(priority: int, pressure: float) -> bool:
-    """The default policy: BACKGROUND (192) and lower wait above 0.5, NORMAL (128) and lower
-    above 0.75, more urgent work never."""
-    if priority >= 192:
-        return pressure > 0.5
-    if priority >= 128:
-        return pressure > 0.75
-    return False
-
+#: Reasons scoped to the candidate's domain or group: only its lane is passed over.
+_SCOPED = frozenset({"domain_cap", "group_cap"})
 
 def thresholds_policy(thresholds: list[tuple[int, float]]) -> Callable[[int, float], bool]:
     """A throttle policy from ``(priority, limit)`` pairs (``ThrottlePolicy.thresholds``: least
@@ -62,6 +50,11 @@ def thresholds_policy(thresholds: list[tuple[int, float]]) -> Callable[[int, flo
                 return pressure > limit
         return False
     return throttled
+
+
+#: The default policy: BACKGROUND (192) and lower wait above 0.5, NORMAL (128) and lower above
+#: 0.75, more urgent work never (``ThrottlePolicy()`` on the host holds the same pairs).
+default_throttle = thresholds_policy([(192, 0.5), (128, 0.75)])
 
 
 #: Tokens short of a whole one that still count as one: ``(t1 - t0) * permits / interval`` lands
@@ -145,20 +138,9 @@ class Gate:
     def admit(self, e: Any, now: float, priority: int | None = None) -> int | float:
         """The verdict for ready entry ``e`` (see the module docstring); ``priority``: its
         effective priority (default its own). A rate-limited answer takes no token."""
-        if self.running >= self.max_concurrency:
-            return self._deny("concurrency", STOP)
-        cap = self.domain_caps.get(e.domain)
-        if cap is not None and self.by_domain.get(e.domain, 0) >= cap:
-            return self._deny("domain_cap", SKIP)
-        group = e.group
-        if group is not None:
-            cap = self.group_cap(group)
-            if cap is not None and self.by_group.get(group, 0) >= cap:
-                return self._deny("group_cap", SKIP)
-        if self.running and e.cpus > self.cpus_total - self.cpus_in_use + 1e-9:
-            return self._deny("cpu", STOP)
-        if self.running and e.memory and self.memory_total and e.memory > self.memory_total - self.memory_in_use:
-            return self._deny("memory", STOP)
+        reason = self._no_room(e)
+        if reason is not None:
+            return self._deny(reason, SKIP if reason in _SCOPED else STOP)
         io = e.io
         if io is not None and self.io_running and not self._io_fits(io):
             return self._deny("io", STOP)
@@ -174,6 +156,22 @@ class Gate:
     def _deny(self, reason: str, verdict: int) -> int:
         self.denials[reason] += 1
         return verdict
+
+    def _no_room(self, e: Any) -> str | None:
+        """The first slot or resource check ``e`` fails (a reason of ``REASONS``), or None."""
+        if self.running >= self.max_concurrency:
+            return "concurrency"
+        cap = self.domain_caps.get(e.domain)
+        if cap is not None and self.by_domain.get(e.domain, 0) >= cap:
+            return "domain_cap"
+        cap = self.group_cap(e.group)
+        if cap is not None and self.by_group.get(e.group, 0) >= cap:
+            return "group_cap"
+        if self.running and e.cpus > self.cpus_total - self.cpus_in_use + 1e-9:
+            return "cpu"
+        if self.running and e.memory and self.memory_total and e.memory > self.memory_total - self.memory_in_use:
+            return "memory"
+        return None
 
     def _io_fits(self, io: tuple[int, int, int, int]) -> bool:
         """Every direction's budget fits in what is left of its window. A direction with no
@@ -196,18 +194,13 @@ class Gate:
     def fits(self, e: Any) -> bool:
         """Is there room for ``e`` now: slot, domain and group caps, cores, memory (a suspended
         run continuing: no IO window, pressure or token is asked of it)? Counts no denial."""
-        if self.running >= self.max_concurrency:
-            return False
-        cap = self.domain_caps.get(e.domain)
-        if cap is not None and self.by_domain.get(e.domain, 0) >= cap:
-            return False
-        cap = self.group_cap(e.group)
-        if cap is not None and self.by_group.get(e.group, 0) >= cap:
-            return False
-        if self.running and e.cpus > self.cpus_total - self.cpus_in_use + 1e-9:
-            return False
-        return not (self.running and e.memory and self.memory_total
-                    and e.memory > self.memory_total - self.memory_in_use)
+        return self._no_room(e) is None
+
+    def running_by_group(self) -> dict[str | None, int]:
+        """Running tasks per group, the ungrouped ones under None."""
+        out: dict[str | None, int] = {g: n for g, n in self.by_group.items()}
+        out[None] = self.running - sum(self.by_group.values())
+        return out
 
     def take(self, e: Any, now: float, tokens: bool = True) -> None:
         """``e`` starts: it holds a slot, its cores, memory and IO budget, and (``tokens``) a token."""
@@ -292,11 +285,6 @@ class Gate:
         else:
             permits, interval, burst = limit
             table[scope] = Bucket(permits, interval, burst, now)
-
-    def window(self) -> list[float]:
-        """The IO window per direction in bytes (observed rate × window × fraction)."""
-        scale = self.io_window * self.io_fraction
-        return [r * scale for r in self.io_rates]
 
 
 def make_gate(max_concurrency: int, domain_caps: dict[str, int | None], admission: dict[str, Any],

@@ -131,10 +131,11 @@ class Coordinator(Workforce):
         self.type_retry = type_retry
         self.start_paused = start_paused
         self.recover_hot = recover_hot
-        gate = make_gate(max_concurrency, domain_caps, admission or {}, mono())
-        fair, aging = make_fairness(admission or {})
-        self.lc = Lifecycle(gate=gate, fair=fair, aging=aging, preempt_priority=(admission or {}).get("preempt_priority"),
-                            preemption=(admission or {}).get("preemption", "cancel"), type_retry=type_retry, default_retry=default_retry, finalizers=finalizers, cancel_hooks=cancel_hooks, sweep_interval=expiry_sweep_interval,
+        admission = admission or {}
+        gate = make_gate(max_concurrency, domain_caps, admission, mono())
+        fair, aging = make_fairness(admission)
+        self.lc = Lifecycle(gate=gate, fair=fair, aging=aging, preempt_priority=admission.get("preempt_priority"),
+                            preemption=admission.get("preemption", "cancel"), type_retry=type_retry, default_retry=default_retry, finalizers=finalizers, cancel_hooks=cancel_hooks, sweep_interval=expiry_sweep_interval,
                             retention=retention, retention_every=retention_every)
         self.tracker = ProgressTracker()
         self._init_workforce(max_concurrency, cancel_hook_timeout)

@@ -45,6 +45,11 @@ class Preemption(TaskTable):
         self.to_resume: list[Entry] = []
         self.let_go: list[int] = []  # suspended victims waiting for room to continue
 
+    @property
+    def suspending(self) -> bool:
+        """Preemption is on and stops its victims' workers (the pool keeps a spare worker)."""
+        return self.preempt_priority is not None and self.preempt_mode == "suspend"
+
     def _maybe_preempt(self, e: Entry, now: float) -> None:
         """``e`` was submitted (or upgraded): at or above ``preempt_priority`` it is a preemptor,
         and if it is ready now it stops running lower-priority work (else when it becomes ready)."""
@@ -64,7 +69,7 @@ class Preemption(TaskTable):
             self.victims.add(r.id)
             self.counters["preempted"] += 1
             r.paused |= PREEMPTED
-            if self.preempt_mode == "suspend":
+            if self.suspending:
                 self._suspend(r, now)
             else:
                 r.extra().stop = "pause"

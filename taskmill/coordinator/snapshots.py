@@ -164,14 +164,13 @@ def group_allocations(lc: Lifecycle) -> list[GroupAllocationInfo]:
     pending: dict[str | None, int] = {}
     for lane in lc.ready.lanes():
         pending[lane.key[1]] = pending.get(lane.key[1], 0) + lane.live
-    running: dict[str | None, int] = {g: n for g, n in gate.by_group.items()}
-    running[None] = gate.running - sum(gate.by_group.values())
+    running = gate.running_by_group()
     groups = set(pending) | {g for g, n in running.items() if n} | set(fair.weights) | set(fair.min_slots)
     demand = {g: running.get(g, 0) + pending.get(g, 0) for g in groups}
     caps: dict[str | None, int | None] = {g: gate.group_cap(g) for g in groups}
     slots = fair.allocations(gate.max_concurrency, demand, caps)
     return [GroupAllocationInfo(group=g, weight=fair.weight(g), allocated_slots=slots[g], running=running.get(g, 0),
-                                pending=pending.get(g, 0), min_slots=fair.min_slots.get(g, 0) if g else 0,
+                                pending=pending.get(g, 0), min_slots=fair.minimum(g),
                                 cap=caps[g])
             for g in sorted(groups, key=lambda g: (g is None, g or ""))]
 

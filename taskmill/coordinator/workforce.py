@@ -131,12 +131,8 @@ class Workforce:
                 raise RuntimeError(f"the first worker died while starting: {describe_exit(first.exitcode())}")
         for i in range(1, len(self.workers)):
             self._spawn(i)
-        if self.lc.preempt_mode == "suspend" and self.lc.preempt_priority is not None:
-            self._spare_worker()
-
-    def _spare_worker(self) -> None:
-        """One more worker than slots, for the preemptor of a suspension: it starts at once."""
-        self._add_worker()
+        if self.lc.suspending:  # one more worker than slots: a preemptor starts at once
+            self._add_worker()
 
     def _live_workers(self) -> int:
         return sum(1 for w in self.workers if w is not None)
@@ -160,7 +156,7 @@ class Workforce:
     def _trim_pool(self) -> None:
         """Stop idle workers beyond the slots, the spare and the suspended runs' (preemption leaves
         one more each time a suspended run continues or is cancelled)."""
-        spare = 1 if self.lc.preempt_mode == "suspend" and self.lc.preempt_priority is not None else 0
+        spare = 1 if self.lc.suspending else 0
         extra = self._live_workers() - (self.max_concurrency + spare + len(self.lc.suspended))
         while extra > 0 and len(self.idle) > spare:
             w = self.idle.pop(0)
@@ -236,7 +232,7 @@ class Workforce:
                 w.timeout_left = max(0.0, w.timer.due - now)
                 self.timers.cancel(w.timer)
                 w.timer = None
-            self._spare_worker()  # the stopped worker keeps its task: the preemptor takes the spare
+            self._add_worker()  # a new spare: the stopped worker keeps its task, the preemptor took the spare
 
     def _continue_worker(self, e: Entry, now: float) -> None:
         w = e.worker
