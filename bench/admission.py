@@ -31,7 +31,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -43,7 +42,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != BENCH_DIR]
 sys.path.insert(0, REPO_ROOT)
 
 import taskmill as tm  # noqa: E402
-from bench.harness import machine_info  # noqa: E402
+from bench.harness import run_sections  # noqa: E402
 from bench.queries import table  # noqa: E402
 
 WORKERS = 2
@@ -347,17 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"sections: {','.join(SECTIONS)}")
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     args = ap.parse_args(argv)
-    print("# taskmill admission control and preemption\n")
-    for k, v in machine_info(REPO_ROOT).items():
-        print(f"- **{k}**: {v}")
-    ok = True
-    for name in [x.strip() for x in args.only.split(",") if x.strip()]:
-        if name not in SECTIONS:
-            ap.error(f"unknown section {name!r}")
-        with tempfile.TemporaryDirectory() as d:
-            ok &= SECTIONS[name](d, args.quick)
-    print()
-    return 0 if ok else 1
+    return run_sections("taskmill admission control and preemption", REPO_ROOT, args.only, SECTIONS, ap.error,
+                        lambda name, d: SECTIONS[name](d, args.quick))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,6 +28,7 @@ __all__ = [
     "machine_info",
     "markdown_table",
     "poll_until",
+    "run_sections",
     "status",
 ]
 
@@ -178,4 +180,22 @@ def machine_info(repo: str) -> dict[str, str]:
         "mp start method": multiprocessing.get_start_method(),
         "executable": sys.executable,
     }
+
+
+def run_sections(title: str, repo: str, names: str, known: dict, fail: Callable[[str], object],
+                 run: Callable[[str, str], bool]) -> int:
+    """The command of a sectioned benchmark: a heading with machine info, then ``run(name, tmp)``
+    for each comma-separated name in ``names``, each in a fresh temporary directory
+    (``fail(message)`` for an unknown name). Exit status 0 when every section met its target."""
+    print(f"# {title}\n")
+    for k, v in machine_info(repo).items():
+        print(f"- **{k}**: {v}")
+    ok = True
+    for name in [x.strip() for x in names.split(",") if x.strip()]:
+        if name not in known:
+            fail(f"unknown section {name!r}")
+        with tempfile.TemporaryDirectory() as d:
+            ok &= run(name, d)
+    print()
+    return 0 if ok else 1
 

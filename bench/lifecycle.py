@@ -26,7 +26,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from typing import Any, Callable
@@ -37,7 +36,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != BENCH_DIR]
 sys.path.insert(0, REPO_ROOT)
 
 import taskmill as tm  # noqa: E402
-from bench.harness import machine_info  # noqa: E402
+from bench.harness import run_sections  # noqa: E402
 from bench.queries import HISTORY_ROWS, RECOVER_ROWS, TYPES, build_history_store  # noqa: E402
 from bench.queries import table  # noqa: E402
 
@@ -285,18 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", type=int, default=400, help="10 ms tasks in the busy-reader section")
     ap.add_argument("--dag", type=int, default=10_000, help="tasks in the DAG section")
     args = ap.parse_args(argv)
-    print("# taskmill lifecycle at scale\n")
-    for k, v in machine_info(REPO_ROOT).items():
-        print(f"- **{k}**: {v}")
-    ok = True
-    for name in [x.strip() for x in args.only.split(",") if x.strip()]:
-        if name not in SECTIONS:
-            ap.error(f"unknown section {name!r}")
-        size = {"busy": args.tasks, "dag": args.dag, "skip": 10_000, "restart": RECOVER_ROWS}.get(name)
-        with tempfile.TemporaryDirectory() as d:
-            ok &= SECTIONS[name](d) if size is None else SECTIONS[name](d, size)
-    print()
-    return 0 if ok else 1
+    sizes = {"busy": args.tasks, "dag": args.dag, "skip": 10_000, "restart": RECOVER_ROWS}
+
+    def run(name: str, d: str) -> bool:
+        size = sizes.get(name)
+        return SECTIONS[name](d) if size is None else SECTIONS[name](d, size)
+    return run_sections("taskmill lifecycle at scale", REPO_ROOT, args.only, SECTIONS, ap.error, run)
 
 
 if __name__ == "__main__":
