@@ -33,7 +33,7 @@ class TaskContext:
         log: A structlog logger bound with the task id and type.
     """
 
-    __slots__ = ("record", "log", "_slot", "_send", "_submit", "_state", "_global", "_io", "_bytes_done", "_bytes_total",
+    __slots__ = ("record", "_log", "_slot", "_send", "_submit", "_state", "_global", "_io", "_bytes_done", "_bytes_total",
                  "_fraction", "_last_msg", "_pid")
 
     def __init__(
@@ -47,7 +47,7 @@ class TaskContext:
         global_state: dict[str, Any] | None = None,
     ) -> None:
         self.record = record
-        self.log = structlog.get_logger("taskmill.task").bind(task_id=record.id, task_type=record.task_type)
+        self._log: Any = None
         self._slot = slot
         self._send = send
         self._submit = submit  # (kind, task, payload, domain) -> SubmitOutcome, from the worker
@@ -64,9 +64,17 @@ class TaskContext:
         return self.record.id
 
     @property
+    def log(self) -> Any:
+        """A structlog logger bound to this task's id and type (made on first use)."""
+        if self._log is None:
+            self._log = structlog.get_logger("taskmill.task").bind(task_id=self.record.id,
+                                                                   task_type=self.record.task_type)
+        return self._log
+
+    @property
     def cancelled(self) -> bool:
         """True once the task should stop: cancel, preemption, pause or shutdown."""
-        return self._slot.cancelled if self._slot is not None else False
+        return self._slot.cancelled_for(self.record.id) if self._slot is not None else False
 
     # ------------------------------------------------------------------ progress
 

@@ -30,11 +30,23 @@ Layout (little-endian, native alignment, all fields 8 bytes)::
       72  net rx bytes    i64
       80  net tx bytes    i64
       88  heartbeat       f64
-      96  cancel flag     i64  the coordinator's only field in a slot
-      104 reserved        3 x i64
+      96  cancel          i64  id of the task whose ctx.cancelled is true (0: none); coordinator writes
+      104 revoked ticket  u64  the newest revoked; coordinator writes, under the slot's claim lock
+      112 claimed ticket  u64  worker writes, under the slot's claim lock
+      120 revoked before  u64  the one revoked before it; coordinator writes, under the lock
 
 Each field has one writer. Readers retry while a slot's sequence is odd or
 changes under them, so they always take a consistent copy.
+
+Tickets: the n-th ``Run`` sent to a worker is ticket n, on both sides of the
+pipe. A worker may hold one run queued behind the one it runs; before it
+starts a run it *claims* the ticket (``WorkerSlot.claim``), and the
+coordinator *revokes* a queued run (``SharedState.revoke``) only if it is not
+claimed yet. Both happen under one lock per slot, so exactly one of them wins.
+A revoked run stays in the pipe until the worker reads past it. Two revoked
+tickets are kept: a run is queued at most once behind each run, so when the
+coordinator revokes one, the worker has read everything up to the run before
+the current one, and at most one earlier revoked run is still unread.
 """
 
 from __future__ import annotations
@@ -45,11 +57,12 @@ import struct
 import time
 from dataclasses import dataclass
 from multiprocessing import shared_memory
+from typing import Any
 
 __all__ = ["COUNTER_NAMES", "SegmentReader", "SharedState", "SlotView", "WorkerSlot", "worker_slots"]
 
 MAGIC = b"TASKMILL"
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 HEADER_SIZE = 512
 SLOT_SIZE = 128
 COUNTER_NAMES = (
@@ -105,6 +118,13 @@ _PROGRESS = struct.Struct("<dqq")  # progress, bytes done, bytes total at offset
 _IO = struct.Struct("<qqqq")  # at offset 56
 _CANCEL = struct.Struct("<q")
 _CANCEL_OFFSET = 96
+_TICKET = struct.Struct("<Q")
+_REVOKED_OFFSET = 104
+_CLAIMED_OFFSET = 112
+_REVOKED_BEFORE_OFFSET = 120
+#: Longest the coordinator waits for a slot's claim lock (a worker holds it for microseconds; only a
+#: worker stopped or killed inside ``claim`` holds it longer).
+CLAIM_LOCK_TIMEOUT = 1.0
 assert _HEAD.size + _COUNTERS.size <= HEADER_SIZE and _SLOT.size == SLOT_SIZE
 
 
@@ -140,8 +160,37 @@ class SharedState:
         self._seq += 1
         _SEQ.pack_into(self._buf, 32, self._seq)
 
-    def set_cancel(self, slot: int, flag: bool) -> None:
-        _CANCEL.pack_into(self._buf, HEADER_SIZE + slot * SLOT_SIZE + _CANCEL_OFFSET, 1 if flag else 0)
+    def set_cancel(self, slot: int, task_id: int) -> None:
+        """``ctx.cancelled`` turns true in the run of ``task_id`` on this slot (0: in none)."""
+        _CANCEL.pack_into(self._buf, HEADER_SIZE + slot * SLOT_SIZE + _CANCEL_OFFSET, task_id)
+
+    def cancel_of(self, slot: int) -> int:
+        return _CANCEL.unpack_from(self._buf, HEADER_SIZE + slot * SLOT_SIZE + _CANCEL_OFFSET)[0]
+
+    def revoke(self, slot: int, ticket: int, lock: Any) -> bool | None:
+        """Take back the queued run ``ticket`` of a worker: True if it will not start, False if the
+        worker claimed it already (it runs), None if the lock could not be had in time."""
+        if not lock.acquire(timeout=CLAIM_LOCK_TIMEOUT):
+            return None
+        try:
+            off = HEADER_SIZE + slot * SLOT_SIZE
+            if _TICKET.unpack_from(self._buf, off + _CLAIMED_OFFSET)[0] >= ticket:
+                return False
+            newest = _TICKET.unpack_from(self._buf, off + _REVOKED_OFFSET)[0]
+            _TICKET.pack_into(self._buf, off + _REVOKED_BEFORE_OFFSET, newest)
+            _TICKET.pack_into(self._buf, off + _REVOKED_OFFSET, ticket)
+            return True
+        finally:
+            lock.release()
+
+    def claimed(self, slot: int) -> int:
+        """The last ticket the slot's worker claimed."""
+        return _TICKET.unpack_from(self._buf, HEADER_SIZE + slot * SLOT_SIZE + _CLAIMED_OFFSET)[0]
+
+    def reset_slot(self, slot: int) -> None:
+        """Zero the coordinator's fields and the tickets of a slot before a new worker takes it."""
+        off = HEADER_SIZE + slot * SLOT_SIZE
+        struct.pack_into("<qQQQ", self._buf, off + _CANCEL_OFFSET, 0, 0, 0, 0)
 
     def read_slot(self, slot: int) -> SlotView:
         return _read_slot(self._buf, slot)
@@ -211,9 +260,19 @@ class WorkerSlot:
         struct.pack_into("<qq", self._buf, self._off + 8, pid, 0)
         self._end()
 
-    @property
-    def cancelled(self) -> bool:
-        return _CANCEL.unpack_from(self._buf, self._off + _CANCEL_OFFSET)[0] != 0
+    def claim(self, ticket: int, lock: Any) -> bool:
+        """May the run ``ticket`` start? False if the coordinator revoked it (see the module docstring)."""
+        with lock:
+            buf, off = self._buf, self._off
+            if ticket in (_TICKET.unpack_from(buf, off + _REVOKED_OFFSET)[0],
+                          _TICKET.unpack_from(buf, off + _REVOKED_BEFORE_OFFSET)[0]):
+                return False
+            _TICKET.pack_into(self._buf, self._off + _CLAIMED_OFFSET, ticket)
+            return True
+
+    def cancelled_for(self, task_id: int) -> bool:
+        """Is ``ctx.cancelled`` true for the run of ``task_id``?"""
+        return _CANCEL.unpack_from(self._buf, self._off + _CANCEL_OFFSET)[0] == task_id
 
     def close(self) -> None:
         self._buf.release()
@@ -244,7 +303,8 @@ def _read_slot(buf: memoryview | mmap.mmap, slot: int) -> SlotView:
             break
     # a writer that died mid-write leaves an odd sequence; the last copy is still usable
     (_seq, pid, task_id, started, progress, done, total, rb, wb, rx, tx, heartbeat, cancel) = values[:13]
-    return SlotView(pid, task_id, started, progress, done, total, rb, wb, rx, tx, heartbeat, bool(cancel))
+    return SlotView(pid, task_id, started, progress, done, total, rb, wb, rx, tx, heartbeat,
+                    task_id != 0 and cancel == task_id)
 
 
 class SegmentReader:

@@ -36,6 +36,8 @@ Skip = set[tuple[str, str | None]]
 class Dispatch(TaskTable):
     """Picking, starting and ending runs (mixed into ``Lifecycle``)."""
 
+    cold: dict[str, Any]  # the cold tails (``cold.py``)
+
     # ------------------------------------------------------------------ effective priority
 
     def waited(self, e: Entry, wall: float) -> float:
@@ -115,6 +117,42 @@ class Dispatch(TaskTable):
         (eff, _), e = best[group]
         return e, eff, running.get(group, 0) >= self.fair.minimum(group)
 
+    # ------------------------------------------------------------------ runs queued on busy workers
+
+    def may_queue(self) -> bool:
+        """May a busy worker be sent its next run ahead (``queue_next``)? Only while nothing but a
+        more urgent arrival (``ReadyQueues.outranked``) could change which task goes next or whether
+        it may start: no fair share, aging, rate limit or pressure, no preemption, no cold tail."""
+        gate = self.gate
+        return not (self.fair.configured or self.aging is not None or gate.type_limits or gate.group_limits
+                    or gate.pressure > 0.0 or self.preemptors or self.suspended or self.cold)
+
+    def queue_next(self, after: Entry) -> Entry | None:
+        """The task to start on ``after``'s worker when ``after`` ends: the most urgent ready one, if
+        it holds what ``after`` holds (domain, group, cores, memory; neither declares IO), so that
+        one taking the other's place changes no sum the gate keeps. Off its lane, still pending;
+        ``started`` when the worker takes it, or ``unqueue``d."""
+        e = self.ready.best()
+        if (e is None or e.x is not None or e.expires is not None or e.payload is None or e.io is not None
+                or after.io is not None or e.domain != after.domain or e.group != after.group
+                or e.cpus != after.cpus or e.memory != after.memory):
+            return None
+        self.ready.take(e)
+        self.reserved[e.id] = e
+        floor = self.ready.floor
+        if floor is None or (e.priority, e.id) > floor:
+            self.ready.floor = (e.priority, e.id)
+        return e
+
+    def unqueue(self, e: Entry) -> None:
+        """A queued run was taken back before it started: the task is ready again."""
+        self._unreserve(e)
+        self.ready.push(e)
+
+    def _unreserve(self, e: Entry) -> None:
+        del self.reserved[e.id]
+        self.ready.floor = max(((r.priority, r.id) for r in self.reserved.values()), default=None)
+
     # ------------------------------------------------------------------ payloads
 
     def payload_chunk(self, e: Entry) -> list[int]:
@@ -138,7 +176,9 @@ class Dispatch(TaskTable):
     # ------------------------------------------------------------------ runs
 
     def started(self, e: Entry, worker: Any, now: float, wall: float) -> str:
-        """``e`` (just picked) now runs on ``worker``; returns its payload text."""
+        """``e`` (just picked, or queued on ``worker``) now runs on ``worker``; returns its payload text."""
+        if self.reserved and e.id in self.reserved:
+            self._unreserve(e)
         self._move(e, _RUNNING)
         e.started_at = wall
         e.started_mono = now

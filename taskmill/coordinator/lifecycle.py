@@ -524,7 +524,8 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Dispatch):
             assert e.key not in keys, f"two active tasks hold key {e.key}"
             keys.add(e.key)
             assert self.by_key[e.key] is e
-            places = [e.queued, e.timer is not None, e.worker is not None and tid not in self.suspended]
+            places = [e.queued, e.timer is not None, e.worker is not None and tid not in self.suspended,
+                      tid in self.reserved]
             assert sum(places) <= 1, (tid, places)
             if e.status == _PENDING:
                 assert sum(places) == 1 and not e.paused, f"pending task {tid} is neither ready nor due"
@@ -554,6 +555,10 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Dispatch):
         assert all(e.worker is not None for e in self.running.values())
         self.gate.check(self.running.values())
         assert len(self.ready) == sum(1 for e in self.tasks.values() if e.queued)
+        for tid, e in self.reserved.items():
+            assert self.tasks.get(tid) is e and e.status == _PENDING and e.worker is None, tid
+        floor = max(((e.priority, e.id) for e in self.reserved.values()), default=None)
+        assert self.ready.floor == floor, (self.ready.floor, floor)
 
 
 def delay_ok(v: Any) -> bool:

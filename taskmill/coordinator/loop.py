@@ -49,7 +49,7 @@ from taskmill.coordinator.prefetch import ColdPrefetch
 from taskmill.coordinator.progress import ProgressTracker
 from taskmill.coordinator.queues import Timers
 from taskmill.coordinator.reader import QueryRunner
-from taskmill.coordinator.routes import Kind, route
+from taskmill.coordinator.routes import QUIET, Kind, route
 from taskmill.coordinator.wire import check_items, decode_request
 from taskmill.coordinator.workforce import Workforce
 from taskmill.coordinator.writer import Writer
@@ -254,6 +254,8 @@ class Coordinator(Workforce):
         if self._stop_requested and not self.stopping:
             self._begin_shutdown(None)
         now = self.mono()
+        if self.lc.reserved and (due := self.lc.next_due()) is not None and due <= now:
+            self._take_back_all()  # a timer may change what runs next
         self.lc.fire(now, self.clock())
         self._fire_worker_timers(now)
         self._fire_wait_deadlines(now)
@@ -379,6 +381,7 @@ class Coordinator(Workforce):
         if self.stopping and not isinstance(req, (protocol.Stop, protocol.Call)):
             raise SchedulerClosed("the scheduler is shutting down")
         if isinstance(req, protocol.Submit):
+            self._take_back_all()  # (a duplicate may supersede or upgrade a queued run)
             outcomes = self._apply_submissions(check_items(req.items))
             self.acks.append((conn, protocol.Reply(outcomes)))
             self.must_commit = True
@@ -457,6 +460,8 @@ class Coordinator(Workforce):
     def _call(self, conn: Connection, name: str, args: tuple) -> None:
         """Schedule a call by its route (see ``routes``)."""
         r = route(name, args)
+        if name not in QUIET:
+            self._take_back_all()  # queued runs must not start past a change to tasks or settings
         if self.lc.cold and name in WARM_ALL:  # it acts on every task: none may stay in the store
             self._warm_all()
         elif self.lc.cold and name in NAMES_IDS and args:  # an id or a list of ids (others are dropped)
@@ -636,6 +641,7 @@ class Coordinator(Workforce):
         if self.stopping:
             return
         self.stopping = True
+        self._take_back_all()  # queued runs stay pending; what a worker took already finishes
         if self.shutdown_mode == "graceful" and self.lc.running_total:
             self.stop_deadline = self.mono() + self.shutdown_timeout
         else:

@@ -57,6 +57,10 @@ class ReadyQueues:
     def __init__(self) -> None:
         self._lanes: dict[tuple[str, str | None, int], Lane] = {}
         self._len = 0
+        #: The least urgent (priority, id) of the runs queued on busy workers (None: none is);
+        #: a push more urgent than it sets ``outranked``, so the shell takes the queued runs back.
+        self.floor: tuple[int, int] | None = None
+        self.outranked = False
 
     def __len__(self) -> int:
         return self._len
@@ -72,6 +76,8 @@ class ReadyQueues:
         if e.queued:
             self.discard(e)
         e.qver += 1
+        if self.floor is not None and (e.priority, e.id) < self.floor:
+            self.outranked = True
         lane = self._lane(e)
         heapq.heappush(lane.heap, (e.id, e.qver, e))
         e.queued = True

@@ -31,7 +31,7 @@ from taskmill.store import Queries, select
 if TYPE_CHECKING:
     from taskmill.coordinator.loop import Coordinator
 
-__all__ = ["ROUTES", "Kind", "Route", "route"]
+__all__ = ["QUIET", "ROUTES", "Kind", "Route", "route"]
 
 
 class Kind(enum.Enum):
@@ -312,6 +312,11 @@ ROUTES: dict[str, Route] = {
     "admission": _memory(_admission, 3),
     "observe": _memory(_observe, 4),
 }
+
+
+#: Calls that change neither tasks nor settings: runs queued on busy workers stay queued.
+QUIET = frozenset(name for name, r in ROUTES.items()
+                  if r.kind is Kind.READ or (r.kind is Kind.MEMORY and name not in ("admission", "observe")))
 
 
 def route(name: str, args: tuple) -> Route:

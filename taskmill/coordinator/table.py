@@ -65,6 +65,7 @@ class TaskTable:
         self.counts: dict[str, int] = {s.value: 0 for s in TaskStatus}
         self.domain_counts: dict[str, dict[str, int]] = {}
         self.running: dict[int, Entry] = {}  # entries with a worker, cancelling runs included
+        self.reserved: dict[int, Entry] = {}  # pending entries queued on a busy worker (dispatch.py)
         self.recurring: set[int] = set()  # ids of tasks with a recurring schedule
         self.preemptors: set[int] = set()  # active tasks at or above preempt_priority (preemption.py)
         self.victims: set[int] = set()  # tasks held by them (pause reason "preempted")

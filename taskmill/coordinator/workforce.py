@@ -166,6 +166,7 @@ class Workforce:
             extra -= 1
 
     def _spawn(self, index: int) -> WorkerHandle:
+        self.shm.reset_slot(index)  # tickets start over with the new worker
         w = self.pool.spawn(index)
         self.workers[index] = w
         self._watch(w.conn.fileno(), "worker", w)
@@ -192,6 +193,8 @@ class Workforce:
         while idle and self.hook_queue:
             self._run_hook(idle.pop(), *self.hook_queue.popleft(), now)
         wall = self.clock()
+        if lc.ready.outranked:  # a more urgent task became ready: it goes before the queued runs
+            self._take_back_all()
         if lc.to_suspend:
             self._suspend_workers(now)
         if lc.let_go:
@@ -204,7 +207,7 @@ class Workforce:
         while idle and lc.running_total < self.max_concurrency:
             e = lc.pick(now, wall)
             if e is None:
-                return
+                break
             if e.payload is None:
                 self.writer.join()
                 lc.fill_payloads(self.store.fetch_payloads(lc.payload_chunk(e)))
@@ -213,15 +216,84 @@ class Workforce:
             w.task = e
             x = e.x
             phase = x.phase if x is not None else "execute"
-            self._send_run(w, (e.id, e.task_type, payload, e.retry_count, e.key, e.label, e.priority, e.parent_id,
-                               phase, x.memo if x is not None and phase == "finalize" else None, e.group, e.tags))
+            w.ticket = self._send_run(w, (e.id, e.task_type, payload, e.retry_count, e.key, e.label, e.priority,
+                                          e.parent_id, phase, x.memo if x is not None and phase == "finalize" else None,
+                                          e.group, e.tags))
             if e.timeout:
                 w.timer = self.timers.add(now + e.timeout, "timeout", w)
+        if lc.tasks and not self.hook_queue and lc.may_queue():
+            self._queue_ahead()
+
+    # ------------------------------------------------------------------ runs queued on busy workers
+
+    def _queue_ahead(self) -> None:
+        """Send each busy worker its next run, so it starts that run without waiting for the loop.
+        The lifecycle picks it (``queue_next``); it stays pending until the worker takes it."""
+        lc = self.lc
+        for w in self.workers:
+            if (w is None or w.next is not None or w.task is None or w.queued_behind == w.ticket
+                    or w.hook is not None or w.stopping or w.kill_reason is not None or w.task.cancelled):
+                continue  # (once per run: runs taken back wait in the pipe until the worker reads past them)
+            e = lc.queue_next(w.task)
+            if e is None:
+                if not lc.ready:
+                    return
+                continue  # the most urgent task holds something else than this run: not here
+            w.next = e
+            w.queued_behind = w.ticket
+            w.next_ticket = self._send_run(w, (e.id, e.task_type, e.payload, e.retry_count, e.key, e.label, e.priority,
+                                               e.parent_id, "execute", None, e.group, e.tags))
+
+    def _start_queued(self, w: WorkerHandle) -> None:
+        """``w`` finished its run and takes the one queued behind it (it claims it next)."""
+        e, w.next = w.next, None
+        now = self.mono()
+        self.lc.started(e, w, now, self.clock())
+        w.task = e
+        w.ticket = w.next_ticket
+        if e.timeout:
+            w.timer = self.timers.add(now + e.timeout, "timeout", w)
+
+    def _take_back(self, w: WorkerHandle) -> None:
+        """Revoke the run queued on ``w`` before anything may change it. If the worker claimed it
+        already, its previous run's ``Done`` is in the pipe: handling it makes the queued run a
+        running one. A worker stuck inside its claim (stopped or dying) is killed and buried."""
+        e = w.next
+        if e is None:
+            return
+        revoked = self.shm.revoke(w.index, w.next_ticket, w.claim_lock)
+        if revoked:
+            w.next = None
+            self.lc.unqueue(e)
+        elif revoked is False:
+            self._drain_worker(w, all_pending=True)
+        else:
+            w.kill("stuck while taking its next run")
+            self._on_worker_exit(w)
+
+    def _take_back_all(self) -> None:
+        """Every queued run back to the ready lanes (before a change to tasks, settings or order)."""
+        if self.lc.reserved:
+            for w in list(self.workers):
+                if w is not None and w.next is not None:
+                    self._take_back(w)
+        self.lc.ready.outranked = False
+
+    def _kill_run(self, w: WorkerHandle, reason: str) -> None:
+        """Kill ``w`` for what its current run did (timeout, cancel grace), unless it finished that run
+        meanwhile and took its queued one, which must not die for it."""
+        if w.next is not None:
+            ticket = w.ticket
+            self._take_back(w)
+            if w.ticket != ticket:
+                return  # its run ended (and the queued one started) while we looked
+        w.kill(reason)
 
     # ------------------------------------------------------------------ preemption by suspension (F12)
 
     def _suspend_workers(self, now: float) -> None:
         """Stop the workers of suspended victims; each one is replaced by a new spare worker."""
+        self._take_back_all()  # a stopped worker must hold no queued run
         stop, self.lc.to_suspend = self.lc.to_suspend, []
         for e in stop:
             w = e.worker
@@ -244,13 +316,17 @@ class Workforce:
             w.timeout_left = None
         self._trim_pool()
 
-    def _send_run(self, w: WorkerHandle, run: tuple) -> None:
-        self.shm.set_cancel(w.index, False)
+    def _send_run(self, w: WorkerHandle, run: tuple) -> int:
+        """Send a ``protocol.Run`` (as a plain tuple); returns its ticket."""
+        if self.shm.cancel_of(w.index) == run[0]:
+            self.shm.set_cancel(w.index, 0)  # left from an earlier run of the same task (a preemption)
+        w.sent += 1
         try:
             # plain pickle: Connection.send builds a ForkingPickler per call; recv() on the other end is the same
-            w.conn.send_bytes(pickle.dumps(run, pickle.HIGHEST_PROTOCOL))  # a protocol.Run as a tuple
+            w.conn.send_bytes(pickle.dumps(run, pickle.HIGHEST_PROTOCOL))
         except (OSError, ValueError):
             pass  # its sentinel fires next: handled as a worker death
+        return w.sent
 
     def _run_hook(self, w: WorkerHandle, task_id: int, task_type: str, payload: str, now: float) -> None:
         """An ``on_cancel`` hook of a cancelled task runs on ``w``, bounded by ``cancel_hook_timeout``."""
@@ -268,7 +344,7 @@ class Workforce:
             if w is not None and w.task is e and e.id in self.lc.suspended:
                 w.kill("cancelled while suspended")  # a stopped worker cannot notice ctx.cancelled
             elif w is not None and w.task is e:
-                self.shm.set_cancel(w.index, True)
+                self.shm.set_cancel(w.index, e.id)
                 self.timers.cancel(w.timer)  # a timeout gives way to the kill grace
                 w.timer = self.timers.add(now + CANCEL_GRACE, "kill", w)
 
@@ -324,7 +400,10 @@ class Workforce:
             return
         e = self._release(w)
         assert e is not None
-        self._back_to_idle(w)
+        if w.next is not None:
+            self._start_queued(w)
+        else:
+            self._back_to_idle(w)
         if e.cancelled:
             return  # already in history (cancelled, superseded, failed by its children)
         ended = Ended(msg.started_at, msg.finished_at, msg.duration * 1000.0,
@@ -343,6 +422,7 @@ class Workforce:
 
     def _on_spawn(self, w: WorkerHandle, msg: protocol.Spawn) -> None:
         """Submissions from inside a running task; answered on its pipe after the commit."""
+        self._take_back_all()
         e = w.task
         try:
             if e is None or e.id != msg.task_id or e.cancelled:
@@ -385,9 +465,13 @@ class Workforce:
             log.warning("on_cancel hook ended with its worker", task_id=w.hook[0], cause=w.kill_reason or describe_exit(code))
             w.hook = None
         planned = w.stopping and w.task is None
+        if w.next is not None:  # never claimed: the worker died during the run before it
+            e, w.next = w.next, None
+            self.lc.unqueue(e)
+        unclaimed = w.task is not None and self.shm.claimed(w.index) < w.ticket
         e = self._release(w)
         if e is not None and not e.cancelled:
-            if self.stopping:
+            if self.stopping or unclaimed:  # (unclaimed: it died between two runs; this one never began)
                 self.lc.interrupted(e, self.mono())
             else:
                 reason = w.kill_reason or f"worker process {w.pid} died: {describe_exit(code)}"
@@ -422,9 +506,9 @@ class Workforce:
             elif w.task is None:
                 continue
             elif t.kind == "timeout" and not w.task.cancelled:
-                w.kill(f"timed out after {w.task.timeout:g}s")
+                self._kill_run(w, f"timed out after {w.task.timeout:g}s")
             elif t.kind == "kill":
-                w.kill("did not stop within the cancel grace period")
+                self._kill_run(w, "did not stop within the cancel grace period")
 
     # ------------------------------------------------------------------ shutdown
 
@@ -433,8 +517,11 @@ class Workforce:
         for w in list(self.workers):
             if w is None:
                 continue
+            if w.next is not None:  # it never starts: the worker is stopped below
+                e, w.next = w.next, None
+                self.lc.unqueue(e)
             if w.task is not None or w.hook is not None:
-                self.shm.set_cancel(w.index, True)
+                self.shm.set_cancel(w.index, w.task.id if w.task is not None else w.hook[0] if w.hook else 0)
                 e = self._release(w)
                 if e is not None and not e.cancelled:
                     self.lc.interrupted(e, self.mono())

@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 import traceback
+from collections import deque
 from typing import Any, Callable
 
 from taskmill import protocol
@@ -51,8 +52,10 @@ def _watch_lifeline(lifeline: Any) -> None:
         os._exit(0)
 
 
-def handle_run(msg: protocol.Run, registry: dict[str, Any], slot: WorkerSlot | None, conn: Any) -> protocol.Done:
-    """Run one task and describe its outcome; never raises."""
+def handle_run(msg: protocol.Run, registry: dict[str, Any], slot: WorkerSlot | None, conn: Any,
+               inbox: deque[tuple] | None = None) -> protocol.Done:
+    """Run one task and describe its outcome; never raises. ``inbox`` keeps runs that arrive
+    while the task waits for the answer to a submission (the run queued behind it)."""
     started = time.time()
     t0 = time.monotonic()
     pid = os.getpid()
@@ -70,7 +73,7 @@ def handle_run(msg: protocol.Run, registry: dict[str, Any], slot: WorkerSlot | N
     if conn is not None:
         def send(task_id: int, fraction: float | None, message: str | None) -> None:
             conn.send(protocol.Progress(task_id, fraction, message))
-        submit = _submitter(registry, conn, msg.task_id)
+        submit = _submitter(registry, conn, msg.task_id, deque() if inbox is None else inbox)
     ctx = TaskContext(record, slot=slot, send=send, submit=submit, domain_state=registry["domain_state"].get(domain),
                       global_state=registry["global_state"])
     result = error = kind = retry_after = None
@@ -103,7 +106,7 @@ def handle_run(msg: protocol.Run, registry: dict[str, Any], slot: WorkerSlot | N
 _PHASE_FUNCTIONS = {"execute": "tasks", "finalize": "finalizers", "on_cancel": "on_cancel"}
 
 
-def _submitter(registry: dict[str, Any], conn: Any, task_id: int) -> Callable[..., Any]:
+def _submitter(registry: dict[str, Any], conn: Any, task_id: int, inbox: deque[tuple]) -> Callable[..., Any]:
     """What ``ctx.spawn_child``/``spawn_sibling``/``ctx.domain(...).submit`` call: resolve the
     submissions here (as the host does), send them, and wait for the committed outcomes."""
     domains = registry.get("domains", {})
@@ -133,6 +136,9 @@ def _submitter(registry: dict[str, Any], conn: Any, task_id: int) -> Callable[..
             return BatchOutcome(())
         conn.send(protocol.Spawn(task_id, "plain" if kind.startswith("plain") else kind, items))
         reply = conn.recv()
+        while type(reply) is tuple:  # a run queued behind this one came first: it waits its turn
+            inbox.append(reply)
+            reply = conn.recv()
         if isinstance(reply, protocol.ErrorReply):
             raise reply.exception()
         outcomes = outcomes_from_wire(reply.value)
@@ -186,7 +192,7 @@ def _die_with_parent() -> None:
         pass  # not Linux: the lifeline is all there is
 
 
-def worker_main(conn: Any, lifeline: Any, slot_index: int, shm_name: str) -> None:
+def worker_main(conn: Any, lifeline: Any, slot_index: int, shm_name: str, claim_lock: Any) -> None:
     """Entry point of a worker process (target of the fork-server Process)."""
     faulthandler.enable()
     os.setpgid(0, 0)  # own process group: killing the worker also kills what its task started
@@ -201,14 +207,19 @@ def worker_main(conn: Any, lifeline: Any, slot_index: int, shm_name: str) -> Non
         conn.send(protocol.Ready(pid, error=_describe(e)))
         return
     conn.send(protocol.Ready(pid))
+    ticket = 0  # the n-th Run received is ticket n (the coordinator counts the same way)
+    inbox: deque[tuple] = deque()  # runs received while a task waited for a reply, in order
     try:
         while True:
             try:
-                msg = conn.recv()
+                msg = inbox.popleft() if inbox else conn.recv()
             except (EOFError, OSError):
                 return
             if type(msg) is tuple:  # protocol.Run, sent as a plain tuple
-                done = handle_run(protocol.Run._make(msg), registry, slot, conn)
+                ticket += 1
+                if not slot.claim(ticket, claim_lock):
+                    continue  # revoked while it waited in the pipe: the coordinator took it back
+                done = handle_run(protocol.Run._make(msg), registry, slot, conn, inbox)
                 conn.send_bytes(pickle.dumps(tuple(done), pickle.HIGHEST_PROTOCOL))
             elif isinstance(msg, protocol.Stop):
                 conn.send(protocol.Goodbye(pid))

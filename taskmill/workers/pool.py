@@ -46,15 +46,21 @@ class WorkerHandle:
     """One worker process as the coordinator sees it."""
 
     __slots__ = ("index", "process", "conn", "pid", "ready", "task", "kill_reason", "stopping", "timer", "hook",
-                 "timeout_left")
+                 "timeout_left", "claim_lock", "sent", "next", "next_ticket", "ticket", "queued_behind")
 
-    def __init__(self, index: int, process: Any, conn: Connection) -> None:
+    def __init__(self, index: int, process: Any, conn: Connection, claim_lock: Any) -> None:
         self.index = index
         self.process = process
         self.conn = conn
         self.pid: int = process.pid
         self.ready = False
         self.task: Any = None  # the Entry it runs, or None when idle
+        self.ticket = 0  # the ticket of that run (shm.py: the n-th Run sent is ticket n)
+        self.claim_lock = claim_lock  # guards the slot's claimed and revoked tickets
+        self.sent = 0  # Runs sent so far: the last ticket
+        self.next: Any = None  # the Entry queued behind its task (sent, not started), or None
+        self.next_ticket = 0
+        self.queued_behind = 0  # the ticket of the run a run was last queued behind (once per run)
         self.kill_reason: str | None = None
         self.stopping = False
         self.timer: Any = None  # the coordinator's timer for its task: timeout, or kill grace after a cancel
@@ -115,12 +121,13 @@ class WorkerPool:
 
     def spawn(self, index: int) -> WorkerHandle:
         parent, child = self._ctx.Pipe(duplex=True)
+        lock = self._ctx.Lock()
         # Not daemonic, so tasks may start processes of their own; the lifeline ends workers.
-        proc = self._ctx.Process(target=worker_main, args=(child, self._lifeline_r, index, self.shm_name),
+        proc = self._ctx.Process(target=worker_main, args=(child, self._lifeline_r, index, self.shm_name, lock),
                                  name=f"taskmill-worker-{index}", daemon=False)
         proc.start()
         child.close()
-        return WorkerHandle(index, proc, parent)
+        return WorkerHandle(index, proc, parent, lock)
 
     def respawn_delay(self, index: int) -> float:
         n = self.crashes.get(index, 0)

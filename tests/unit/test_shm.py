@@ -186,28 +186,41 @@ def test_a_replacement_worker_attaching_to_a_slot_continues_it(state: SharedStat
 
 
 def test_the_cancel_flag_set_by_the_coordinator_is_seen_by_the_worker(state: SharedState, slot1: WorkerSlot) -> None:
-    assert slot1.cancelled is False
-    state.set_cancel(1, True)
-    assert slot1.cancelled is True
+    slot1.start(1, 5)
+    assert slot1.cancelled_for(5) is False
+    state.set_cancel(1, 5)
+    assert slot1.cancelled_for(5) is True
     assert state.read_slot(1).cancel is True
-    state.set_cancel(1, False)
-    assert slot1.cancelled is False
+    state.set_cancel(1, 0)
+    assert slot1.cancelled_for(5) is False
     assert state.read_slot(1).cancel is False
 
 
+def test_the_cancel_flag_names_its_task(state: SharedState, slot1: WorkerSlot) -> None:
+    """A cancel meant for one run is not seen by the next run on the same worker."""
+    slot1.start(1, 5)
+    state.set_cancel(1, 5)
+    slot1.clear(1)
+    slot1.start(1, 6)
+    assert slot1.cancelled_for(6) is False
+    assert state.read_slot(1).cancel is False  # shown for the task the slot runs now
+    assert state.cancel_of(1) == 5
+
+
 def test_the_cancel_flag_is_per_slot(state: SharedState, slot1: WorkerSlot) -> None:
-    state.set_cancel(0, True)
-    state.set_cancel(2, True)
-    assert slot1.cancelled is False
+    slot1.start(1, 5)
+    state.set_cancel(0, 5)
+    state.set_cancel(2, 5)
+    assert slot1.cancelled_for(5) is False
 
 
 def test_worker_writes_do_not_clear_the_cancel_flag(state: SharedState, slot1: WorkerSlot) -> None:
-    state.set_cancel(1, True)
+    state.set_cancel(1, 5)
     slot1.start(1, 5)
     slot1.progress(0.1, 1, 10)
     slot1.io(1, 1, 1, 1)
     slot1.clear(1)
-    assert slot1.cancelled is True
+    assert slot1.cancelled_for(5) is True
 
 
 # =========================================================================== cleanup and bad segments

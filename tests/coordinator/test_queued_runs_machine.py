@@ -1,0 +1,185 @@
+"""Runs queued on busy workers, driven through the lifecycle by hypothesis (no processes).
+
+The loop (``workforce.py``) queues a run behind each busy worker's run with
+``Lifecycle.queue_next``, starts it when the run before it ends, puts it back
+with ``unqueue`` when the worker dies first, and takes every queued run back
+before any change (a submission, cancel, pause, a timer firing) and whenever a
+more urgent task became ready (``ReadyQueues.outranked``). This machine plays
+the loop's part with three worker slots and checks after every step:
+
+- the lifecycle's own invariants (a queued task is pending, in no lane, once);
+- a queued run is never less urgent than a ready task unless ``outranked`` says so
+  (tasks made ready by completions: retries, unblocked dependents);
+- a queued run takes its runner's place exactly (same domain, group, cores, memory),
+  never starts in a paused scope, never starts twice, and every task runs once per
+  attempt.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from taskmill import protocol
+from taskmill.coordinator.gate import Gate
+from taskmill.coordinator.lifecycle import Ended, Lifecycle
+from taskmill.records import RetryPolicy
+
+SLOTS = 3
+DOMAINS = ("a", "b")
+GROUPS = (None, "g1")
+ENDED = Ended(0.0, 0.0, 1.0, (0, 0, 0, 0))
+
+
+class QueuedRunsMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lc = Lifecycle(gate=Gate(SLOTS, domain_caps={"a": 1}), default_retry=RetryPolicy.constant(1, 1.0))
+        self.now, self.wall = 1000.0, 5000.0
+        self.queued: dict[int, Any] = {}  # running task id -> the entry queued behind it
+        self.keys = 0
+
+    # ------------------------------------------------------------------ the loop's part
+
+    def take_back(self) -> None:
+        for q in self.queued.values():
+            self.lc.unqueue(q)
+        self.queued.clear()
+        self.lc.ready.outranked = False
+
+    def start(self, e: Any) -> None:
+        assert e.id not in self.lc.running, f"task {e.id} started twice"
+        assert not self.lc._scope_bits(e), f"task {e.id} started in a paused scope"
+        self.lc.started(e, object(), self.now, self.wall)
+
+    def clear_effects(self) -> None:
+        self.lc.finished.clear()
+        self.lc.to_signal.clear()
+        self.lc.hooks.clear()
+
+    def running(self) -> list[int]:
+        return sorted(t for t, e in self.lc.running.items() if not e.cancelled)
+
+    # ------------------------------------------------------------------ rules
+
+    @initialize(n=st.integers(SLOTS, 3 * SLOTS))
+    def a_queue_of_plain_tasks(self, n: int) -> None:
+        """Start from a queue deeper than the slots: what runs are queued from."""
+        self._submit("b", None, 128, n, None, ())
+
+
+    @rule(domain=st.sampled_from(DOMAINS), group=st.sampled_from(GROUPS), priority=st.sampled_from([64, 128, 128, 192]),
+          n=st.integers(1, 3), delay=st.sampled_from([None, None, 1.0]), data=st.data())
+    def submit(self, domain: str, group: str | None, priority: int, n: int, delay: float | None,
+               data: st.DataObject) -> None:
+        active = sorted(self.lc.tasks)
+        deps = tuple(data.draw(st.lists(st.sampled_from(active), max_size=1))) if active else ()
+        self._submit(domain, group, priority, n, delay, deps)
+
+    def _submit(self, domain: str, group: str | None, priority: int, n: int, delay: float | None,
+                deps: tuple[int, ...]) -> None:
+        self.take_back()
+        items = []
+        for _ in range(n):
+            self.keys += 1
+            items.append(protocol.SubmitItem(
+                f"{domain}::t", domain, f"{domain}:k{self.keys}", f"k{self.keys}", priority, "{}", 1, None, None,
+                1.0, 0, 0, 0, 0, 0, group, None, "skip", None, "submission",
+                None if delay is None else self.wall + delay, deps or None, "cancel", None, True, None))
+        self.lc.submit(items, self.now, self.wall, outcomes={}, completed={})
+        self.clear_effects()
+
+    @rule()
+    def dispatch(self) -> None:
+        """As the loop's dispatch: fill free slots, then queue a run behind every busy worker."""
+        if self.lc.ready.outranked:
+            self.take_back()
+        while len(self.lc.running) < SLOTS:
+            e = self.lc.pick(self.now, self.wall)
+            if e is None:
+                break
+            self.start(e)
+        self.clear_effects()
+        if not self.lc.may_queue():
+            return
+        for tid in self.running():
+            runner = self.lc.running[tid]
+            if tid in self.queued:
+                continue
+            q = self.lc.queue_next(runner)
+            if q is not None:
+                assert q.status == "pending" and not q.queued and q.id in self.lc.reserved
+                assert (q.domain, q.group, q.cpus, q.memory) == (runner.domain, runner.group, runner.cpus, runner.memory)
+                self.queued[tid] = q
+                event("a run was queued")
+
+    @precondition(lambda self: bool(self.running()))
+    @rule(data=st.data(), how=st.sampled_from(["completed", "completed", "retryable", "died"]))
+    def worker_returns(self, data: st.DataObject, how: str) -> None:
+        tid = data.draw(st.sampled_from(self.running()))
+        e = self.lc.running[tid]
+        self.lc.run_ended(e)
+        q = self.queued.pop(tid, None)
+        if q is not None and how == "died":  # never claimed: ready again
+            self.lc.unqueue(q)
+            event("a queued run went back")
+        elif q is not None:
+            self.start(q)
+            event("a queued run started")
+        if how == "completed":
+            self.lc.completed(e, "1", ENDED, self.now, self.wall)
+        else:
+            self.lc.failed(e, how, permanent=False, retry_after=None, ended=None if how == "died" else ENDED,
+                           now=self.now, wall=self.wall)
+        if self.lc.ready.outranked:
+            event("outranked")
+        self.clear_effects()
+
+    @precondition(lambda self: bool(self.lc.tasks))
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        self.take_back()
+        self.lc.cancel(data.draw(st.sampled_from(sorted(self.lc.tasks))), None, self.now, self.wall)
+        self.clear_effects()
+
+    @rule(kind=st.sampled_from(["global", "domain", "group"]), resume=st.booleans())
+    def pause_or_resume(self, kind: str, resume: bool) -> None:
+        self.take_back()
+        scope = {"global": "", "domain": "a", "group": "g1"}[kind]
+        if resume:
+            self.lc.resume_scope(kind, scope, self.now)
+        else:
+            self.lc.pause_scope(kind, scope, self.now, self.wall)
+        self.clear_effects()
+
+    @rule(seconds=st.sampled_from([0.5, 1.5]))
+    def time_passes(self, seconds: float) -> None:
+        self.now += seconds
+        self.wall += seconds
+        due = self.lc.next_due()
+        if due is not None and due <= self.now:
+            self.take_back()
+        self.lc.fire(self.now, self.wall)
+        self.clear_effects()
+
+    # ------------------------------------------------------------------ invariants
+
+    @invariant()
+    def lifecycle_is_consistent(self) -> None:
+        self.lc.check()
+        assert set(self.lc.reserved) == {q.id for q in self.queued.values()}
+        assert set(self.queued) <= set(self.lc.running)
+
+    @invariant()
+    def queued_runs_go_first_unless_outranked(self) -> None:
+        if self.lc.reserved and not self.lc.ready.outranked:
+            worst = max((q.priority, q.id) for q in self.lc.reserved.values())
+            best = self.lc.ready.best()
+            assert best is None or (best.priority, best.id) > worst, (best, worst)
+
+
+QueuedRunsMachine.TestCase.settings = settings(max_examples=500, stateful_step_count=40, deadline=None)
+TestQueuedRuns = QueuedRunsMachine.TestCase
