@@ -143,7 +143,8 @@ class Coordinator(Workforce):
         self.worker_acks: list[tuple[WorkerHandle, Any]] = []  # spawn replies, sent after the commit
 
         self.must_commit = False
-        self.acks: list[tuple[Connection, Any]] = []
+        self.acks: list[tuple[Connection, Any]] = []  # replies to changes not yet handed to a commit
+        self.saving: list[tuple[Connection | WorkerHandle, Any]] = []  # ... whose commit is under way
         self.deferred: list[tuple[Connection, Callable[[], Any]]] = []
         self.queries: list[tuple[Connection, Callable[[Any], Any], float]] = []  # (client, fn(cursor), limit)
         self.waiters: dict[int, list[Connection]] = {}
@@ -260,15 +261,18 @@ class Coordinator(Workforce):
         self._fire_worker_timers(now)
         self._fire_wait_deadlines(now)
         self.readers.expire(now)
-        self.writer.check()
+        try:
+            self.writer.check()
+        except Exception as e:
+            self._fail_saving(e)
+            raise
         self._signal_cancels(now)
         lc = self.lc
-        if (self.must_commit or self.acks or self.worker_acks or self.deferred or self.queries
-                or (self.idle_waiters and not lc.tasks)
+        if (self.deferred or self.queries or (self.idle_waiters and not lc.tasks)
                 or (self.waiters and any(t in self.waiters for t in lc.finished))):
-            self._commit()
-        elif self._batch_due(now) and not self.writer.busy:
-            self._commit(background=True)
+            self._commit()  # the loop reads the store next
+        elif (self.must_commit or self.acks or self.worker_acks or self._batch_due(now)) and not self.writer.busy:
+            self._commit(background=True)  # changes are answered once the writer has committed them
         self._answer()
         if not self.stopping:
             self._dispatch(now)
@@ -515,29 +519,45 @@ class Coordinator(Workforce):
                 self.commits += 1
             else:
                 lc.take_batch()
-            return
-        self.writer.join()  # also when there is nothing to write: the loop may read the store next
-        batch = lc.take_batch()
-        if len(batch):
-            try:
-                self.store.apply(batch)
-            except StoreError as e:
-                log.error("commit failed; coordinator stops", error=str(e))
-                broken = SchedulerBroken(f"the store failed: {e}")
-                for conn, _ in self.acks:
-                    self._reply(conn, protocol.ErrorReply.of(broken))
-                self.acks.clear()
-                raise
-            self.commits += 1
+        else:
+            self.writer.join()  # also when there is nothing to write: the loop may read the store next
+            batch = lc.take_batch()
+            if len(batch):
+                try:
+                    self.store.apply(batch)
+                except StoreError as e:
+                    log.error("commit failed; coordinator stops", error=str(e))
+                    self._fail_saving(e)
+                    raise
+                self.commits += 1
+        self.saving += self.acks
+        self.saving += self.worker_acks
+        self.acks.clear()
+        self.worker_acks.clear()
         self.must_commit = False
 
+    def _send_saved(self) -> None:
+        """Answer the changes the last commit made durable (none while the writer still works)."""
+        if self.saving and not self.writer.busy:
+            saving, self.saving = self.saving, []
+            for to, reply in saving:
+                if isinstance(to, WorkerHandle):
+                    self._send_to_worker(to, reply)
+                else:
+                    self._reply(to, reply)
+
+    def _fail_saving(self, e: BaseException) -> None:
+        """The store failed: every change still waiting for its commit is answered with the error."""
+        broken = protocol.ErrorReply.of(SchedulerBroken(f"the store failed: {e}"))
+        for to, _ in self.saving + self.acks + self.worker_acks:
+            if isinstance(to, WorkerHandle):
+                self._send_to_worker(to, broken)
+            else:
+                self._reply(to, broken)
+        self.saving, self.acks, self.worker_acks = [], [], []
+
     def _answer(self) -> None:
-        for conn, reply in self.acks:
-            self._reply(conn, reply)
-        self.acks.clear()
-        for w, reply in self.worker_acks:
-            self._send_to_worker(w, reply)
-        self.worker_acks.clear()
+        self._send_saved()
         if self.queries:  # the store is flushed: hand each query, and its client, to a reader
             now = self.mono()
             queries, self.queries = self.queries, []
@@ -654,6 +674,7 @@ class Coordinator(Workforce):
         if self.prefetch is not None:
             self.prefetch.close()
         self._commit()
+        self._send_saved()
         for conn, _ in self.idle_waiters:
             self._reply(conn, protocol.ErrorReply.of(SchedulerBroken("the scheduler shut down")))
         self.idle_waiters = []

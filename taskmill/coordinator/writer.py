@@ -1,4 +1,4 @@
-"""The write-behind thread: commits nobody waits for, off the loop thread.
+"""The write-behind thread: commits the loop does not read after, off the loop thread.
 
 Invariant: at most one batch in flight, and the loop joins the writer before
 it touches the store itself, so the DuckDB connection is never used by two
@@ -20,7 +20,8 @@ __all__ = ["Writer"]
 class Writer:
     """Runs write-behind commits on a second thread, at most one batch at a time.
 
-    Only flushes that nobody is waiting for go here; the loop joins the writer
+    Commits the loop will not read after go here (their acknowledgements wait until
+    the batch is done, see ``Coordinator.saving``); the loop joins the writer
     before it touches the store itself, so the connection is never used by two
     threads at once (DuckDB releases the GIL while it commits, so the loop keeps
     dispatching meanwhile).
