@@ -151,7 +151,8 @@ class Dispatch(TaskTable):
 
     def _unreserve(self, e: Entry) -> None:
         del self.reserved[e.id]
-        self.ready.floor = max(((r.priority, r.id) for r in self.reserved.values()), default=None)
+        if self.ready.floor == (e.priority, e.id):  # it was the least urgent: the next one is
+            self.ready.floor = max(((r.priority, r.id) for r in self.reserved.values()), default=None)
 
     # ------------------------------------------------------------------ payloads
 

@@ -81,6 +81,8 @@ class QueryRunner:
                 return out
 
     def next_deadline(self) -> float | None:
+        if not self._running:  # (read without the lock; a query starting meanwhile counts next step)
+            return None
         with self._lock:
             pending = [j.deadline for j in self._running if not j.interrupted]
         return min(pending, default=None)
