@@ -36,7 +36,7 @@ Skip = set[tuple[str, str | None]]
 class Dispatch(TaskTable):
     """Picking, starting and ending runs (mixed into ``Lifecycle``)."""
 
-    cold: dict[str, Any]  # the cold tails (``cold.py``)
+    cold: dict[str, Any]  # the cold tails (``cold.py``): name -> Tail
 
     # ------------------------------------------------------------------ effective priority
 
@@ -122,10 +122,10 @@ class Dispatch(TaskTable):
     def may_queue(self) -> bool:
         """May a busy worker be sent its next run ahead (``queue_next``)? Only while nothing but a
         more urgent arrival (``ReadyQueues.outranked``) could change which task goes next or whether
-        it may start: no fair share, aging, rate limit or pressure, no preemption, no cold tail."""
+        it may start: no fair share, aging, rate limit or pressure, no preemption."""
         gate = self.gate
         return not (self.fair.configured or self.aging is not None or gate.type_limits or gate.group_limits
-                    or gate.pressure > 0.0 or self.preemptors or self.suspended or self.cold)
+                    or gate.pressure > 0.0 or self.preemptors or self.suspended)
 
     def queue_next(self, after: Entry) -> Entry | None:
         """The task to start on ``after``'s worker when ``after`` ends: the most urgent ready one, if
@@ -137,6 +137,8 @@ class Dispatch(TaskTable):
                 or after.io is not None or e.domain != after.domain or e.group != after.group
                 or e.cpus != after.cpus or e.memory != after.memory):
             return None
+        if self.cold and any((e.priority, e.id) > tail.after for tail in self.cold.values()):
+            return None  # a task still in the store may come first: the next dispatch loads it
         self.ready.take(e)
         self.reserved[e.id] = e
         floor = self.ready.floor

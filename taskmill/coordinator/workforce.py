@@ -200,7 +200,7 @@ class Workforce:
         if lc.let_go:
             for held in lc.resume_suspended(now):
                 self._continue_worker(held, now)
-        if lc.cold and idle and lc.running_total < self.max_concurrency:
+        if lc.cold and (lc.running_total or idle and lc.running_total < self.max_concurrency):
             for domain in lc.cold_needed():  # the next task in order may still be in the store
                 self._warm(domain)
             self._prefetch_cold()

@@ -134,3 +134,28 @@ def test_a_cold_chunk_brings_short_payloads_and_leaves_long_ones_for_the_run(tmp
     lc.fill_payloads(store.fetch_payloads([ids[4]]))
     assert lc.tasks[ids[4]].payload == long_text
     lc.check()
+
+
+def test_a_run_is_queued_only_ahead_of_every_task_still_in_the_store(tmp_path: Any) -> None:
+    """A run queued on a busy worker (``queue_next``) must come before every cold task, or the
+    queue would skip ahead of the store's order; once the next chunk is loaded it may be queued."""
+    store, ids = written(tmp_path, [item(f"k{i}") for i in range(8)])
+    lc = recovered(store, 2)  # ids[0], ids[1] in memory; the rest in the store
+    now, wall = time.monotonic(), time.time()
+    late = lc.submit([item("late")], now, wall)[0][1]  # ready, but after every stored task
+    first = lc.pick(now, wall)
+    assert first is not None and first.id == ids[0]
+    lc.fill_payloads(store.fetch_payloads(lc.payload_chunk(first)))  # as the loop does before a run
+    lc.started(first, object(), now, wall)
+    queued = lc.queue_next(first)
+    assert queued is not None and queued.id == ids[1]  # loaded, and before the tail's first task
+    lc.run_ended(first)
+    lc.started(queued, object(), now, wall)  # the worker takes it
+    lc.completed(first, None, None, now, wall)  # type: ignore[arg-type]
+    lc.check()
+    assert lc.ready.best().id == late  # type: ignore[union-attr]
+    assert lc.queue_next(queued) is None  # the next in order is still in the store
+    lc.warm("a", store.cold_rows("a", lc.cold["a"].after, lc.cold_max_id, 3), 3, now, wall)
+    nxt = lc.queue_next(queued)
+    assert nxt is not None and nxt.id == ids[2]
+    lc.check()
