@@ -18,6 +18,8 @@ import os
 import time
 from typing import Any
 
+import pytest
+
 import taskmill as tm
 from polling import DEADLINE, poll_until, slots_as_cores
 from taskfiles import append, lines
@@ -102,29 +104,19 @@ def test_nothing_starts_after_pause_all_returns(tmp_path: Any) -> None:
     assert sorted(_ran(log)) == sorted(set(_ran(log))) and len(_ran(log)) == 600
 
 
-def test_a_timeout_kill_spares_the_run_queued_behind(tmp_path: Any) -> None:
+@pytest.mark.parametrize("how", ["timed out", "died"])
+def test_a_timeout_kill_or_a_crash_spares_the_run_queued_behind(tmp_path: Any, how: str) -> None:
     log = str(tmp_path / "log")
     with tm.Scheduler(str(tmp_path / "s.duckdb"), [qr], max_concurrency=1, capacity=slots_as_cores(1)) as s:
         h = s.domain(qr)
-        first = h.submit(stuck.options(timeout=0.5, priority=tm.Priority.HIGH), log=log).id
+        task = stuck.options(timeout=0.5) if how == "timed out" else crash
+        first = h.submit(task.options(priority=tm.Priority.HIGH), log=log).id
         behind = h.submit_batch([tick.call(n=i, log=log, hold=0.0) for i in range(3)]).inserted
         s.wait_idle(timeout=DEADLINE)
         history = _history(s)
-    assert [status for status, _ in history[first]] == ["dead_letter"]  # timed out, no retries
-    for tid in behind:
-        assert history[tid] == [("completed", 0)], history[tid]
-    assert sorted(_ran(log)) == sorted(behind)
-
-
-def test_a_worker_crash_spares_the_run_queued_behind(tmp_path: Any) -> None:
-    log = str(tmp_path / "log")
-    with tm.Scheduler(str(tmp_path / "s.duckdb"), [qr], max_concurrency=1, capacity=slots_as_cores(1)) as s:
-        h = s.domain(qr)
-        first = h.submit(crash.options(priority=tm.Priority.HIGH), log=log).id
-        behind = h.submit_batch([tick.call(n=i, log=log, hold=0.0) for i in range(3)]).inserted
-        s.wait_idle(timeout=DEADLINE)
-        history = _history(s)
-    assert [status for status, _ in history[first]] == ["dead_letter"]  # the worker died, no retries
+        error = s.sql("SELECT last_error FROM task_history WHERE id = ?", [first])[0]["last_error"]
+    assert [status for status, _ in history[first]] == ["dead_letter"]  # no retries
+    assert how in error, error
     for tid in behind:
         assert history[tid] == [("completed", 0)], history[tid]
     assert sorted(_ran(log)) == sorted(behind)
