@@ -5,7 +5,7 @@
     host gone (pidfd/EOF) │ 2 fire due timers (delays, timeouts)    │
     acceptor, readers,  ─▶│ 3 group commit (one DuckDB transaction) │──▶ store (writer thread)
     writer (wake pipe)    │ 4 answer: acks, queries, waiters        │──▶ clients / reader threads
-                          │ 5 dispatch ready tasks to idle workers  │──▶ workers
+                          │ 5 dispatch; queue a run on busy workers │──▶ workers
                           │ 6 publish counters to shared memory     │──▶ shm
                           └─────────────────────────────────────────┘
 
@@ -13,9 +13,11 @@ Every decision about a task is the ``Lifecycle``'s (plain code, no I/O); this
 module feeds it inputs (requests, results, worker deaths, the clocks) and
 carries out its effects (commits, replies, cancel signals to workers). It owns
 the poll set, the clients, the workers and their timers (timeouts, kill grace,
-respawns), the writer and reader threads, and shutdown.
+respawns; ``workforce``), commits and answers (``answers``), the writer and
+reader threads, and shutdown.
 
-Invariants: a submission is answered only after the commit that stored it;
+Invariants: a submission is answered only after the commit that stored it
+(the loop dispatches meanwhile);
 every other write (running marks, finished tasks) is written behind, at the
 latest ``FLUSH_MAX_DELAY`` later or before any query reads the store, so a
 crash re-runs at most the unflushed work (at-least-once, never a duplicate
@@ -41,6 +43,7 @@ import structlog
 from taskmill import protocol
 from taskmill.coordinator import snapshots
 from taskmill.coordinator.acceptor import Acceptor
+from taskmill.coordinator.answers import Answers
 from taskmill.coordinator.entry import Entry
 from taskmill.coordinator.fairness import make_fairness
 from taskmill.coordinator.gate import gate_figures, make_gate
@@ -53,7 +56,7 @@ from taskmill.coordinator.routes import QUIET, Kind, route
 from taskmill.coordinator.wire import check_items, decode_request
 from taskmill.coordinator.workforce import Workforce
 from taskmill.coordinator.writer import Writer
-from taskmill.errors import SchedulerBroken, SchedulerClosed, StoreError, TaskNotFound, WaitTimeout
+from taskmill.errors import SchedulerBroken, SchedulerClosed
 from taskmill.records import DuplicateStrategy, ModuleSnapshot, RetryPolicy, SchedulerSnapshot, TaskRecord
 from taskmill.shm import SharedState
 from taskmill.store import Queries, Store
@@ -86,7 +89,7 @@ NAMES_IDS = frozenset({"cancel", "cancel_ids"})
 QUERY_TIME_LIMIT = 30.0
 
 
-class Coordinator(Workforce):
+class Coordinator(Workforce, Answers):
     """The loop and everything it owns besides the lifecycle (the worker side: ``workforce``).
 
     ``step()`` runs one iteration and is usable from tests with injected
@@ -485,122 +488,6 @@ class Coordinator(Workforce):
                     fn(Queries(cur), *args), aging, wall, paused), QUERY_TIME_LIMIT))
         else:
             self.deferred.append((conn, lambda: r.fn(self, *args)))
-
-    # ================================================================== timers
-
-    def _fire_wait_deadlines(self, now: float) -> None:
-        if self.wait_deadlines:
-            keep = []
-            for d, tid, conn in self.wait_deadlines:
-                if d <= now and conn in self.waiters.get(tid, ()):
-                    self.waiters[tid].remove(conn)
-                    self._reply(conn, protocol.ErrorReply.of(WaitTimeout(f"task {tid} did not finish in time")))
-                elif d > now:
-                    keep.append((d, tid, conn))
-            self.wait_deadlines = keep
-        if self.idle_waiters:
-            still: list[tuple[Connection, float | None]] = []
-            for conn, until in self.idle_waiters:
-                if until is not None and until <= now and not self.lc.idle:
-                    self._reply(conn, protocol.ErrorReply.of(WaitTimeout("the scheduler did not become idle in time")))
-                else:
-                    still.append((conn, until))
-            self.idle_waiters = still
-
-    # ================================================================== commit and answers
-
-    def _commit(self, background: bool = False) -> None:
-        """Write the buffered batch: on the writer thread, or here (after joining it) when
-        someone waits for durability or the loop is about to read the store."""
-        lc = self.lc
-        if background:
-            if len(lc.batch):
-                self.writer.submit(lc.take_batch())
-                self.commits += 1
-            else:
-                lc.take_batch()
-        else:
-            self.writer.join()  # also when there is nothing to write: the loop may read the store next
-            batch = lc.take_batch()
-            if len(batch):
-                try:
-                    self.store.apply(batch)
-                except StoreError as e:
-                    log.error("commit failed; coordinator stops", error=str(e))
-                    self._fail_saving(e)
-                    raise
-                self.commits += 1
-        self.saving += self.acks
-        self.saving += self.worker_acks
-        self.acks.clear()
-        self.worker_acks.clear()
-        self.must_commit = False
-
-    def _send_saved(self) -> None:
-        """Answer the changes the last commit made durable (none while the writer still works)."""
-        if self.saving and not self.writer.busy:
-            saving, self.saving = self.saving, []
-            for to, reply in saving:
-                if isinstance(to, WorkerHandle):
-                    self._send_to_worker(to, reply)
-                else:
-                    self._reply(to, reply)
-
-    def _fail_saving(self, e: BaseException) -> None:
-        """The store failed: every change still waiting for its commit is answered with the error."""
-        broken = protocol.ErrorReply.of(SchedulerBroken(f"the store failed: {e}"))
-        for to, _ in self.saving + self.acks + self.worker_acks:
-            if isinstance(to, WorkerHandle):
-                self._send_to_worker(to, broken)
-            else:
-                self._reply(to, broken)
-        self.saving, self.acks, self.worker_acks = [], [], []
-
-    def _answer(self) -> None:
-        self._send_saved()
-        if self.queries:  # the store is flushed: hand each query, and its client, to a reader
-            now = self.mono()
-            queries, self.queries = self.queries, []
-            for conn, query, limit in queries:
-                self._unwatch(conn.fileno())
-                self.readers.run(conn, query, limit, now)
-        deferred, self.deferred = self.deferred, []
-        for conn, fn in deferred:
-            try:
-                value = fn()
-            except Exception as e:  # noqa: BLE001
-                self._reply(conn, protocol.ErrorReply.of(e))
-            else:
-                self._reply(conn, protocol.Reply(value))
-        if self.lc.finished:
-            done = [t for t in self.lc.finished if t in self.waiters]
-            self.lc.finished = []
-            if done:
-                rows = self.store.history_rows(done)
-                for tid in done:
-                    for conn in self.waiters.pop(tid, []):
-                        self._reply(conn, protocol.Reply(rows.get(tid)))
-        if self.idle_waiters and self.lc.idle:
-            for conn, _ in self.idle_waiters:
-                self._reply(conn, protocol.Reply(True))
-            self.idle_waiters = []
-
-    def _wait(self, conn: Connection, task_id: int, timeout: float | None) -> None:
-        if self.lc.cold and task_id not in self.lc.tasks:
-            self._promote([task_id], [])
-        if task_id in self.lc.tasks:
-            self.waiters.setdefault(task_id, []).append(conn)
-            if timeout is not None:
-                self.wait_deadlines.append((self.mono() + timeout, task_id, conn))
-            return
-
-        def finished() -> Any:
-            row = self.store.history_row(task_id)
-            if row is None:
-                raise TaskNotFound(f"no task with id {task_id}")
-            return row
-
-        self.deferred.append((conn, finished))
 
     # ================================================================== calls (see routes)
 
