@@ -250,7 +250,10 @@ class Coordinator(Workforce, Answers):
             self.step()
 
     def step(self) -> None:
-        for fd, _ev in self._poller.poll(self._timeout() * 1000.0):
+        ready = self._poller.poll(0)  # busy: events are waiting, and the timeout need not be computed
+        if not ready:
+            ready = self._poller.poll(self._timeout() * 1000.0)
+        for fd, _ev in ready:
             handler = self._fds.get(fd)
             if handler is not None:
                 self._on_ready(*handler)
