@@ -122,10 +122,11 @@ class Dispatch(TaskTable):
     def may_queue(self) -> bool:
         """May a busy worker be sent its next run ahead (``queue_next``)? Only while nothing but a
         more urgent arrival (``ReadyQueues.outranked``) could change which task goes next or whether
-        it may start: no fair share, aging, rate limit or pressure, no preemption."""
+        it may start: no fair share, aging or rate limit, no preemption. (A new pressure reading
+        takes queued runs back; under pressure, ``queue_next`` asks the throttle policy.)"""
         gate = self.gate
         return not (self.fair.configured or self.aging is not None or gate.type_limits or gate.group_limits
-                    or gate.pressure > 0.0 or self.preemptors or self.suspended)
+                    or self.preemptors or self.suspended)
 
     def queue_next(self, after: Entry) -> Entry | None:
         """The task to start on ``after``'s worker when ``after`` ends: the most urgent ready one, if
@@ -139,6 +140,9 @@ class Dispatch(TaskTable):
             return None
         if self.cold and any((e.priority, e.id) > tail.after for tail in self.cold.values()):
             return None  # a task still in the store may come first: the next dispatch loads it
+        gate = self.gate
+        if gate.pressure > 0.0 and gate.throttle(e.priority, gate.pressure):
+            return None  # it would wait for the pressure to drop
         self.ready.take(e)
         self.reserved[e.id] = e
         floor = self.ready.floor

@@ -183,3 +183,27 @@ class QueuedRunsMachine(RuleBasedStateMachine):
 
 QueuedRunsMachine.TestCase.settings = settings(max_examples=500, stateful_step_count=40, deadline=None)
 TestQueuedRuns = QueuedRunsMachine.TestCase
+
+
+def test_under_pressure_only_what_the_throttle_lets_through_is_queued() -> None:
+    """Pressure does not stop runs being sent ahead; the throttle policy decides per task, as the
+    gate would when the task starts (default: BACKGROUND waits above 0.5, NORMAL above 0.75)."""
+    lc = Lifecycle(gate=Gate(SLOTS))
+    now, wall = 1000.0, 5000.0
+
+    def item(key: str, priority: int) -> protocol.SubmitItem:
+        return protocol.SubmitItem("b::t", "b", f"b:{key}", key, priority, "{}", 1, None, None, 1.0, 0, 0, 0, 0, 0,
+                                   None, None, "skip", None, "submission", None, None, "cancel", None, True, None)
+
+    lc.submit([item("run", 128), item("bg", 192), item("normal", 128)], now, wall, outcomes={}, completed={})
+    runner = lc.pick(now, wall)
+    assert runner is not None
+    lc.started(runner, object(), now, wall)
+    lc.gate.set_pressure(0.6, [("test", 0.6)])
+    assert lc.may_queue()
+    queued = lc.queue_next(runner)
+    assert queued is not None and queued.key == "b:normal"  # NORMAL passes at 0.6
+    lc.unqueue(queued)
+    lc.gate.set_pressure(0.8, [("test", 0.8)])
+    assert lc.queue_next(runner) is None  # at 0.8 NORMAL waits too
+    lc.check()
