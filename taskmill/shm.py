@@ -134,8 +134,12 @@ def worker_slots(max_concurrency: int) -> int:
     return 2 * max_concurrency + 16
 
 
+def _slot_offset(slot: int) -> int:
+    return HEADER_SIZE + slot * SLOT_SIZE
+
+
 def _size(slots: int) -> int:
-    return HEADER_SIZE + slots * SLOT_SIZE
+    return _slot_offset(slots)
 
 
 class SharedState:
@@ -162,10 +166,10 @@ class SharedState:
 
     def set_cancel(self, slot: int, task_id: int) -> None:
         """``ctx.cancelled`` turns true in the run of ``task_id`` on this slot (0: in none)."""
-        _CANCEL.pack_into(self._buf, HEADER_SIZE + slot * SLOT_SIZE + _CANCEL_OFFSET, task_id)
+        _CANCEL.pack_into(self._buf, _slot_offset(slot) + _CANCEL_OFFSET, task_id)
 
     def cancel_of(self, slot: int) -> int:
-        return _CANCEL.unpack_from(self._buf, HEADER_SIZE + slot * SLOT_SIZE + _CANCEL_OFFSET)[0]
+        return _CANCEL.unpack_from(self._buf, _slot_offset(slot) + _CANCEL_OFFSET)[0]
 
     def revoke(self, slot: int, ticket: int, lock: Any) -> bool | None:
         """Take back the queued run ``ticket`` of a worker: True if it will not start, False if the
@@ -173,7 +177,7 @@ class SharedState:
         if not lock.acquire(timeout=CLAIM_LOCK_TIMEOUT):
             return None
         try:
-            off = HEADER_SIZE + slot * SLOT_SIZE
+            off = _slot_offset(slot)
             if _TICKET.unpack_from(self._buf, off + _CLAIMED_OFFSET)[0] >= ticket:
                 return False
             newest = _TICKET.unpack_from(self._buf, off + _REVOKED_OFFSET)[0]
@@ -185,11 +189,11 @@ class SharedState:
 
     def claimed(self, slot: int) -> int:
         """The last ticket the slot's worker claimed."""
-        return _TICKET.unpack_from(self._buf, HEADER_SIZE + slot * SLOT_SIZE + _CLAIMED_OFFSET)[0]
+        return _TICKET.unpack_from(self._buf, _slot_offset(slot) + _CLAIMED_OFFSET)[0]
 
     def reset_slot(self, slot: int) -> None:
         """Zero the coordinator's fields and the tickets of a slot before a new worker takes it."""
-        off = HEADER_SIZE + slot * SLOT_SIZE
+        off = _slot_offset(slot)
         struct.pack_into("<qQQQ", self._buf, off + _CANCEL_OFFSET, 0, 0, 0, 0)
 
     def read_slot(self, slot: int) -> SlotView:
@@ -227,7 +231,7 @@ class WorkerSlot:
     def __init__(self, name: str, index: int) -> None:
         self._map = _attach(name, writable=True)
         self._buf: memoryview = memoryview(self._map)
-        self._off = HEADER_SIZE + index * SLOT_SIZE
+        self._off = _slot_offset(index)
         self._seq = _SEQ.unpack_from(self._buf, self._off)[0] & ~1
 
     def _begin(self) -> None:
@@ -267,7 +271,7 @@ class WorkerSlot:
             if ticket in (_TICKET.unpack_from(buf, off + _REVOKED_OFFSET)[0],
                           _TICKET.unpack_from(buf, off + _REVOKED_BEFORE_OFFSET)[0]):
                 return False
-            _TICKET.pack_into(self._buf, self._off + _CLAIMED_OFFSET, ticket)
+            _TICKET.pack_into(buf, off + _CLAIMED_OFFSET, ticket)
             return True
 
     def cancelled_for(self, task_id: int) -> bool:
@@ -296,7 +300,7 @@ class SlotView:
 
 
 def _read_slot(buf: memoryview | mmap.mmap, slot: int) -> SlotView:
-    off = HEADER_SIZE + slot * SLOT_SIZE
+    off = _slot_offset(slot)
     for _ in range(1000):
         values = _SLOT.unpack_from(buf, off)
         if values[0] & 1 == 0 and _SEQ.unpack_from(buf, off)[0] == values[0]:

@@ -41,7 +41,6 @@ class Answers:
     writer: Writer
     readers: QueryRunner
     commits: int
-    must_commit: bool
     acks: list[tuple[Connection, Any]]
     worker_acks: list[tuple[WorkerHandle, Any]]
     saving: list[tuple[Connection | WorkerHandle, Any]]
@@ -114,27 +113,27 @@ class Answers:
         self.saving += self.worker_acks
         self.acks.clear()
         self.worker_acks.clear()
-        self.must_commit = False
 
     def _send_saved(self) -> None:
         """Answer the changes the last commit made durable (none while the writer still works)."""
         if self.saving and not self.writer.busy:
             saving, self.saving = self.saving, []
             for to, reply in saving:
-                if isinstance(to, WorkerHandle):
-                    self._send_to_worker(to, reply)
-                else:
-                    self._reply(to, reply)
+                self._answer_to(to, reply)
 
     def _fail_saving(self, e: BaseException) -> None:
         """The store failed: every change still waiting for its commit is answered with the error."""
         broken = protocol.ErrorReply.of(SchedulerBroken(f"the store failed: {e}"))
         for to, _ in self.saving + self.acks + self.worker_acks:
-            if isinstance(to, WorkerHandle):
-                self._send_to_worker(to, broken)
-            else:
-                self._reply(to, broken)
+            self._answer_to(to, broken)
         self.saving, self.acks, self.worker_acks = [], [], []
+
+    def _answer_to(self, to: Connection | WorkerHandle, reply: Any) -> None:
+        """A reply to a client, or to a task that submitted (on its worker's pipe)."""
+        if isinstance(to, WorkerHandle):
+            self._send_to_worker(to, reply)
+        else:
+            self._reply(to, reply)
 
     def _answer(self) -> None:
         self._send_saved()

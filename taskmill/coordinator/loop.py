@@ -145,7 +145,6 @@ class Coordinator(Workforce, Answers):
         self.timers = Timers()  # the shell's own: worker timeouts, kill graces, hook limits, respawns
         self.worker_acks: list[tuple[WorkerHandle, Any]] = []  # spawn replies, sent after the commit
 
-        self.must_commit = False
         self.acks: list[tuple[Connection, Any]] = []  # replies to changes not yet handed to a commit
         self.saving: list[tuple[Connection | WorkerHandle, Any]] = []  # ... whose commit is under way
         self.deferred: list[tuple[Connection, Callable[[], Any]]] = []
@@ -277,7 +276,7 @@ class Coordinator(Workforce, Answers):
         if (self.deferred or self.queries or (self.idle_waiters and not lc.tasks)
                 or (self.waiters and any(t in self.waiters for t in lc.finished))):
             self._commit()  # the loop reads the store next
-        elif (self.must_commit or self.acks or self.worker_acks or self._batch_due(now)) and not self.writer.busy:
+        elif (self.acks or self.worker_acks or self._batch_due(now)) and not self.writer.busy:
             self._commit(background=True)  # changes are answered once the writer has committed them
         self._answer()
         if not self.stopping:
@@ -394,7 +393,6 @@ class Coordinator(Workforce, Answers):
             self._take_back_all()  # (a duplicate may supersede or upgrade a queued run)
             outcomes = self._apply_submissions(check_items(req.items))
             self.acks.append((conn, protocol.Reply(outcomes)))
-            self.must_commit = True
         elif isinstance(req, protocol.Call):
             if type(req.name) is not str or type(req.args) is not tuple:
                 raise TypeError("a call is a name and a tuple of arguments")
@@ -480,7 +478,6 @@ class Coordinator(Workforce, Answers):
             self._reply(conn, protocol.Reply(r.fn(self, *args)))
         elif r.kind is Kind.CHANGE:
             self.acks.append((conn, protocol.Reply(r.fn(self, *args))))
-            self.must_commit = True
         elif r.kind is Kind.READ:
             fn, aging = r.fn, self.lc.aging
             if aging is None:

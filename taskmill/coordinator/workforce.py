@@ -58,7 +58,6 @@ class Workforce:
     timers: Timers
     tracker: ProgressTracker
     stopping: bool
-    must_commit: bool
     worker_acks: list[tuple[WorkerHandle, Any]]
     _fds: dict[int, tuple[str, Any]]
 
@@ -214,11 +213,7 @@ class Workforce:
             w = idle.pop()
             payload = lc.started(e, w, now, wall)
             w.task = e
-            x = e.x
-            phase = x.phase if x is not None else "execute"
-            w.ticket = self._send_run(w, (e.id, e.task_type, payload, e.retry_count, e.key, e.label, e.priority,
-                                          e.parent_id, phase, x.memo if x is not None and phase == "finalize" else None,
-                                          e.group, e.tags))
+            w.ticket = self._send_run(w, _run_of(e, payload))
             if e.timeout:
                 w.timer = self.timers.add(now + e.timeout, "timeout", w)
         if lc.tasks and not self.hook_queue and lc.may_queue():
@@ -241,8 +236,8 @@ class Workforce:
                 continue  # the most urgent task holds something else than this run: not here
             w.next = e
             w.queued_behind = w.ticket
-            w.next_ticket = self._send_run(w, (e.id, e.task_type, e.payload, e.retry_count, e.key, e.label, e.priority,
-                                               e.parent_id, "execute", None, e.group, e.tags))
+            assert e.payload is not None  # (queue_next takes only tasks whose payload is in memory)
+            w.next_ticket = self._send_run(w, _run_of(e, e.payload))
 
     def _start_queued(self, w: WorkerHandle) -> None:
         """``w`` finished its run and takes the one queued behind it (it claims it next)."""
@@ -263,13 +258,17 @@ class Workforce:
             return
         revoked = self.shm.revoke(w.index, w.next_ticket, w.claim_lock)
         if revoked:
-            w.next = None
-            self.lc.unqueue(e)
+            self._give_back(w)
         elif revoked is False:
             self._drain_worker(w, all_pending=True)
         else:
             w.kill("stuck while taking its next run")
             self._on_worker_exit(w)
+
+    def _give_back(self, w: WorkerHandle) -> None:
+        """The run queued on ``w`` will never start (revoked, or its worker is gone): ready again."""
+        e, w.next = w.next, None
+        self.lc.unqueue(e)
 
     def _take_back_all(self) -> None:
         """Every queued run back to the ready lanes (before a change to tasks, settings or order)."""
@@ -435,7 +434,6 @@ class Workforce:
             items = [it._replace(parent=parent) for it in items]
             reply: Any = protocol.Reply(self._apply_submissions(items))
             self.worker_acks.append((w, reply))
-            self.must_commit = True
         except Exception as e:  # noqa: BLE001 - the task gets the error, the loop goes on
             self._send_to_worker(w, protocol.ErrorReply.of(e))
 
@@ -466,8 +464,7 @@ class Workforce:
             w.hook = None
         planned = w.stopping and w.task is None
         if w.next is not None:  # never claimed: the worker died during the run before it
-            e, w.next = w.next, None
-            self.lc.unqueue(e)
+            self._give_back(w)
         unclaimed = w.task is not None and self.shm.claimed(w.index) < w.ticket
         e = self._release(w)
         if e is not None and not e.cancelled:
@@ -518,8 +515,7 @@ class Workforce:
             if w is None:
                 continue
             if w.next is not None:  # it never starts: the worker is stopped below
-                e, w.next = w.next, None
-                self.lc.unqueue(e)
+                self._give_back(w)
             if w.task is not None or w.hook is not None:
                 self.shm.set_cancel(w.index, w.task.id if w.task is not None else w.hook[0] if w.hook else 0)
                 e = self._release(w)
@@ -553,3 +549,11 @@ class Workforce:
                 self._unwatch(fd)
         self.workers = [None] * len(self.workers)
         self.idle.clear()
+
+
+def _run_of(e: Entry, payload: str) -> tuple:
+    """The ``protocol.Run`` of entry ``e`` as the plain tuple the worker receives."""
+    x = e.x
+    phase = x.phase if x is not None else "execute"
+    return (e.id, e.task_type, payload, e.retry_count, e.key, e.label, e.priority, e.parent_id, phase,
+            x.memo if x is not None and phase == "finalize" else None, e.group, e.tags)

@@ -34,6 +34,14 @@ GROUPS = (None, "g1")
 ENDED = Ended(0.0, 0.0, 1.0, (0, 0, 0, 0))
 
 
+def item(domain: str, key: str, priority: int, group: str | None = None, run_after: float | None = None,
+         deps: tuple[int, ...] = ()) -> protocol.SubmitItem:
+    """A plain submission (one core, no memory or IO) as the host sends it."""
+    return protocol.SubmitItem(
+        f"{domain}::t", domain, f"{domain}:{key}", key, priority, "{}", 1, None, None, 1.0, 0, 0, 0, 0, 0, group, None,
+        "skip", None, "submission", run_after, deps or None, "cancel", None, True, None)
+
+
 class QueuedRunsMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -70,7 +78,6 @@ class QueuedRunsMachine(RuleBasedStateMachine):
         """Start from a queue deeper than the slots: what runs are queued from."""
         self._submit("b", None, 128, n, None, ())
 
-
     @rule(domain=st.sampled_from(DOMAINS), group=st.sampled_from(GROUPS), priority=st.sampled_from([64, 128, 128, 192]),
           n=st.integers(1, 3), delay=st.sampled_from([None, None, 1.0]), data=st.data())
     def submit(self, domain: str, group: str | None, priority: int, n: int, delay: float | None,
@@ -85,10 +92,8 @@ class QueuedRunsMachine(RuleBasedStateMachine):
         items = []
         for _ in range(n):
             self.keys += 1
-            items.append(protocol.SubmitItem(
-                f"{domain}::t", domain, f"{domain}:k{self.keys}", f"k{self.keys}", priority, "{}", 1, None, None,
-                1.0, 0, 0, 0, 0, 0, group, None, "skip", None, "submission",
-                None if delay is None else self.wall + delay, deps or None, "cancel", None, True, None))
+            items.append(item(domain, f"k{self.keys}", priority, group, None if delay is None else self.wall + delay,
+                              deps))
         self.lc.submit(items, self.now, self.wall, outcomes={}, completed={})
         self.clear_effects()
 
@@ -190,12 +195,8 @@ def test_under_pressure_only_what_the_throttle_lets_through_is_queued() -> None:
     gate would when the task starts (default: BACKGROUND waits above 0.5, NORMAL above 0.75)."""
     lc = Lifecycle(gate=Gate(SLOTS))
     now, wall = 1000.0, 5000.0
-
-    def item(key: str, priority: int) -> protocol.SubmitItem:
-        return protocol.SubmitItem("b::t", "b", f"b:{key}", key, priority, "{}", 1, None, None, 1.0, 0, 0, 0, 0, 0,
-                                   None, None, "skip", None, "submission", None, None, "cancel", None, True, None)
-
-    lc.submit([item("run", 128), item("bg", 192), item("normal", 128)], now, wall, outcomes={}, completed={})
+    lc.submit([item("b", "run", 128), item("b", "bg", 192), item("b", "normal", 128)], now, wall, outcomes={},
+              completed={})
     runner = lc.pick(now, wall)
     assert runner is not None
     lc.started(runner, object(), now, wall)
