@@ -150,6 +150,15 @@ class Dispatch(TaskTable):
             self.ready.floor = (e.priority, e.id)
         return e
 
+    def stealable(self) -> Entry | None:
+        """The most urgent queued run that could start now on a worker of its own (one fell idle
+        with nothing ready): it would wait for its runner's run to end for nothing. Counts no denial."""
+        gate = self.gate
+        for e in sorted(self.reserved.values(), key=lambda r: (r.priority, r.id)):
+            if gate.fits(e) and not (gate.pressure > 0.0 and gate.throttle(e.priority, gate.pressure)):
+                return e
+        return None
+
     def unqueue(self, e: Entry) -> None:
         """A queued run was taken back before it started: the task is ready again."""
         self._unreserve(e)

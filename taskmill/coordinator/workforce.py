@@ -206,7 +206,10 @@ class Workforce:
         while idle and lc.running_total < self.max_concurrency:
             e = lc.pick(now, wall)
             if e is None:
-                break
+                if not lc.reserved or (e := lc.stealable()) is None:
+                    break
+                self._take_back(next(w for w in self.workers if w is not None and w.next is e))
+                continue  # it is ready again (or it started where it was queued): pick again
             if e.payload is None:
                 self.writer.join()
                 lc.fill_payloads(self.store.fetch_payloads(lc.payload_chunk(e)))

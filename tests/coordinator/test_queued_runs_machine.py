@@ -12,7 +12,9 @@ the loop's part with three worker slots and checks after every step:
   (tasks made ready by completions: retries, unblocked dependents);
 - a queued run takes its runner's place exactly (same domain, group, cores, memory),
   never starts in a paused scope, never starts twice, and every task runs once per
-  attempt.
+  attempt;
+- after a dispatch no slot is free while a queued run that would fit there waits
+  behind another run (``stealable``: the loop takes it back and starts it there).
 """
 
 from __future__ import annotations
@@ -105,8 +107,16 @@ class QueuedRunsMachine(RuleBasedStateMachine):
         while len(self.lc.running) < SLOTS:
             e = self.lc.pick(self.now, self.wall)
             if e is None:
-                break
+                stolen = self.lc.stealable()
+                if stolen is None:
+                    break
+                runner = next(t for t, q in self.queued.items() if q is stolen)
+                self.lc.unqueue(self.queued.pop(runner))  # a free slot takes it: ready again, picked next
+                event("a queued run moved to a free slot")
+                continue
             self.start(e)
+        assert len(self.lc.running) == SLOTS or all(not self.lc.gate.fits(q) for q in self.lc.reserved.values()), \
+            "a slot is free while a queued run that fits waits behind another run"
         self.clear_effects()
         if not self.lc.may_queue():
             return

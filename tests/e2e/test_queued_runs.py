@@ -9,7 +9,8 @@ claims it, and is taken back whenever something could change it:
 - a worker killed for its run's timeout, or dying, does not take the run queued
   behind it along: that one runs once, on its first attempt;
 - a task that submits children while a run is queued behind it gets its answers
-  (the queued run waits in the worker's inbox).
+  (the queued run waits in the worker's inbox);
+- a run queued behind a long one moves to a worker that falls idle.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 
 import taskmill as tm
 from polling import DEADLINE, poll_until, slots_as_cores
-from taskfiles import append, lines
+from taskfiles import append, lines, wait_flag
 
 qr = tm.Domain("qr")
 NO_RETRY = tm.RetryPolicy.none()
@@ -46,6 +47,11 @@ def crash(ctx: tm.TaskContext, log: str) -> None:
     append(log, f"crash {ctx.task_id}")
     time.sleep(0.3)
     os._exit(3)
+
+
+@qr.task
+def held(ctx: tm.TaskContext, flag: str) -> str:
+    return wait_flag(ctx, flag)
 
 
 @qr.task
@@ -140,3 +146,21 @@ def test_a_task_that_submits_gets_its_answer_while_a_run_is_queued_behind_it(tmp
         assert children[int(p["result"])]["parent_id"] == p["id"]  # each got the id of its own child
     assert sorted(_ran(log)) == sorted(set(_ran(log))) and len(_ran(log)) == 12 + 6
     assert set(ids) <= {r["id"] for r in rows}
+
+
+def test_a_run_queued_behind_a_long_one_moves_to_a_worker_that_falls_idle(tmp_path: Any) -> None:
+    # Two workers: one holds `held` until the flag appears, the other runs ticks. One tick is
+    # queued behind `held` when the batch arrives; once the other worker has nothing left, it
+    # must take that tick instead of idling while the tick waits for `held`.
+    log, flag = str(tmp_path / "log"), str(tmp_path / "flag")
+    with tm.Scheduler(str(tmp_path / "s.duckdb"), [qr], max_concurrency=2, capacity=slots_as_cores(2)) as s:
+        h = s.domain(qr)
+        ids = h.submit_batch([held.call(flag=flag)] + [tick.call(n=i, log=log, hold=0.05) for i in range(3)]).inserted
+        try:
+            poll_until(lambda: len(_ran(log)) == 3, timeout=DEADLINE / 2, what="every tick ran while `held` waits")
+            assert s.task(ids[0]).status == tm.TaskStatus.RUNNING
+        finally:
+            open(flag, "w").close()
+        s.wait_idle(timeout=DEADLINE)
+        history = _history(s)
+    assert all(history[tid] == [("completed", 0)] for tid in ids), history
