@@ -31,22 +31,28 @@ Layout (little-endian, native alignment, all fields 8 bytes)::
       80  net tx bytes    i64
       88  heartbeat       f64
       96  cancel          i64  id of the task whose ctx.cancelled is true (0: none); coordinator writes
-      104 revoked ticket  u64  the newest revoked; coordinator writes, under the slot's claim lock
+      104 revoked         u64  bit t % 64 set: queued run t was taken back; coordinator sets, worker clears,
+                               both under the slot's claim lock
       112 claimed ticket  u64  worker writes, under the slot's claim lock
-      120 revoked before  u64  the one revoked before it; coordinator writes, under the lock
+      120 (unused)        u64
 
-Each field has one writer. Readers retry while a slot's sequence is odd or
-changes under them, so they always take a consistent copy.
+Each field has one writer (the revoked bits: one setter, one clearer). Readers
+retry while a slot's sequence is odd or changes under them, so they always take
+a consistent copy.
 
-Tickets: the n-th ``Run`` sent to a worker is ticket n, on both sides of the
-pipe. A worker may hold one run queued behind the one it runs; before it
-starts a run it *claims* the ticket (``WorkerSlot.claim``), and the
-coordinator *revokes* a queued run (``SharedState.revoke``) only if it is not
-claimed yet. Both happen under one lock per slot, so exactly one of them wins.
-A revoked run stays in the pipe until the worker reads past it. Two revoked
-tickets are kept: a run is queued at most once behind each run, so when the
-coordinator revokes one, the worker has read everything up to the run before
-the current one, and at most one earlier revoked run is still unread.
+Tickets: the n-th run sent to a worker is ticket n, on both sides of the
+pipe. A run is sent either *dispatched* (alone, to an idle worker: it always
+starts) or *queued* (in a list of runs behind the one the worker is busy with).
+Before a worker starts a queued run it *claims* its ticket
+(``WorkerSlot.claim``); the coordinator takes queued runs back
+(``SharedState.revoke``) by setting the bits of those not claimed yet, and
+learns the ticket claimed last. Both happen under one lock per slot, so each
+queued run is either claimed or revoked, never both. The worker clears a
+ticket's bit when it comes to that ticket, claimed or skipped, so a bit is
+clean when the ticket 64 later reuses it: the coordinator never has 64 or more
+tickets outstanding on a worker (``OUTSTANDING_MAX``). A queued run the worker
+claims after sending the ``Done`` of the run before it, so once the worker has
+claimed ticket t, the ``Done`` of every run before t is in the pipe.
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ from typing import Any
 __all__ = ["COUNTER_NAMES", "SegmentReader", "SharedState", "SlotView", "WorkerSlot", "worker_slots"]
 
 MAGIC = b"TASKMILL"
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 HEADER_SIZE = 512
 SLOT_SIZE = 128
 COUNTER_NAMES = (
@@ -121,7 +127,8 @@ _CANCEL_OFFSET = 96
 _TICKET = struct.Struct("<Q")
 _REVOKED_OFFSET = 104
 _CLAIMED_OFFSET = 112
-_REVOKED_BEFORE_OFFSET = 120
+#: Tickets a worker may have outstanding (sent, not yet claimed or skipped): one bit each in the slot.
+OUTSTANDING_MAX = 63
 #: Longest the coordinator waits for a slot's claim lock (a worker holds it for microseconds; only a
 #: worker stopped or killed inside ``claim`` holds it longer).
 CLAIM_LOCK_TIMEOUT = 1.0
@@ -171,19 +178,20 @@ class SharedState:
     def cancel_of(self, slot: int) -> int:
         return _CANCEL.unpack_from(self._buf, _slot_offset(slot) + _CANCEL_OFFSET)[0]
 
-    def revoke(self, slot: int, ticket: int, lock: Any) -> bool | None:
-        """Take back the queued run ``ticket`` of a worker: True if it will not start, False if the
-        worker claimed it already (it runs), None if the lock could not be had in time."""
+    def revoke(self, slot: int, first: int, last: int, lock: Any) -> int | None:
+        """Take back a worker's queued runs, tickets ``first`` to ``last``: returns the ticket it
+        claimed last (those of them up to it start, the rest never do), or None if the lock could
+        not be had in time."""
         if not lock.acquire(timeout=CLAIM_LOCK_TIMEOUT):
             return None
         try:
             off = _slot_offset(slot)
-            if _TICKET.unpack_from(self._buf, off + _CLAIMED_OFFSET)[0] >= ticket:
-                return False
-            newest = _TICKET.unpack_from(self._buf, off + _REVOKED_OFFSET)[0]
-            _TICKET.pack_into(self._buf, off + _REVOKED_BEFORE_OFFSET, newest)
-            _TICKET.pack_into(self._buf, off + _REVOKED_OFFSET, ticket)
-            return True
+            claimed = _TICKET.unpack_from(self._buf, off + _CLAIMED_OFFSET)[0]
+            bits = _TICKET.unpack_from(self._buf, off + _REVOKED_OFFSET)[0]
+            for ticket in range(max(first, claimed + 1), last + 1):
+                bits |= 1 << (ticket % 64)
+            _TICKET.pack_into(self._buf, off + _REVOKED_OFFSET, bits)
+            return claimed
         finally:
             lock.release()
 
@@ -264,13 +272,17 @@ class WorkerSlot:
         struct.pack_into("<qq", self._buf, self._off + 8, pid, 0)
         self._end()
 
-    def claim(self, ticket: int, lock: Any) -> bool:
-        """May the run ``ticket`` start? False if the coordinator revoked it (see the module docstring)."""
+    def claim(self, ticket: int, lock: Any, queued: bool = True) -> bool:
+        """May run ``ticket`` start? A dispatched run always may; a ``queued`` one, unless the
+        coordinator took it back (see the module docstring)."""
         with lock:
             buf, off = self._buf, self._off
-            if ticket in (_TICKET.unpack_from(buf, off + _REVOKED_OFFSET)[0],
-                          _TICKET.unpack_from(buf, off + _REVOKED_BEFORE_OFFSET)[0]):
-                return False
+            if queued:
+                bits = _TICKET.unpack_from(buf, off + _REVOKED_OFFSET)[0]
+                bit = 1 << (ticket % 64)
+                if bits & bit:
+                    _TICKET.pack_into(buf, off + _REVOKED_OFFSET, bits & ~bit)
+                    return False
             _TICKET.pack_into(buf, off + _CLAIMED_OFFSET, ticket)
             return True
 

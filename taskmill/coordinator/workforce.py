@@ -26,6 +26,7 @@ from taskmill import protocol
 from taskmill.coordinator.entry import Entry
 from taskmill.coordinator.lifecycle import Ended
 from taskmill.coordinator.wire import check_items
+from taskmill.shm import OUTSTANDING_MAX
 from taskmill.workers.pool import WorkerHandle, describe_exit
 
 if TYPE_CHECKING:
@@ -45,6 +46,12 @@ log = structlog.get_logger("taskmill.coordinator")
 CANCEL_GRACE = 5.0
 #: Longest the coordinator waits for a new worker's ``Ready``.
 WORKER_READY_TIMEOUT = 60.0
+#: About how much work (ms) to queue behind a busy worker's run, in one message: runs of a task type
+#: that averages a tenth of this get ten queued (one wake-up of the worker for ten runs); a type
+#: whose runs take this long or longer, or have no average yet, one.
+QUEUE_AHEAD_MS = 5.0
+#: Most runs queued behind one run.
+QUEUE_DEPTH_MAX = 16
 
 
 class Workforce:
@@ -208,7 +215,7 @@ class Workforce:
             if e is None:
                 if not lc.reserved or (e := lc.stealable()) is None:
                     break
-                self._take_back(next(w for w in self.workers if w is not None and w.next is e))
+                self._take_back(next(w for w in self.workers if w is not None and e in w.queued))
                 continue  # it is ready again (or it started where it was queued): pick again
             if e.payload is None:
                 self.writer.join()
@@ -225,66 +232,78 @@ class Workforce:
     # ------------------------------------------------------------------ runs queued on busy workers
 
     def _queue_ahead(self) -> None:
-        """Send each busy worker its next run, so it starts that run without waiting for the loop.
-        The lifecycle picks it (``queue_next``); it stays pending until the worker takes it."""
+        """Send each busy worker its next runs, so it starts them without waiting for the loop.
+        The lifecycle picks them (``queue_next``); they stay pending until the worker takes them.
+        Several go in one message behind a short run (``QUEUE_AHEAD_MS``), one behind a longer one."""
         lc = self.lc
         for w in self.workers:
-            if (w is None or w.next is not None or w.task is None or w.queued_behind == w.ticket
+            if (w is None or w.queued or w.task is None or w.queued_behind == w.ticket
                     or w.hook is not None or w.stopping or w.kill_reason is not None or w.task.cancelled):
                 continue  # (once per run: runs taken back wait in the pipe until the worker reads past them)
-            e = lc.queue_next(w.task)
-            if e is None:
+            runner = w.task
+            depth = _queue_depth(self.tracker.average_ms(runner.task_type))
+            if w.sent + depth - self.shm.claimed(w.index) > OUTSTANDING_MAX:
+                continue  # the worker is far behind in its pipe (runs taken back): not now
+            queued = w.queued
+            while len(queued) < depth:
+                e = lc.queue_next(runner)
+                if e is None:
+                    break
+                queued.append(e)
+            if not queued:
                 if not lc.ready:
                     return
                 continue  # the most urgent task holds something else than this run: not here
-            w.next = e
             w.queued_behind = w.ticket
-            assert e.payload is not None  # (queue_next takes only tasks whose payload is in memory)
-            w.next_ticket = self._send_run(w, _run_of(e, e.payload))
+            w.queued_from = self._send_queued(w, [_run_of(e, e.payload) for e in queued])
 
     def _start_queued(self, w: WorkerHandle) -> None:
-        """``w`` finished its run and takes the one queued behind it (it claims it next)."""
-        e, w.next = w.next, None
+        """``w`` finished its run and takes the first one queued behind it (it claims it next)."""
+        e = w.queued.popleft()
         now = self.mono()
         self.lc.started(e, w, now, self.clock())
         w.task = e
-        w.ticket = w.next_ticket
+        w.ticket = w.queued_from
+        w.queued_from += 1
         if e.timeout:
             w.timer = self.timers.add(now + e.timeout, "timeout", w)
 
     def _take_back(self, w: WorkerHandle) -> None:
-        """Revoke the run queued on ``w`` before anything may change it. If the worker claimed it
-        already, its previous run's ``Done`` is in the pipe: handling it makes the queued run a
-        running one. A worker stuck inside its claim (stopped or dying) is killed and buried."""
-        e = w.next
-        if e is None:
+        """Revoke the runs queued on ``w`` before anything may change them. Those the worker claimed
+        already start: the ``Done`` of the run before each is in the pipe, and handling them makes
+        the last claimed one the running one. A worker stuck inside its claim (stopped or dying)
+        is killed and buried."""
+        queued = w.queued
+        if not queued:
             return
-        revoked = self.shm.revoke(w.index, w.next_ticket, w.claim_lock)
-        if revoked:
-            self._give_back(w)
-        elif revoked is False:
-            self._drain_worker(w, all_pending=True)
-        else:
+        claimed = self.shm.revoke(w.index, w.queued_from, w.queued_from + len(queued) - 1, w.claim_lock)
+        if claimed is None:
             w.kill("stuck while taking its next run")
             self._on_worker_exit(w)
+            return
+        started = claimed - w.queued_from + 1
+        while len(queued) > max(started, 0):
+            self.lc.unqueue(queued.pop())  # revoked: ready again
+        if queued:
+            self._drain_worker(w, all_pending=True)
 
     def _give_back(self, w: WorkerHandle) -> None:
-        """The run queued on ``w`` will never start (revoked, or its worker is gone): ready again."""
-        e, w.next = w.next, None
-        self.lc.unqueue(e)
+        """The runs queued on ``w`` will never start (revoked, or its worker is gone): ready again."""
+        while w.queued:
+            self.lc.unqueue(w.queued.pop())
 
     def _take_back_all(self) -> None:
         """Every queued run back to the ready lanes (before a change to tasks, settings or order)."""
         if self.lc.reserved:
             for w in list(self.workers):
-                if w is not None and w.next is not None:
+                if w is not None and w.queued:
                     self._take_back(w)
         self.lc.ready.outranked = False
 
     def _kill_run(self, w: WorkerHandle, reason: str) -> None:
         """Kill ``w`` for what its current run did (timeout, cancel grace), unless it finished that run
         meanwhile and took its queued one, which must not die for it."""
-        if w.next is not None:
+        if w.queued:
             ticket = w.ticket
             self._take_back(w)
             if w.ticket != ticket:
@@ -319,16 +338,31 @@ class Workforce:
         self._trim_pool()
 
     def _send_run(self, w: WorkerHandle, run: tuple) -> int:
-        """Send a ``protocol.Run`` (as a plain tuple); returns its ticket."""
+        """Dispatch a ``protocol.Run`` (as a plain tuple) to idle ``w``; returns its ticket."""
+        self._clear_stale_cancel(w, run)
+        w.sent += 1
+        self._send_bytes(w, pickle.dumps(run, pickle.HIGHEST_PROTOCOL))
+        return w.sent
+
+    def _send_queued(self, w: WorkerHandle, runs: list[tuple]) -> int:
+        """Queue ``runs`` behind busy ``w``'s run, in one message; returns the first one's ticket."""
+        for run in runs:
+            self._clear_stale_cancel(w, run)
+        w.sent += len(runs)
+        self._send_bytes(w, pickle.dumps(runs, pickle.HIGHEST_PROTOCOL))
+        return w.sent - len(runs) + 1
+
+    def _clear_stale_cancel(self, w: WorkerHandle, run: tuple) -> None:
         if self.shm.cancel_of(w.index) == run[0]:
             self.shm.set_cancel(w.index, 0)  # left from an earlier run of the same task (a preemption)
-        w.sent += 1
+
+    @staticmethod
+    def _send_bytes(w: WorkerHandle, data: bytes) -> None:
+        # plain pickle: Connection.send builds a ForkingPickler per call; recv() on the other end is the same
         try:
-            # plain pickle: Connection.send builds a ForkingPickler per call; recv() on the other end is the same
-            w.conn.send_bytes(pickle.dumps(run, pickle.HIGHEST_PROTOCOL))
+            w.conn.send_bytes(data)
         except (OSError, ValueError):
             pass  # its sentinel fires next: handled as a worker death
-        return w.sent
 
     def _run_hook(self, w: WorkerHandle, task_id: int, task_type: str, payload: str, now: float) -> None:
         """An ``on_cancel`` hook of a cancelled task runs on ``w``, bounded by ``cancel_hook_timeout``."""
@@ -402,7 +436,7 @@ class Workforce:
             return
         e = self._release(w)
         assert e is not None
-        if w.next is not None:
+        if w.queued:
             self._start_queued(w)
         else:
             self._back_to_idle(w)
@@ -466,7 +500,7 @@ class Workforce:
             log.warning("on_cancel hook ended with its worker", task_id=w.hook[0], cause=w.kill_reason or describe_exit(code))
             w.hook = None
         planned = w.stopping and w.task is None
-        if w.next is not None:  # never claimed: the worker died during the run before it
+        if w.queued:  # never claimed: the worker died during the run before them
             self._give_back(w)
         unclaimed = w.task is not None and self.shm.claimed(w.index) < w.ticket
         e = self._release(w)
@@ -517,7 +551,7 @@ class Workforce:
         for w in list(self.workers):
             if w is None:
                 continue
-            if w.next is not None:  # it never starts: the worker is stopped below
+            if w.queued:  # they never start: the worker is stopped below
                 self._give_back(w)
             if w.task is not None or w.hook is not None:
                 self.shm.set_cancel(w.index, w.task.id if w.task is not None else w.hook[0] if w.hook else 0)
@@ -552,6 +586,13 @@ class Workforce:
                 self._unwatch(fd)
         self.workers = [None] * len(self.workers)
         self.idle.clear()
+
+
+def _queue_depth(average_ms: float | None) -> int:
+    """How many runs to queue behind a run of a type whose runs average ``average_ms``."""
+    if average_ms is None or average_ms >= QUEUE_AHEAD_MS:
+        return 1
+    return min(QUEUE_DEPTH_MAX, int(QUEUE_AHEAD_MS / max(average_ms, 1e-3)))
 
 
 def _run_of(e: Entry, payload: str) -> tuple:

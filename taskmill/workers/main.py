@@ -53,9 +53,9 @@ def _watch_lifeline(lifeline: Any) -> None:
 
 
 def handle_run(msg: protocol.Run, registry: dict[str, Any], slot: WorkerSlot | None, conn: Any,
-               inbox: deque[tuple] | None = None) -> protocol.Done:
+               inbox: deque[Any] | None = None) -> protocol.Done:
     """Run one task and describe its outcome; never raises. ``inbox`` keeps runs that arrive
-    while the task waits for the answer to a submission (the run queued behind it)."""
+    while the task waits for the answer to a submission (the runs queued behind it)."""
     started = time.time()
     t0 = time.monotonic()
     pid = os.getpid()
@@ -106,7 +106,7 @@ def handle_run(msg: protocol.Run, registry: dict[str, Any], slot: WorkerSlot | N
 _PHASE_FUNCTIONS = {"execute": "tasks", "finalize": "finalizers", "on_cancel": "on_cancel"}
 
 
-def _submitter(registry: dict[str, Any], conn: Any, task_id: int, inbox: deque[tuple]) -> Callable[..., Any]:
+def _submitter(registry: dict[str, Any], conn: Any, task_id: int, inbox: deque[Any]) -> Callable[..., Any]:
     """What ``ctx.spawn_child``/``spawn_sibling``/``ctx.domain(...).submit`` call: resolve the
     submissions here (as the host does), send them, and wait for the committed outcomes."""
     domains = registry.get("domains", {})
@@ -136,7 +136,7 @@ def _submitter(registry: dict[str, Any], conn: Any, task_id: int, inbox: deque[t
             return BatchOutcome(())
         conn.send(protocol.Spawn(task_id, "plain" if kind.startswith("plain") else kind, items))
         reply = conn.recv()
-        while type(reply) is tuple:  # a run queued behind this one came first: it waits its turn
+        while type(reply) in (tuple, list):  # runs sent behind this one came first: they wait their turn
             inbox.append(reply)
             reply = conn.recv()
         if isinstance(reply, protocol.ErrorReply):
@@ -181,6 +181,11 @@ def _describe(e: BaseException) -> str:
     return text
 
 
+def _run(run: tuple, registry: dict[str, Any], slot: WorkerSlot, conn: Any, inbox: deque[Any]) -> None:
+    done = handle_run(protocol.Run._make(run), registry, slot, conn, inbox)
+    conn.send_bytes(pickle.dumps(tuple(done), pickle.HIGHEST_PROTOCOL))
+
+
 def _die_with_parent() -> None:
     """Linux: SIGKILL this worker when its parent (the fork server, which ends with the
     coordinator) is gone. The lifeline thread does the same, but a worker stopped by a
@@ -208,19 +213,22 @@ def worker_main(conn: Any, lifeline: Any, slot_index: int, shm_name: str, claim_
         return
     conn.send(protocol.Ready(pid))
     ticket = 0  # the n-th Run received is ticket n (the coordinator counts the same way)
-    inbox: deque[tuple] = deque()  # runs received while a task waited for a reply, in order
+    inbox: deque[Any] = deque()  # runs received while a task waited for a reply, in order
     try:
         while True:
             try:
                 msg = inbox.popleft() if inbox else conn.recv()
             except (EOFError, OSError):
                 return
-            if type(msg) is tuple:  # protocol.Run, sent as a plain tuple
+            if type(msg) is tuple:  # a dispatched protocol.Run, sent as a plain tuple: it starts
                 ticket += 1
-                if not slot.claim(ticket, claim_lock):
-                    continue  # revoked while it waited in the pipe: the coordinator took it back
-                done = handle_run(protocol.Run._make(msg), registry, slot, conn, inbox)
-                conn.send_bytes(pickle.dumps(tuple(done), pickle.HIGHEST_PROTOCOL))
+                slot.claim(ticket, claim_lock, queued=False)
+                _run(msg, registry, slot, conn, inbox)
+            elif type(msg) is list:  # runs queued behind the last one, in order
+                for run in msg:
+                    ticket += 1
+                    if slot.claim(ticket, claim_lock, queued=True):  # else taken back while it waited
+                        _run(run, registry, slot, conn, inbox)
             elif isinstance(msg, protocol.Stop):
                 conn.send(protocol.Goodbye(pid))
                 return

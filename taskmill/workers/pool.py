@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import sys
 import signal
+from collections import deque
 from multiprocessing import forkserver, resource_tracker
 from multiprocessing.connection import Connection
 from typing import Any
@@ -46,7 +47,7 @@ class WorkerHandle:
     """One worker process as the coordinator sees it."""
 
     __slots__ = ("index", "process", "conn", "pid", "ready", "task", "kill_reason", "stopping", "timer", "hook",
-                 "timeout_left", "claim_lock", "sent", "next", "next_ticket", "ticket", "queued_behind")
+                 "timeout_left", "claim_lock", "sent", "queued", "queued_from", "ticket", "queued_behind")
 
     def __init__(self, index: int, process: Any, conn: Connection, claim_lock: Any) -> None:
         self.index = index
@@ -58,8 +59,8 @@ class WorkerHandle:
         self.ticket = 0  # the ticket of that run (shm.py: the n-th Run sent is ticket n)
         self.claim_lock = claim_lock  # guards the slot's claimed and revoked tickets
         self.sent = 0  # Runs sent so far: the last ticket
-        self.next: Any = None  # the Entry queued behind its task (sent, not started), or None
-        self.next_ticket = 0
+        self.queued: deque[Any] = deque()  # Entries queued behind its task (sent, not started), in order
+        self.queued_from = 0  # the ticket of the first of them (the rest follow one by one)
         self.queued_behind = 0  # the ticket of the run a run was last queued behind (once per run)
         self.kill_reason: str | None = None
         self.stopping = False

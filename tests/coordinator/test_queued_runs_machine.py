@@ -1,8 +1,9 @@
 """Runs queued on busy workers, driven through the lifecycle by hypothesis (no processes).
 
-The loop (``workforce.py``) queues a run behind each busy worker's run with
-``Lifecycle.queue_next``, starts it when the run before it ends, puts it back
-with ``unqueue`` when the worker dies first, and takes every queued run back
+The loop (``workforce.py``) queues runs behind each busy worker's run with
+``Lifecycle.queue_next`` (several in one message behind short runs), starts the
+first when the run before it ends (the rest stay queued behind it), puts them
+back with ``unqueue`` when the worker dies first, and takes every queued run back
 before any change (a submission, cancel, pause, a timer firing) and whenever a
 more urgent task became ready (``ReadyQueues.outranked``). This machine plays
 the loop's part with three worker slots and checks after every step:
@@ -49,14 +50,15 @@ class QueuedRunsMachine(RuleBasedStateMachine):
         super().__init__()
         self.lc = Lifecycle(gate=Gate(SLOTS, domain_caps={"a": 1}), default_retry=RetryPolicy.constant(1, 1.0))
         self.now, self.wall = 1000.0, 5000.0
-        self.queued: dict[int, Any] = {}  # running task id -> the entry queued behind it
+        self.queued: dict[int, list[Any]] = {}  # running task id -> the entries queued behind it, in order
         self.keys = 0
 
     # ------------------------------------------------------------------ the loop's part
 
     def take_back(self) -> None:
-        for q in self.queued.values():
-            self.lc.unqueue(q)
+        for runs in self.queued.values():
+            for q in runs:
+                self.lc.unqueue(q)
         self.queued.clear()
         self.lc.ready.outranked = False
 
@@ -99,9 +101,10 @@ class QueuedRunsMachine(RuleBasedStateMachine):
         self.lc.submit(items, self.now, self.wall, outcomes={}, completed={})
         self.clear_effects()
 
-    @rule()
-    def dispatch(self) -> None:
-        """As the loop's dispatch: fill free slots, then queue a run behind every busy worker."""
+    @rule(depth=st.integers(1, 3))
+    def dispatch(self, depth: int) -> None:
+        """As the loop's dispatch: fill free slots, then queue up to ``depth`` runs behind every busy
+        worker (in one message, as the loop does behind short runs)."""
         if self.lc.ready.outranked:
             self.take_back()
         while len(self.lc.running) < SLOTS:
@@ -110,8 +113,9 @@ class QueuedRunsMachine(RuleBasedStateMachine):
                 stolen = self.lc.stealable()
                 if stolen is None:
                     break
-                runner = next(t for t, q in self.queued.items() if q is stolen)
-                self.lc.unqueue(self.queued.pop(runner))  # a free slot takes it: ready again, picked next
+                runner = next(t for t, runs in self.queued.items() if any(q is stolen for q in runs))
+                for q in self.queued.pop(runner):  # the worker's queue is taken back; a free slot takes it
+                    self.lc.unqueue(q)
                 event("a queued run moved to a free slot")
                 continue
             self.start(e)
@@ -124,12 +128,15 @@ class QueuedRunsMachine(RuleBasedStateMachine):
             runner = self.lc.running[tid]
             if tid in self.queued:
                 continue
-            q = self.lc.queue_next(runner)
-            if q is not None:
+            runs = []
+            while len(runs) < depth and (q := self.lc.queue_next(runner)) is not None:
                 assert q.status == "pending" and not q.queued and q.id in self.lc.reserved
                 assert (q.domain, q.group, q.cpus, q.memory) == (runner.domain, runner.group, runner.cpus, runner.memory)
-                self.queued[tid] = q
-                event("a run was queued")
+                assert not runs or (runs[-1].priority, runs[-1].id) < (q.priority, q.id)  # in dispatch order
+                runs.append(q)
+            if runs:
+                self.queued[tid] = runs
+                event(f"{len(runs)} run(s) queued behind one")
 
     @precondition(lambda self: bool(self.running()))
     @rule(data=st.data(), how=st.sampled_from(["completed", "completed", "retryable", "died"]))
@@ -137,12 +144,16 @@ class QueuedRunsMachine(RuleBasedStateMachine):
         tid = data.draw(st.sampled_from(self.running()))
         e = self.lc.running[tid]
         self.lc.run_ended(e)
-        q = self.queued.pop(tid, None)
-        if q is not None and how == "died":  # never claimed: ready again
-            self.lc.unqueue(q)
-            event("a queued run went back")
-        elif q is not None:
+        runs = self.queued.pop(tid, None)
+        if runs and how == "died":  # never claimed: ready again
+            for q in runs:
+                self.lc.unqueue(q)
+            event("queued runs went back")
+        elif runs:
+            q = runs.pop(0)
             self.start(q)
+            if runs:
+                self.queued[q.id] = runs  # the rest stay queued behind the run that just started
             event("a queued run started")
         if how == "completed":
             self.lc.completed(e, "1", ENDED, self.now, self.wall)
@@ -185,7 +196,7 @@ class QueuedRunsMachine(RuleBasedStateMachine):
     @invariant()
     def lifecycle_is_consistent(self) -> None:
         self.lc.check()
-        assert set(self.lc.reserved) == {q.id for q in self.queued.values()}
+        assert sorted(self.lc.reserved) == sorted(q.id for runs in self.queued.values() for q in runs)
         assert set(self.queued) <= set(self.lc.running)
 
     @invariant()
