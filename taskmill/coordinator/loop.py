@@ -252,6 +252,7 @@ class Coordinator(Workforce, Answers):
         ready = self._poller.poll(0)  # busy: events are waiting, and the timeout need not be computed
         if not ready:
             ready = self._poller.poll(self._timeout() * 1000.0)
+        self.read_ahead.clear()
         for fd, _ev in ready:
             handler = self._fds.get(fd)
             if handler is not None:

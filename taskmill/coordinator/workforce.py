@@ -106,6 +106,7 @@ class Workforce:
     def _init_workforce(self, max_concurrency: int, cancel_hook_timeout: float) -> None:
         self.workers: list[WorkerHandle | None] = [None] * max_concurrency
         self.idle: list[WorkerHandle] = []
+        self.read_ahead: set[WorkerHandle] = set()  # workers whose pipe was read out of turn this step
         self.hook_queue: deque[tuple[int, str, str]] = deque()
         self.cancel_hook_timeout = cancel_hook_timeout
         self._retired: set[int] = set()  # slots of workers stopped on purpose (trimmed): reused first
@@ -389,6 +390,10 @@ class Workforce:
     def _drain_worker(self, w: WorkerHandle, all_pending: bool = False) -> None:
         """Handle one message (the poll set reports the fd again if more wait), or all of them."""
         conn = w.conn
+        if all_pending:
+            self.read_ahead.add(w)
+        elif w in self.read_ahead and not conn.poll():
+            return  # read already, after the poll set said so (a take-back earlier in this step)
         try:
             while True:
                 msg = conn.recv()

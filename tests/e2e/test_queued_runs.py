@@ -171,3 +171,4 @@ def test_a_run_queued_behind_a_long_one_moves_to_a_worker_that_falls_idle(tmp_pa
         s.wait_idle(timeout=DEADLINE)
         history = _history(s)
     assert all(history[tid] == [("completed", 0)] for tid in ids), history
+
