@@ -140,8 +140,7 @@ class Dispatch(TaskTable):
             return None
         if self.cold and any((e.priority, e.id) > tail.after for tail in self.cold.values()):
             return None  # a task still in the store may come first: the next dispatch loads it
-        gate = self.gate
-        if gate.pressure > 0.0 and gate.throttle(e.priority, gate.pressure):
+        if self.gate.throttled(e.priority):
             return None  # it would wait for the pressure to drop
         self.ready.take(e)
         self.reserved[e.id] = e
@@ -155,7 +154,7 @@ class Dispatch(TaskTable):
         with nothing ready): it would wait for its runner's run to end for nothing. Counts no denial."""
         gate = self.gate
         for e in sorted(self.reserved.values(), key=lambda r: (r.priority, r.id)):
-            if gate.fits(e) and not (gate.pressure > 0.0 and gate.throttle(e.priority, gate.pressure)):
+            if gate.fits(e) and not gate.throttled(e.priority):
                 return e
         return None
 

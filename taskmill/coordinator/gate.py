@@ -144,7 +144,7 @@ class Gate:
         io = e.io
         if io is not None and self.io_running and not self._io_fits(io):
             return self._deny("io", STOP)
-        if self.pressure > 0.0 and self.throttle(e.priority if priority is None else priority, self.pressure):
+        if self.throttled(e.priority if priority is None else priority):
             return self._deny("throttle", STOP)
         if self.type_limits or self.group_limits:
             due = self._next_token(e, now)
@@ -152,6 +152,10 @@ class Gate:
                 self.denials["rate_limit"] += 1
                 return due
         return ADMIT
+
+    def throttled(self, priority: int) -> bool:
+        """Does the throttle policy hold ``priority`` back at the current pressure? (None is at 0.)"""
+        return self.pressure > 0.0 and self.throttle(priority, self.pressure)
 
     def _deny(self, reason: str, verdict: int) -> int:
         self.denials[reason] += 1

@@ -17,6 +17,7 @@ import pickle
 import signal
 import time
 from collections import deque
+from collections.abc import Sequence
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
@@ -222,11 +223,7 @@ class Workforce:
                 self.writer.join()
                 lc.fill_payloads(self.store.fetch_payloads(lc.payload_chunk(e)))
             w = idle.pop()
-            payload = lc.started(e, w, now, wall)
-            w.task = e
-            w.ticket = self._send_run(w, _run_of(e, payload))
-            if e.timeout:
-                w.timer = self.timers.add(now + e.timeout, "timeout", w)
+            w.ticket = self._send_run(w, _run_of(e, self._occupy(w, e, now, wall)))
         if lc.tasks and not self.hook_queue and lc.may_queue():
             self._queue_ahead()
 
@@ -260,14 +257,18 @@ class Workforce:
 
     def _start_queued(self, w: WorkerHandle) -> None:
         """``w`` finished its run and takes the first one queued behind it (it claims it next)."""
-        e = w.queued.popleft()
-        now = self.mono()
-        self.lc.started(e, w, now, self.clock())
-        w.task = e
+        self._occupy(w, w.queued.popleft(), self.mono(), self.clock())
         w.ticket = w.queued_from
         w.queued_from += 1
+
+    def _occupy(self, w: WorkerHandle, e: Entry, now: float, wall: float) -> str:
+        """``e`` runs on ``w`` from now (dispatched, or queued there): the lifecycle starts it and its
+        timeout starts counting. Returns its payload text."""
+        payload = self.lc.started(e, w, now, wall)
+        w.task = e
         if e.timeout:
             w.timer = self.timers.add(now + e.timeout, "timeout", w)
+        return payload
 
     def _take_back(self, w: WorkerHandle) -> None:
         """Revoke the runs queued on ``w`` before anything may change them. Those the worker claimed
@@ -340,22 +341,23 @@ class Workforce:
 
     def _send_run(self, w: WorkerHandle, run: tuple) -> int:
         """Dispatch a ``protocol.Run`` (as a plain tuple) to idle ``w``; returns its ticket."""
-        self._clear_stale_cancel(w, run)
+        self._clear_stale_cancel(w, (run,))
         w.sent += 1
         self._send_bytes(w, pickle.dumps(run, pickle.HIGHEST_PROTOCOL))
         return w.sent
 
     def _send_queued(self, w: WorkerHandle, runs: list[tuple]) -> int:
         """Queue ``runs`` behind busy ``w``'s run, in one message; returns the first one's ticket."""
-        for run in runs:
-            self._clear_stale_cancel(w, run)
+        self._clear_stale_cancel(w, runs)
         w.sent += len(runs)
         self._send_bytes(w, pickle.dumps(runs, pickle.HIGHEST_PROTOCOL))
         return w.sent - len(runs) + 1
 
-    def _clear_stale_cancel(self, w: WorkerHandle, run: tuple) -> None:
-        if self.shm.cancel_of(w.index) == run[0]:
-            self.shm.set_cancel(w.index, 0)  # left from an earlier run of the same task (a preemption)
+    def _clear_stale_cancel(self, w: WorkerHandle, runs: Sequence[tuple]) -> None:
+        """A cancel left in ``w``'s slot from an earlier run of one of these tasks (a preemption) is stale."""
+        cancel = self.shm.cancel_of(w.index)
+        if cancel and any(run[0] == cancel for run in runs):
+            self.shm.set_cancel(w.index, 0)
 
     @staticmethod
     def _send_bytes(w: WorkerHandle, data: bytes) -> None:
