@@ -37,8 +37,13 @@ sys.path.insert(0, REPO_ROOT)
 
 import taskmill as tm  # noqa: E402
 from bench.harness import run_sections  # noqa: E402
-from bench.queries import HISTORY_ROWS, RECOVER_ROWS, TYPES, build_history_store  # noqa: E402
-from bench.queries import table  # noqa: E402
+from bench.queries import (  # noqa: E402
+    HISTORY_ROWS,
+    RECOVER_ROWS,
+    TYPES,
+    build_history_store,
+    table,  # noqa: E402
+)
 
 WORKERS = 2
 

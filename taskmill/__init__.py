@@ -49,8 +49,8 @@ from taskmill.outcomes import (
 from taskmill.records import (
     CapacityInfo,
     DuplicateStrategy,
-    GroupAllocationInfo,
     EstimatedProgress,
+    GroupAllocationInfo,
     HistoryStatus,
     IoBudget,
     MaxAgeDays,

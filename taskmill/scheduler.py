@@ -35,9 +35,9 @@ from taskmill.controls import AdmissionControls
 from taskmill.domain import Defaults, Domain, Submission, check_timeout
 from taskmill.errors import ConfigError, SchedulerClosed, UnknownDomain, WaitTimeout
 from taskmill.handles import DomainHandle
+from taskmill.metrics import MetricsSnapshot
 from taskmill.monitor import ResourceMonitor, monitoring_settings
 from taskmill.outcomes import SubmitOutcome, outcomes_from_wire
-from taskmill.metrics import MetricsSnapshot
 from taskmill.records import (
     MaxAgeDays,
     MaxCount,

@@ -8,8 +8,9 @@ import os
 import time
 from pathlib import Path
 
-import taskmill as tm
 from polling import DEADLINE
+
+import taskmill as tm
 
 
 def wait_flag(ctx: tm.TaskContext, flag: str, limit: float = DEADLINE) -> str:

@@ -27,9 +27,8 @@ import psutil
 import structlog
 
 from taskmill import protocol
-from taskmill.protocol import state_file_for
 from taskmill.errors import StartupError, StoreLocked, TaskmillError
-
+from taskmill.protocol import state_file_for
 
 #: Connections the kernel queues before the acceptor takes them (bursts of new host threads).
 LISTEN_BACKLOG = 128

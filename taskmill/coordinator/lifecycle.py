@@ -28,12 +28,12 @@ from typing import Any, Callable, NamedTuple
 
 from taskmill import protocol
 from taskmill.coordinator.cold import ColdTails
-from taskmill.coordinator.entry import Entry, Schedule
 from taskmill.coordinator.dispatch import Dispatch
-from taskmill.coordinator.preemption import Preemption
+from taskmill.coordinator.entry import Entry, Schedule
 from taskmill.coordinator.fairness import Aging, FairShare
 from taskmill.coordinator.gate import Gate
 from taskmill.coordinator.pauses import GROUP, Pauses, reason_names
+from taskmill.coordinator.preemption import Preemption
 from taskmill.coordinator.relations import Relations
 from taskmill.coordinator.rows import entry_from_row
 from taskmill.coordinator.schedules import SWEEP_INTERVAL, Schedules

@@ -11,11 +11,10 @@ a group may be paused until a time, then resumes by itself. Plain code, no I/O.
 
 from __future__ import annotations
 
-from taskmill.coordinator.table import TaskTable
 from taskmill.coordinator.entry import PAUSE_REASONS, Entry
 from taskmill.coordinator.queues import Timer
+from taskmill.coordinator.table import TaskTable
 from taskmill.records import TaskStatus
-
 
 __all__ = ["Pauses", "reason_names"]
 

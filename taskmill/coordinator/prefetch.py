@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import queue
 import threading
+
 from taskmill.store import Store
 
 __all__ = ["ColdPrefetch"]

@@ -139,9 +139,10 @@ class QueryRunner:
                 reply = protocol.ErrorReply.of(QueryTimeout(
                     f"the query ran longer than {job.limit:g}s and was interrupted"))
             except StoreError as e:
+                error: Exception = e
                 if job.interrupted:  # interrupted while fetching: the store wraps the duckdb error
-                    e = QueryTimeout(f"the query ran longer than {job.limit:g}s and was interrupted")
-                reply = protocol.ErrorReply.of(e)
+                    error = QueryTimeout(f"the query ran longer than {job.limit:g}s and was interrupted")
+                reply = protocol.ErrorReply.of(error)
             except Exception as e:  # noqa: BLE001 - every failure goes back to the caller
                 reply = protocol.ErrorReply.of(e)
             finally:

@@ -13,10 +13,10 @@ Every time here is monotonic except what is stored for users. Plain code.
 from __future__ import annotations
 
 import math
-from taskmill.coordinator.table import TaskTable
-from taskmill.coordinator.entry import Entry, Schedule
-from taskmill.records import HistoryStatus, TaskStatus
 
+from taskmill.coordinator.entry import Entry, Schedule
+from taskmill.coordinator.table import TaskTable
+from taskmill.records import HistoryStatus, TaskStatus
 
 __all__ = ["Schedules"]
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import sys
 import signal
+import sys
 from collections import deque
 from multiprocessing import forkserver, resource_tracker
 from multiprocessing.connection import Connection

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import taskmill as tm
 from polling import poll_until, slots_as_cores
 from taskfiles import append, lines, wait_flag  # noqa: F401 - re-exported for the test modules
+
+import taskmill as tm
 
 DEADLINE = 60.0  # seconds any single wait may take on a loaded 2-core machine
 NO_RETRY = tm.RetryPolicy.none()

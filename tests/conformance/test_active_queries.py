@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from polling import poll_until
 
 import taskmill as tm
-from polling import poll_until
 
 from .helpers import DEADLINE, module_world, wait_flag, wait_running
 

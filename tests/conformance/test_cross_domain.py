@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from polling import poll_until
 
 import taskmill as tm
-from polling import poll_until
 
 from .helpers import DEADLINE, module_world, wait_flag, wait_running
 

@@ -24,9 +24,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from polling import poll_until
 
 import taskmill as tm
-from polling import poll_until
 
 from .helpers import DEADLINE, NO_RETRY, module_world, wait_flag, wait_running, wait_status
 

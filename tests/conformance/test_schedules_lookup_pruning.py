@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from polling import poll_until
 
 import taskmill as tm
-from polling import poll_until
 
 from .helpers import DEADLINE, append, history_statuses, lines, module_world
 

@@ -8,8 +8,8 @@ import time
 from typing import Any
 
 import pytest
-
 from polling import poll_until
+
 from taskmill import protocol
 from taskmill.coordinator.reader import QueryRunner
 from taskmill.store import Store, select

@@ -7,9 +7,9 @@ import signal
 import time
 
 import psutil
+from polling import poll_until
 
 import taskmill as tm
-from polling import poll_until
 
 
 def gone(pid: int) -> bool:

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from coordinators import gone, kill_coordinator
 
 import taskmill as tm
-from coordinators import gone, kill_coordinator
 
 DEADLINE = 90.0
 N_TASKS = 2000

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from coordinators import kill_coordinator
 
 import taskmill as tm
-from coordinators import kill_coordinator
 
 DEADLINE = 90.0
 CHAINS = 6           # a -> b -> c, each

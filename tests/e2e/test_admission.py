@@ -22,10 +22,10 @@ import time
 from typing import Any
 
 import pytest
-
-import taskmill as tm
 from polling import poll_until
 from taskfiles import append, lines, wait_flag
+
+import taskmill as tm
 
 ad = tm.Domain("ad")
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import duckdb
 import pytest
+from usertypes import Color, Level, Mode, MyFloat, MyInt, MyStr
 
 import taskmill as tm
-from usertypes import Color, Level, Mode, MyFloat, MyInt, MyStr
 from taskmill import protocol
 
 DEADLINE = 60.0

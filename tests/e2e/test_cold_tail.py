@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from polling import poll_until
 
 import taskmill as tm
-from polling import poll_until
 
 DEADLINE = 60.0
 N = 40

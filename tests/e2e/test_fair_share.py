@@ -14,9 +14,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import taskmill as tm
 from polling import poll_until
 from taskfiles import append, lines, wait_flag
+
+import taskmill as tm
 
 fs = tm.Domain("fs")
 

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-import taskmill as tm
 from polling import poll_until, slots_as_cores
 from taskfiles import append as _append
 from taskfiles import lines
 from taskfiles import wait_flag as _wait_flag
+
+import taskmill as tm
 
 DEADLINE = 60.0  # seconds any single wait may take on a loaded 2-core machine
 

@@ -21,10 +21,10 @@ from typing import Any
 import duckdb
 import psutil
 import pytest
+from polling import poll_until
 
 import taskmill as tm
 import taskmill.client
-from polling import poll_until
 
 DEADLINE = 60.0
 

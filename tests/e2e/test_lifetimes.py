@@ -17,9 +17,9 @@ from typing import Any
 import duckdb
 import psutil
 import pytest
+from polling import poll_until
 
 import taskmill as tm
-from polling import poll_until
 
 DEADLINE = 60.0
 GONE_DEADLINE = 15.0  # the fork server and resource tracker exit a moment after the coordinator

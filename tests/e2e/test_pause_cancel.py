@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-
-import taskmill as tm
 from polling import poll_until, slots_as_cores
 from taskfiles import append as _append
 from taskfiles import lines as _lines
+
+import taskmill as tm
 
 DEADLINE = 60.0  # seconds any single wait may take on a loaded 2-core machine
 FAR = 3600.0  # run_after that keeps a task pending for the whole test

@@ -20,10 +20,10 @@ from typing import Any
 
 import psutil
 import pytest
-
-import taskmill as tm
 from polling import poll_until
 from taskfiles import append, lines, wait_flag
+
+import taskmill as tm
 
 pe = tm.Domain("pe")
 

@@ -15,10 +15,10 @@ import time
 from typing import Any
 
 import pytest
-
-import taskmill as tm
 from polling import poll_until
 from taskfiles import append, lines
+
+import taskmill as tm
 from taskmill.admission import PressureSource, ResourceSample, SamplerConfig, ThrottlePolicy
 
 pr = tm.Domain("pr")

@@ -20,10 +20,10 @@ import time
 from typing import Any
 
 import pytest
-
-import taskmill as tm
 from polling import DEADLINE, poll_until, slots_as_cores
 from taskfiles import append, lines, wait_flag
+
+import taskmill as tm
 
 qr = tm.Domain("qr")
 NO_RETRY = tm.RetryPolicy.none()

@@ -18,10 +18,10 @@ from collections import Counter
 from typing import Any
 
 import pytest
-
-import taskmill as tm
 from polling import DEADLINE
 from taskfiles import append, lines
+
+import taskmill as tm
 
 soak = tm.Domain("soak")
 SECONDS = 6.0

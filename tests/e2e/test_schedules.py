@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-
-import taskmill as tm
 from polling import poll_until
 from taskfiles import wait_flag as _wait_flag
+
+import taskmill as tm
 
 DEADLINE = 60.0  # seconds any single wait may take on a loaded 2-core machine
 SLACK = 0.05  # the coordinator maps wall-clock times onto its monotonic clock

@@ -21,9 +21,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from usertypes import Color, Level, Mode, MyDateTime, MyDecimal, MyFloat, MyInt, MyStr, MyUUID
 
 import taskmill as tm
-from usertypes import Color, Level, Mode, MyDateTime, MyDecimal, MyFloat, MyInt, MyStr, MyUUID
 from taskmill import errors, validation
 from taskmill.domain import Defaults, Domain, canonical_json, check_timeout, resolve
 from taskmill.errors import ConfigError, InvalidPayload
