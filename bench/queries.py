@@ -27,9 +27,9 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != BENCH_DIR]
 sys.path.insert(0, REPO_ROOT)
 
 from bench.harness import machine_info  # noqa: E402
+from taskmill.batch import utc  # noqa: E402
 from taskmill.store import LATEST_SCHEMA, FinishedRow, Store, WriteBatch  # noqa: E402
 from taskmill.store import queries as queries_module  # noqa: E402
-from taskmill.store.batch import utc  # noqa: E402
 from taskmill.store.store import _RECOVER_SELECT  # noqa: E402
 
 SEED = 20240917

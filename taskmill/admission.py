@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
-
 from taskmill.records import Priority
 from taskmill.validation import INT32_MAX, INT64_MAX, as_float, as_int, as_seconds, read_text, usable_cpus
 
@@ -39,6 +37,8 @@ CGROUP_MEMORY = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
 def usable_memory() -> int:
     """Bytes of memory available now: the system's available memory, lowered by what this
     process's cgroup memory limit leaves."""
+    import psutil  # here, not at import: the coordinator's decision code imports these values
+
     available = int(psutil.virtual_memory().available)
     for limit_path, usage_path in CGROUP_MEMORY:
         limit, usage = read_text(limit_path), read_text(usage_path)

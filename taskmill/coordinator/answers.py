@@ -22,7 +22,7 @@ from taskmill.errors import SchedulerBroken, StoreError, TaskNotFound, WaitTimeo
 from taskmill.workers.pool import WorkerHandle
 
 if TYPE_CHECKING:
-    from taskmill.coordinator.lifecycle import Lifecycle
+    from taskmill.coordinator.core.lifecycle import Lifecycle
     from taskmill.coordinator.reader import QueryRunner
     from taskmill.coordinator.writer import Writer
     from taskmill.store import Store

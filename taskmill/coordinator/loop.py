@@ -41,16 +41,16 @@ from typing import Any, Callable
 import structlog
 
 from taskmill import protocol
-from taskmill.coordinator import snapshots
 from taskmill.coordinator.acceptor import Acceptor
 from taskmill.coordinator.answers import Answers
-from taskmill.coordinator.entry import Entry
-from taskmill.coordinator.fairness import make_fairness
-from taskmill.coordinator.gate import gate_figures, make_gate
-from taskmill.coordinator.lifecycle import Lifecycle
+from taskmill.coordinator.core import snapshots
+from taskmill.coordinator.core.entry import Entry
+from taskmill.coordinator.core.fairness import make_fairness
+from taskmill.coordinator.core.gate import gate_figures, make_gate
+from taskmill.coordinator.core.lifecycle import Lifecycle
+from taskmill.coordinator.core.progress import ProgressTracker
+from taskmill.coordinator.core.queues import Timers
 from taskmill.coordinator.prefetch import ColdPrefetch
-from taskmill.coordinator.progress import ProgressTracker
-from taskmill.coordinator.queues import Timers
 from taskmill.coordinator.reader import QueryRunner
 from taskmill.coordinator.routes import QUIET, Kind, route
 from taskmill.coordinator.wire import check_items, decode_request

@@ -22,8 +22,8 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from taskmill.coordinator import snapshots
-from taskmill.coordinator.entry import Entry
+from taskmill.coordinator.core import snapshots
+from taskmill.coordinator.core.entry import Entry
 from taskmill.domain import dedup_key
 from taskmill.errors import TaskNotFound
 from taskmill.store import Queries, select

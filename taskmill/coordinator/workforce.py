@@ -24,16 +24,15 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from taskmill import protocol
-from taskmill.coordinator.entry import Entry
-from taskmill.coordinator.lifecycle import Ended
+from taskmill.coordinator.core.entry import Ended, Entry
 from taskmill.coordinator.wire import check_items
 from taskmill.shm import OUTSTANDING_MAX
 from taskmill.workers.pool import WorkerHandle, describe_exit
 
 if TYPE_CHECKING:
-    from taskmill.coordinator.lifecycle import Lifecycle
-    from taskmill.coordinator.progress import ProgressTracker
-    from taskmill.coordinator.queues import Timers
+    from taskmill.coordinator.core.lifecycle import Lifecycle
+    from taskmill.coordinator.core.progress import ProgressTracker
+    from taskmill.coordinator.core.queues import Timers
     from taskmill.coordinator.writer import Writer
     from taskmill.shm import SharedState
     from taskmill.store import Store

@@ -4,7 +4,7 @@ Only the coordinator process opens a store; nothing here imports the
 coordinator, the workers or the host API.
 """
 
-from taskmill.store.batch import FinishedRow, Recovered, WriteBatch
+from taskmill.batch import FinishedRow, Recovered, WriteBatch
 from taskmill.store.queries import TASK_INSERT_COLUMNS, Queries, select
 from taskmill.store.store import LATEST_SCHEMA, PLAIN_COLUMNS, RECOVER_COLUMNS, Store
 

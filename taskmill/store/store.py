@@ -18,8 +18,8 @@ from typing import Any, Iterator, Sequence
 
 import duckdb
 
+from taskmill.batch import UPDATE_COLUMNS, FinishedRow, Recovered, WriteBatch
 from taskmill.errors import NotATaskmillStore, SchemaTooNew, StoreError, StoreLocked
-from taskmill.store.batch import UPDATE_COLUMNS, FinishedRow, Recovered, WriteBatch
 from taskmill.store.queries import HISTORY_COLUMNS, Queries, select
 
 __all__ = ["LATEST_SCHEMA", "PLAIN_COLUMNS", "RECOVER_COLUMNS", "Store"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taskmill.coordinator.fairness import Aging, FairShare, effective_priority
+from taskmill.coordinator.core.fairness import Aging, FairShare, effective_priority
 
 
 def run(fs: FairShare, groups: list[str | None], slots: int, dispatches: int,

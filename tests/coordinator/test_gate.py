@@ -23,9 +23,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from taskmill import protocol
 from taskmill.admission import ThrottlePolicy
-from taskmill.coordinator.entry import Entry
-from taskmill.coordinator.gate import ADMIT, SKIP, STOP, Bucket, Gate, default_throttle
-from taskmill.coordinator.lifecycle import Lifecycle
+from taskmill.coordinator.core.entry import Entry
+from taskmill.coordinator.core.gate import ADMIT, SKIP, STOP, Bucket, Gate, default_throttle
+from taskmill.coordinator.core.lifecycle import Lifecycle
 
 DOMAINS = ["d1", "d2"]
 GROUPS = [None, "g1", "g2"]

@@ -27,9 +27,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from taskmill import protocol
-from taskmill.coordinator.fairness import Aging, FairShare
-from taskmill.coordinator.gate import Gate
-from taskmill.coordinator.lifecycle import Ended, Lifecycle
+from taskmill.coordinator.core.entry import Ended
+from taskmill.coordinator.core.fairness import Aging, FairShare
+from taskmill.coordinator.core.gate import Gate
+from taskmill.coordinator.core.lifecycle import Lifecycle
 from taskmill.errors import InvalidSubmission
 from taskmill.records import RetryPolicy
 

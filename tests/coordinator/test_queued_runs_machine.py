@@ -27,8 +27,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from taskmill import protocol
-from taskmill.coordinator.gate import Gate
-from taskmill.coordinator.lifecycle import Ended, Lifecycle
+from taskmill.coordinator.core.entry import Ended
+from taskmill.coordinator.core.gate import Gate
+from taskmill.coordinator.core.lifecycle import Lifecycle
 from taskmill.records import RetryPolicy
 
 SLOTS = 3

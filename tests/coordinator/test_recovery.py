@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from taskmill import protocol
-from taskmill.coordinator.lifecycle import Lifecycle
+from taskmill.coordinator.core.lifecycle import Lifecycle
 from taskmill.store import Store
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taskmill.coordinator.queues import PURGE_MIN_DEAD, Timers
+from taskmill.coordinator.core.queues import PURGE_MIN_DEAD, Timers
 
 
 def test_cancelled_timers_are_purged_so_memory_follows_live_timers() -> None:

@@ -20,12 +20,12 @@ from typing import Any
 import duckdb
 import pytest
 
+from taskmill.batch import utc
 from taskmill.domain import canonical_json, dedup_key
 from taskmill.errors import NotATaskmillStore, QueryRefused, SchemaTooNew, StoreError, StoreLocked
 from taskmill.records import HistoryStatus, IoBudget, TaskStatus, TypeStats
 from taskmill.store import LATEST_SCHEMA, TASK_INSERT_COLUMNS, FinishedRow, Recovered, Store, WriteBatch
 from taskmill.store import store as store_module
-from taskmill.store.batch import utc
 
 #: A fixed epoch second (2023-11-14) with exact binary fractions, so timestamps round-trip exactly.
 T0 = 1_700_000_000.0

@@ -15,6 +15,7 @@ from typing import Any
 import duckdb
 import pytest
 
+from taskmill.batch import UPDATE_COLUMNS
 from taskmill.errors import StoreError
 from taskmill.records import HistoryStatus, IoBudget, RecurringScheduleInfo, TaskStatus, TypeStats
 from taskmill.store import (
@@ -27,7 +28,6 @@ from taskmill.store import (
     WriteBatch,
 )
 from taskmill.store import queries as queries_module
-from taskmill.store.batch import UPDATE_COLUMNS
 from taskmill.store.queries import HISTORY_INSERT_COLUMNS
 
 from .test_store_contract import T0, TYPE_A, TYPE_B, add_history, at, finished, snapshot, task_row

@@ -8,7 +8,7 @@ import duckdb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taskmill.store.batch import utc
+from taskmill.batch import utc
 
 CON = duckdb.connect()
 

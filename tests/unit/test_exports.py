@@ -22,7 +22,7 @@ PACKAGE_DIR = Path(taskmill.__file__).resolve().parent
 ROOT = PACKAGE_DIR.parent
 
 LEAVES = {"taskmill.errors", "taskmill.records", "taskmill.outcomes", "taskmill.protocol", "taskmill.shm", "taskmill.validation",
-          "taskmill.options", "taskmill.metrics"}
+          "taskmill.options", "taskmill.metrics", "taskmill.batch"}
 
 
 def module_name(path: Path) -> str:
@@ -115,6 +115,7 @@ LEAF_ALLOWED = {
     "taskmill.outcomes": {"taskmill.records"},
     "taskmill.metrics": {"taskmill.records"},
     "taskmill.options": {"taskmill.errors", "taskmill.records", "taskmill.outcomes", "taskmill.validation"},
+    "taskmill.batch": set(),
 }
 
 
@@ -129,7 +130,7 @@ STORE_MODULES = sorted(m for m in MODULES if m == "taskmill.store" or m.startswi
 @pytest.mark.parametrize("mod", STORE_MODULES)
 def test_the_store_imports_only_errors_records_and_itself(mod: str) -> None:
     bad = {n for n in MODULES[mod]
-           if n not in {"taskmill.errors", "taskmill.records"} and not n.startswith("taskmill.store")}
+           if n not in {"taskmill.errors", "taskmill.records", "taskmill.batch"} and not n.startswith("taskmill.store")}
     assert not bad, f"{mod} imports {sorted(bad)}"
 
 
@@ -164,3 +165,59 @@ def test_internal_modules_never_import_the_package_root(mod: str) -> None:
 def test_the_coordinator_never_imports_the_host_api(mod: str) -> None:
     bad = MODULES[mod] & {"taskmill.scheduler", "taskmill.client", "taskmill"}
     assert not bad, f"{mod} imports {sorted(bad)}"
+
+
+# =========================================================================== the decision core
+
+
+def runtime_imports(path: Path) -> set[str]:
+    """Every module ``path`` imports at run time (not under ``if TYPE_CHECKING:``), as dotted names."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            skip.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            target = node.module or ""
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                found.add(sub if is_module(sub) else target)
+    return found
+
+
+CORE = sorted(m for m in MODULES if m.startswith("taskmill.coordinator.core"))
+#: What reads clocks, files, sockets, processes or threads, or the store: none of it in the core.
+IO_MODULES = {"os", "io", "time", "select", "selectors", "socket", "signal", "subprocess", "threading", "queue",
+              "multiprocessing", "mmap", "shutil", "tempfile", "pathlib", "duckdb", "psutil", "structlog", "logging"}
+#: The taskmill modules the core may import at run time besides itself: leaves of plain values.
+CORE_MAY_IMPORT = {"taskmill.errors", "taskmill.records", "taskmill.validation", "taskmill.metrics", "taskmill.batch",
+                   "taskmill.admission"}
+
+
+def test_the_core_package_is_the_decision_modules() -> None:
+    names = {m.rpartition(".")[2] for m in CORE}
+    assert {"lifecycle", "gate", "dispatch", "queues", "entry"} <= names
+
+
+@pytest.mark.parametrize("mod", CORE)
+def test_the_decision_core_imports_no_io_module_and_nothing_of_the_shell(mod: str) -> None:
+    path = ROOT / Path(*mod.split("."))
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    found = runtime_imports(path)
+    io = {n for n in found if n.split(".")[0] in IO_MODULES}
+    assert not io, f"{mod} imports I/O modules {sorted(io)}"
+    ours = {n for n in found if n == "taskmill" or n.startswith("taskmill.")}
+    bad = {n for n in ours if not n.startswith("taskmill.coordinator.core") and n not in CORE_MAY_IMPORT}
+    assert not bad, f"{mod} imports {sorted(bad)} (the core may import itself and {sorted(CORE_MAY_IMPORT)})"
+
+
+def test_the_import_check_sees_a_violation(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("from typing import TYPE_CHECKING\nimport os\nif TYPE_CHECKING:\n    import socket\n")
+    assert runtime_imports(bad) == {"typing", "os"}

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taskmill.coordinator.progress import ALPHA, EXTRAPOLATION_CAP, SAMPLE_INTERVAL, ProgressTracker
+from taskmill.coordinator.core.progress import ALPHA, EXTRAPOLATION_CAP, SAMPLE_INTERVAL, ProgressTracker
 
 
 def test_no_history_and_no_report_is_zero() -> None:

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from taskmill.coordinator.entry import Entry
-from taskmill.coordinator.queues import ReadyQueues
+from taskmill.coordinator.core.entry import Entry
+from taskmill.coordinator.core.queues import ReadyQueues
 from taskmill.domain import MAX_PAYLOAD_BYTES, Defaults, Domain, canonical_json, dedup_key, resolve
 from taskmill.errors import InvalidPayload
 from taskmill.records import BackoffKind, Priority, RetryPolicy

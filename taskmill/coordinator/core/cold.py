@@ -21,9 +21,9 @@ Counts: a cold task is pending; ``cold_count`` adds them where counts are shown.
 
 from __future__ import annotations
 
-from taskmill.coordinator.entry import Entry
-from taskmill.coordinator.rows import plain_entry
-from taskmill.coordinator.table import TaskTable
+from taskmill.coordinator.core.entry import Entry
+from taskmill.coordinator.core.rows import plain_entry
+from taskmill.coordinator.core.table import TaskTable
 
 __all__ = ["ColdTails", "Tail"]
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskmill.coordinator.entry import Entry
-from taskmill.coordinator.fairness import effective_priority
-from taskmill.coordinator.gate import ADMIT, SKIP, STOP
-from taskmill.coordinator.table import TaskTable
+from taskmill.coordinator.core.entry import Entry
+from taskmill.coordinator.core.fairness import effective_priority
+from taskmill.coordinator.core.gate import ADMIT, SKIP, STOP
+from taskmill.coordinator.core.table import TaskTable
 from taskmill.records import TaskStatus
 
 __all__ = ["PAYLOAD_FETCH_CHUNK", "Dispatch"]

@@ -23,9 +23,9 @@ A preemption does not outlive the coordinator: a restart drops the reason.
 
 from __future__ import annotations
 
-from taskmill.coordinator.entry import PAUSE_REASONS, Entry
-from taskmill.coordinator.pauses import reason_names
-from taskmill.coordinator.table import TaskTable
+from taskmill.coordinator.core.entry import PAUSE_REASONS, Entry
+from taskmill.coordinator.core.pauses import reason_names
+from taskmill.coordinator.core.table import TaskTable
 from taskmill.records import TaskStatus
 
 __all__ = ["PREEMPTED", "Preemption"]

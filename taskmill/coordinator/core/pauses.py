@@ -11,9 +11,9 @@ a group may be paused until a time, then resumes by itself. Plain code, no I/O.
 
 from __future__ import annotations
 
-from taskmill.coordinator.entry import PAUSE_REASONS, Entry
-from taskmill.coordinator.queues import Timer
-from taskmill.coordinator.table import TaskTable
+from taskmill.coordinator.core.entry import PAUSE_REASONS, Entry
+from taskmill.coordinator.core.queues import Timer
+from taskmill.coordinator.core.table import TaskTable
 from taskmill.records import TaskStatus
 
 __all__ = ["Pauses", "reason_names"]

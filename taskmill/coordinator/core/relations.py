@@ -22,8 +22,8 @@ children with it (across domains).
 
 from __future__ import annotations
 
-from taskmill.coordinator.entry import Entry
-from taskmill.coordinator.table import TaskTable
+from taskmill.coordinator.core.entry import Entry
+from taskmill.coordinator.core.table import TaskTable
 from taskmill.records import HistoryStatus, TaskStatus
 
 __all__ = ["CHILD_FAILURES", "Relations"]

@@ -15,7 +15,7 @@ import itertools
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from taskmill.coordinator.entry import Entry
+    from taskmill.coordinator.core.entry import Entry
 
 __all__ = ["Lane", "ReadyQueues", "Timer", "Timers"]
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 
-from taskmill.coordinator.entry import Entry, Schedule
-from taskmill.coordinator.table import TaskTable
+from taskmill.coordinator.core.entry import Entry, Schedule
+from taskmill.coordinator.core.table import TaskTable
 from taskmill.records import HistoryStatus, TaskStatus
 
 __all__ = ["Schedules"]

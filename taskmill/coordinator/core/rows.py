@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any
 
-from taskmill.coordinator.entry import PAUSE_REASONS, Entry, Schedule
+from taskmill.coordinator.core.entry import PAUSE_REASONS, Entry, Schedule
 from taskmill.records import RetryPolicy, TaskStatus
 from taskmill.validation import MAX_DELAY_SECONDS
 

@@ -8,12 +8,21 @@ Plain data: no behaviour beyond construction. Imports nothing from taskmill.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["Entry", "Extra", "Schedule", "PAUSE_REASONS"]
+__all__ = ["PAUSE_REASONS", "Ended", "Entry", "Extra", "Schedule"]
 
 #: Pause reasons as bits of ``Entry.paused`` and their names in records (``pause_reasons``).
 PAUSE_REASONS = {"global": 1, "domain": 2, "group": 4, "preempted": 8, "recurring": 16}
+
+
+class Ended(NamedTuple):
+    """How a run ended, as its worker measured it: wall-clock start and end, monotonic duration, IO."""
+
+    started: float | None
+    finished: float
+    duration_ms: float | None
+    io: tuple[int, int, int, int]
 
 
 class Schedule:

@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from typing import TYPE_CHECKING
 
-from taskmill.coordinator.entry import Entry
-from taskmill.coordinator.fairness import Aging, FairShare
-from taskmill.coordinator.gate import Gate
-from taskmill.coordinator.queues import ReadyQueues, Timers
+from taskmill.batch import WriteBatch
+from taskmill.coordinator.core.entry import Ended, Entry
+from taskmill.coordinator.core.fairness import Aging, FairShare
+from taskmill.coordinator.core.gate import Gate
+from taskmill.coordinator.core.queues import ReadyQueues, Timers
 from taskmill.records import HistoryStatus, RetryPolicy, TaskStatus
-from taskmill.store.batch import WriteBatch
-
-if TYPE_CHECKING:
-    from taskmill.coordinator.lifecycle import Ended
 
 __all__ = ["TaskTable"]
 

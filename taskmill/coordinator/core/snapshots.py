@@ -15,12 +15,12 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from taskmill.admission import AgingConfig
-from taskmill.coordinator.entry import Entry
-from taskmill.coordinator.fairness import Aging, effective_priority
-from taskmill.coordinator.gate import Gate
-from taskmill.coordinator.lifecycle import Lifecycle
-from taskmill.coordinator.pauses import reason_names
-from taskmill.coordinator.progress import ProgressTracker
+from taskmill.coordinator.core.entry import Entry
+from taskmill.coordinator.core.fairness import Aging, effective_priority
+from taskmill.coordinator.core.gate import Gate
+from taskmill.coordinator.core.lifecycle import Lifecycle
+from taskmill.coordinator.core.pauses import reason_names
+from taskmill.coordinator.core.progress import ProgressTracker
 from taskmill.records import (
     CapacityInfo,
     EstimatedProgress,

@@ -24,25 +24,27 @@ import json
 import math
 import random
 from collections import deque
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable
 
-from taskmill import protocol
-from taskmill.coordinator.cold import ColdTails
-from taskmill.coordinator.dispatch import Dispatch
-from taskmill.coordinator.entry import Entry, Schedule
-from taskmill.coordinator.fairness import Aging, FairShare
-from taskmill.coordinator.gate import Gate
-from taskmill.coordinator.pauses import GROUP, Pauses, reason_names
-from taskmill.coordinator.preemption import Preemption
-from taskmill.coordinator.relations import Relations
-from taskmill.coordinator.rows import entry_from_row
-from taskmill.coordinator.schedules import SWEEP_INTERVAL, Schedules
+from taskmill.batch import FinishedRow, utc
+from taskmill.coordinator.core.cold import ColdTails
+from taskmill.coordinator.core.dispatch import Dispatch
+from taskmill.coordinator.core.entry import Ended, Entry, Schedule
+from taskmill.coordinator.core.fairness import Aging, FairShare
+from taskmill.coordinator.core.gate import Gate
+from taskmill.coordinator.core.pauses import GROUP, Pauses, reason_names
+from taskmill.coordinator.core.preemption import Preemption
+from taskmill.coordinator.core.relations import Relations
+from taskmill.coordinator.core.rows import entry_from_row
+from taskmill.coordinator.core.schedules import SWEEP_INTERVAL, Schedules
 from taskmill.errors import InvalidSubmission
 from taskmill.records import HistoryStatus, RetryPolicy, TaskStatus
-from taskmill.store.batch import FinishedRow, utc
 from taskmill.validation import MAX_DELAY_SECONDS
 
-__all__ = ["CANCELLING", "Ended", "Lifecycle", "clean_text", "unstorable_result"]
+if TYPE_CHECKING:
+    from taskmill import protocol
+
+__all__ = ["CANCELLING", "Lifecycle", "clean_text", "unstorable_result"]
 
 #: Payload bytes kept in memory for queued tasks; beyond it payloads are read back at dispatch.
 PAYLOAD_CACHE_BYTES = 256 * 1024 * 1024
@@ -69,15 +71,6 @@ _COUNTER_OF = {
     HistoryStatus.EXPIRED: "expired",
     HistoryStatus.DEPENDENCY_FAILED: "failed",
 }
-
-
-class Ended(NamedTuple):
-    """How a run ended, as its worker measured it: wall-clock start and end, monotonic duration, IO."""
-
-    started: float | None
-    finished: float
-    duration_ms: float | None
-    io: tuple[int, int, int, int]
 
 
 class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Dispatch):
