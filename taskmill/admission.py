@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from taskmill.config import IO_FRACTION, IO_WINDOW, SAMPLE_ALPHA, SAMPLE_INTERVAL, THROTTLE_THRESHOLDS
 from taskmill.records import Priority
 from taskmill.validation import INT32_MAX, INT64_MAX, as_float, as_int, as_seconds, read_text, usable_cpus
 
@@ -93,10 +94,10 @@ class SamplerConfig:
     may fill.
     """
 
-    interval: float = 1.0
-    alpha: float = 0.3
-    window: float = 2.0
-    max_io_fraction: float = 0.8
+    interval: float = SAMPLE_INTERVAL
+    alpha: float = SAMPLE_ALPHA
+    window: float = IO_WINDOW
+    max_io_fraction: float = IO_FRACTION
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "interval", as_float(self.interval, "SamplerConfig.interval", lo=0.01,
@@ -171,7 +172,7 @@ class ThrottlePolicy:
         True
     """
 
-    thresholds: tuple[tuple[int, float], ...] = ((int(Priority.BACKGROUND), 0.5), (int(Priority.NORMAL), 0.75))
+    thresholds: tuple[tuple[int, float], ...] = THROTTLE_THRESHOLDS
 
     def __post_init__(self) -> None:
         if isinstance(self.thresholds, (str, bytes)) or not hasattr(self.thresholds, "__iter__"):

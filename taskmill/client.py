@@ -13,6 +13,7 @@ and ``close()`` then kills it. Imports only leaves.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -31,6 +32,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from taskmill import protocol
+from taskmill.config import CoordinatorConfig, Launch
 from taskmill.errors import SchedulerBroken, SchedulerClosed, StartupError, TaskmillError, WaitTimeout
 
 __all__ = ["CoordinatorProcess"]
@@ -66,14 +68,13 @@ class _Lease:
 class CoordinatorProcess:
     """A running embedded coordinator and the host's connections to it."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: CoordinatorConfig, launch: Launch) -> None:
         self.runtime_dir = tempfile.mkdtemp(prefix="taskmill-")
         os.chmod(self.runtime_dir, 0o700)
         self.socket_path = os.path.join(self.runtime_dir, "control.sock")
         self.authkey = os.urandom(32)
-        self.store_path: str = config["store_path"]
-        shutdown = config.get("shutdown")
-        self.stop_timeout = float(getattr(shutdown, "timeout", 0.0) or 0.0) + STOP_GRACE
+        self.store_path = config.store_path
+        self.stop_timeout = config.shutdown.timeout + STOP_GRACE
         self._owner_pid = os.getpid()  # a forked child of the host must not stop our coordinator
         self._local = threading.local()
         self._conns: set[Connection] = set()
@@ -82,8 +83,8 @@ class CoordinatorProcess:
         self.closed = False
         self.unresponsive = False  # a call went unanswered: close() kills instead of asking
         self.info: dict[str, Any] = {}
-        config = dict(config, socket_path=self.socket_path, authkey=self.authkey, runtime_dir=self.runtime_dir,
-                      host_pid=os.getpid())
+        launch = dataclasses.replace(launch, socket_path=self.socket_path, authkey=self.authkey,
+                                     runtime_dir=self.runtime_dir, host_pid=os.getpid())
         hs_r, hs_w = os.pipe()
         try:
             self.proc = subprocess.Popen(
@@ -96,7 +97,7 @@ class CoordinatorProcess:
             raise
         os.close(hs_w)
         try:
-            blob = pickle.dumps(config)
+            blob = pickle.dumps((config, launch))
             assert self.proc.stdin is not None
             self.proc.stdin.write(struct.pack("<Q", len(blob)) + blob)
             self.proc.stdin.flush()

@@ -17,6 +17,7 @@ import json.encoder
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from taskmill.config import DEFAULT_PRIORITY
 from taskmill.errors import ConfigError, InvalidPayload
 from taskmill.options import LIFECYCLE_OPTIONS, check_ttl_from, lifecycle_fields
 from taskmill.protocol import SubmitItem
@@ -517,7 +518,7 @@ class Defaults:
     ask for (SPEC §6): the scheduler's ``Capacity``.
     """
 
-    priority: int = int(Priority.NORMAL)
+    priority: int = DEFAULT_PRIORITY
     retry: RetryPolicy = RetryPolicy()
     timeout: float | None = None
     cpu_capacity: float = field(default_factory=usable_cpus)

@@ -206,7 +206,7 @@ class Monitoring:
     def wire(self) -> dict[str, Any]:
         """What the coordinator's gate needs: the IO window and the throttle thresholds."""
         return {"io_window": self.config.window, "io_fraction": self.config.max_io_fraction,
-                "throttle": list(self.policy.thresholds)}
+                "throttle": tuple(self.policy.thresholds)}
 
     def monitor(self, send: Callable[..., Any], coordinator_pid: int) -> ResourceMonitor | None:
         """A started monitor sending to the coordinator, or None when nothing is to be sampled."""

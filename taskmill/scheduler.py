@@ -31,6 +31,19 @@ from taskmill.admission import (
     preemption_settings,
 )
 from taskmill.client import CoordinatorProcess
+from taskmill.config import (
+    CANCEL_HOOK_TIMEOUT,
+    DEFAULT_GROUP_WEIGHT,
+    DEFAULT_PRIORITY,
+    EXPIRY_SWEEP_INTERVAL,
+    POLL_INTERVAL,
+    PREEMPT_PRIORITY,
+    PREEMPTION,
+    RETENTION_EVERY,
+    AdmissionConfig,
+    CoordinatorConfig,
+    Launch,
+)
 from taskmill.controls import AdmissionControls
 from taskmill.domain import Defaults, Domain, Submission, check_timeout
 from taskmill.errors import ConfigError, SchedulerClosed, UnknownDomain, WaitTimeout
@@ -146,19 +159,19 @@ class Scheduler(AdmissionControls):
         *,
         max_concurrency: int | None = None,
         shutdown: Shutdown | None = None,
-        default_priority: int = Priority.NORMAL,
+        default_priority: int = DEFAULT_PRIORITY,
         default_retry: RetryPolicy | None = None,
         default_timeout: float | None = None,
         state: dict[str, Any] | None = None,
-        poll_interval: float = 0.5,
+        poll_interval: float = POLL_INTERVAL,
         resource_monitoring: bool = False,
         max_retries: int | None = None,
         default_ttl: float | None = None,
-        expiry_sweep_interval: float = 30.0,
+        expiry_sweep_interval: float = EXPIRY_SWEEP_INTERVAL,
         start_paused: bool = False,
         retention: MaxCount | MaxAgeDays | None = None,
-        retention_every: int = 100,
-        cancel_hook_timeout: float = 30.0,
+        retention_every: int = RETENTION_EVERY,
+        cancel_hook_timeout: float = CANCEL_HOOK_TIMEOUT,
         capacity: Capacity | None = None,
         group_concurrency: dict[str, int] | None = None,
         default_group_concurrency: int | None = None,
@@ -170,11 +183,11 @@ class Scheduler(AdmissionControls):
         throttle_policy: ThrottlePolicy | None = None,
         bandwidth_limit: float | None = None,
         group_weights: dict[str, float] | None = None,
-        default_group_weight: float = 1.0,
+        default_group_weight: float = DEFAULT_GROUP_WEIGHT,
         group_minimum_slots: dict[str, int] | None = None,
         priority_aging: AgingConfig | None = None,
-        preempt_priority: int | None = Priority.REALTIME,
-        preemption: str = "cancel",
+        preempt_priority: int | None = PREEMPT_PRIORITY,
+        preemption: str = PREEMPTION,
     ) -> None:
         path = os.fspath(store_path) if isinstance(store_path, os.PathLike) else store_path
         if not isinstance(path, str):
@@ -229,18 +242,17 @@ class Scheduler(AdmissionControls):
         self._domains = names
         self.max_concurrency = max_concurrency
         self.shutdown_mode = shutdown or Shutdown.hard()
-        self._admission_config = admission_settings(capacity, group_concurrency, default_group_concurrency,
-                                                    rate_limits, group_rate_limits)
         self._monitoring = monitoring_settings(resource_monitoring, resource_sampler, sampler_config,
                                                pressure_sources, throttle_policy, bandwidth_limit)
-        self._admission_config.update(self._monitoring.wire())
-        self._admission_config.update(fairness_settings(group_weights, default_group_weight, group_minimum_slots,
-                                                        priority_aging))
-        self._admission_config.update(preemption_settings(preempt_priority, preemption))
+        self._admission = AdmissionConfig(
+            **admission_settings(capacity, group_concurrency, default_group_concurrency, rate_limits,
+                                 group_rate_limits),
+            **self._monitoring.wire(),
+            **fairness_settings(group_weights, default_group_weight, group_minimum_slots, priority_aging),
+            **preemption_settings(preempt_priority, preemption))
         self._monitor: ResourceMonitor | None = None
         self._defaults = Defaults(priority=priority, retry=default_retry or RetryPolicy(), timeout=timeout,
-                                  cpu_capacity=self._admission_config["cpus"],
-                                  memory_capacity=self._admission_config["memory"],
+                                  cpu_capacity=self._admission.cpus, memory_capacity=self._admission.memory,
                                   ttl=self._ttl)
         self._state = {as_str(k, "state key"): v for k, v in (state or {}).items()}
         self._poll = poll
@@ -260,7 +272,7 @@ class Scheduler(AdmissionControls):
         self._closed = False
         types = [t for d in self._domains.values() for t in d.tasks.values()]
         tasks = {t.qualified: t.fn for t in types}
-        unknown = sorted(set(self._admission_config["rate_limits"]) - set(tasks))
+        unknown = sorted(set(self._admission.rate_limits) - set(tasks))
         if unknown:
             raise ValueError(f"rate_limits names task types no domain registers: {unknown} "
                              f"(qualified names, such as 'media::thumbnail')")
@@ -275,29 +287,26 @@ class Scheduler(AdmissionControls):
             "domains": dict(self._domains),  # for submissions from inside tasks (ctx.spawn_child …)
             "defaults": self._defaults,
         })
-        config = {
-            "sys_path": list(sys.path),
-            "cwd": os.getcwd(),
-            "store_path": self.store_path,
-            "registry": registry,
-            "max_concurrency": self.max_concurrency,
-            "domain_caps": {d.name: d.max_concurrency for d in self._domains.values()},
-            "type_retry": {t.qualified: t.effective_retry(self._defaults.retry)
-                           for d in self._domains.values() for t in d.tasks.values()},
-            "default_retry": self._defaults.retry,
-            "shutdown": self.shutdown_mode,
-            "poll_interval": self._poll,
-            "embedded": True,
-            "finalizers": sorted(finalizers),
-            "cancel_hooks": sorted(hooks),
-            "cancel_hook_timeout": self._hook_timeout,
-            "expiry_sweep_interval": self._sweep,
-            "retention": self._retention,
-            "retention_every": self._retention_every,
-            "start_paused": self._start_paused,
-            "admission": self._admission_config,
-        }
-        self._process = proc = CoordinatorProcess(config)
+        config = CoordinatorConfig(
+            store_path=self.store_path,
+            max_concurrency=self.max_concurrency,
+            domain_caps={d.name: d.max_concurrency for d in self._domains.values()},
+            type_retry={t.qualified: t.effective_retry(self._defaults.retry)
+                        for d in self._domains.values() for t in d.tasks.values()},
+            default_retry=self._defaults.retry,
+            shutdown=self.shutdown_mode,
+            poll_interval=self._poll,
+            finalizers=frozenset(finalizers),
+            cancel_hooks=frozenset(hooks),
+            cancel_hook_timeout=self._hook_timeout,
+            expiry_sweep_interval=self._sweep,
+            retention=self._retention,
+            retention_every=self._retention_every,
+            start_paused=self._start_paused,
+            admission=self._admission,
+        )
+        launch = Launch(registry=registry, sys_path=tuple(sys.path), cwd=os.getcwd())
+        self._process = proc = CoordinatorProcess(config, launch)
         self._monitor = self._monitoring.monitor(proc.call, proc.pid)
         # A scheduler that is never closed still stops its processes: when it is collected, or at
         # interpreter exit (before module teardown, unlike __del__).

@@ -27,6 +27,7 @@ import psutil
 import structlog
 
 from taskmill import protocol
+from taskmill.config import CoordinatorConfig, Launch
 from taskmill.errors import StartupError, StoreLocked, TaskmillError
 from taskmill.protocol import state_file_for
 
@@ -36,10 +37,13 @@ LISTEN_BACKLOG = 128
 PROFILE_ENV = "TASKMILL_PROFILE"
 
 
-def _read_config() -> dict[str, Any]:
+def _read_config() -> tuple[CoordinatorConfig, Launch]:
     head = sys.stdin.buffer.read(8)
     (n,) = struct.unpack("<Q", head)
-    return pickle.loads(sys.stdin.buffer.read(n))
+    config, launch = pickle.loads(sys.stdin.buffer.read(n))
+    if not isinstance(config, CoordinatorConfig) or not isinstance(launch, Launch):
+        raise StartupError("the coordinator was started without its configuration")
+    return config, launch
 
 
 def _is_coordinator(pid: int) -> bool:
@@ -84,15 +88,15 @@ def main() -> int:
     handshake = os.fdopen(args.handshake_fd, "wb")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the host decides; Ctrl-C reaches it, not us
 
-    config = _read_config()
+    config, launch = _read_config()
     # multiprocessing's temp dir (the fork server's socket) inside our runtime dir: the host
     # removes that dir even when this process was killed and could not clean up
-    mp_tmp = os.path.join(config["runtime_dir"], "mp")
+    mp_tmp = os.path.join(launch.runtime_dir, "mp")
     os.makedirs(mp_tmp, mode=0o700, exist_ok=True)
     multiprocessing.process.current_process()._config["tempdir"] = mp_tmp  # type: ignore[attr-defined]
-    sys.path[:] = config["sys_path"]
-    os.chdir(config["cwd"])
-    logging.basicConfig(level=config.get("log_level", logging.WARNING), stream=sys.stderr,
+    sys.path[:] = launch.sys_path
+    os.chdir(launch.cwd)
+    logging.basicConfig(level=launch.log_level, stream=sys.stderr,
                         format="taskmill coordinator: %(message)s")
     # This process is ours, so it may configure structlog: key=value lines into stdlib logging (stderr).
     structlog.configure(
@@ -107,11 +111,11 @@ def main() -> int:
     from taskmill.store import Store
     from taskmill.workers.pool import WorkerPool
 
-    store_path: str = config["store_path"]
+    store_path = config.store_path
     state_file = state_file_for(store_path)
     shm = pool = store = listener = coord = None
     wrote_state = False
-    registry_path = os.path.join(config["runtime_dir"], "registry.pkl")
+    registry_path = os.path.join(launch.runtime_dir, "registry.pkl")
 
     def cleanup() -> None:
         """Release everything this process made; each step runs even if another fails."""
@@ -140,7 +144,7 @@ def main() -> int:
             quietly(shm.close)
         if state_file and wrote_state:
             quietly(os.unlink, state_file)
-        quietly(shutil.rmtree, config["runtime_dir"], True)  # the host removes it too, unless it was killed
+        quietly(shutil.rmtree, launch.runtime_dir, True)  # the host removes it too, unless it was killed
         quietly(WorkerPool.stop_resource_tracker)
         # multiprocessing's own temp dir (the fork server's socket): its finalizer never runs, as
         # this process leaves with os._exit
@@ -151,40 +155,31 @@ def main() -> int:
     try:
         _check_state_file(state_file)
         with open(registry_path, "wb") as reg:
-            reg.write(config["registry"])
-        host_pidfd = _open_host_pidfd(config.get("host_pid"))
-        shm = SharedState(worker_slots(config["max_concurrency"]))
+            reg.write(launch.registry)
+        host_pidfd = _open_host_pidfd(launch.host_pid)
+        shm = SharedState(worker_slots(config.max_concurrency))
         pool = WorkerPool(registry_path, shm.name)  # fork server starts here, before DuckDB
         # Everything this process creates from here on (the store, its WAL, the state file, the
         # socket) is the owner's only. Workers keep the host's umask: the fork server already runs.
         os.umask(0o077)
         store = Store(store_path)
-        coord = Coordinator(
-            store=store, pool=pool, shm=shm, max_concurrency=config["max_concurrency"],
-            domain_caps=config["domain_caps"], type_retry=config["type_retry"],
-            default_retry=config["default_retry"], shutdown_mode=config["shutdown"].mode,
-            shutdown_timeout=config["shutdown"].timeout, poll_interval=config["poll_interval"],
-            host_lifeline=sys.stdin.fileno() if config.get("embedded", True) else None, host_pidfd=host_pidfd,
-            finalizers=frozenset(config.get("finalizers", ())), cancel_hooks=frozenset(config.get("cancel_hooks", ())),
-            cancel_hook_timeout=config.get("cancel_hook_timeout", 30.0),
-            expiry_sweep_interval=config.get("expiry_sweep_interval", 30.0),
-            retention=config.get("retention"), retention_every=config.get("retention_every", 100),
-            start_paused=config.get("start_paused", False), admission=config.get("admission"))
+        coord = Coordinator(config, store=store, pool=pool, shm=shm,
+                            host_lifeline=sys.stdin.fileno() if launch.embedded else None, host_pidfd=host_pidfd)
         try:
             coord.start_workers()
         except RuntimeError as e:
             raise StartupError(f"workers cannot start: {e}") from e
         recovered = coord.recover()
         # authenticated per peer in serve(); the default backlog (1) refuses bursts of new threads
-        listener = Listener(config["socket_path"], family="AF_UNIX", backlog=LISTEN_BACKLOG)
+        listener = Listener(launch.socket_path, family="AF_UNIX", backlog=LISTEN_BACKLOG)
         if state_file:
             tmp = state_file + ".tmp"
             with open(tmp, "w") as f:
-                json.dump({"pid": os.getpid(), "socket": config["socket_path"], "shm": shm.name,
+                json.dump({"pid": os.getpid(), "socket": launch.socket_path, "shm": shm.name,
                            "started_at": time.time()}, f)
             os.replace(tmp, state_file)
             wrote_state = True
-        coord.serve(listener, config["authkey"])
+        coord.serve(listener, launch.authkey)
         signal.signal(signal.SIGTERM, lambda *_: coord.request_stop())
         handshake.write(pickle.dumps(("ok", {"pid": os.getpid(), "shm": shm.name, "recovered": recovered})))
         handshake.close()

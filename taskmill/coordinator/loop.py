@@ -41,6 +41,7 @@ from typing import Any, Callable
 import structlog
 
 from taskmill import protocol
+from taskmill.config import CoordinatorConfig
 from taskmill.coordinator.acceptor import Acceptor
 from taskmill.coordinator.answers import Answers
 from taskmill.coordinator.core import snapshots
@@ -57,7 +58,7 @@ from taskmill.coordinator.wire import check_items, decode_request
 from taskmill.coordinator.workforce import Workforce
 from taskmill.coordinator.writer import Writer
 from taskmill.errors import SchedulerBroken, SchedulerClosed
-from taskmill.records import DuplicateStrategy, ModuleSnapshot, RetryPolicy, SchedulerSnapshot, TaskRecord
+from taskmill.records import DuplicateStrategy, ModuleSnapshot, SchedulerSnapshot, TaskRecord
 from taskmill.shm import SharedState
 from taskmill.store import Queries, Store
 from taskmill.workers.pool import WorkerHandle, WorkerPool
@@ -98,50 +99,39 @@ class Coordinator(Workforce, Answers):
 
     def __init__(
         self,
+        config: CoordinatorConfig,
         *,
         store: Store,
         pool: WorkerPool,
         shm: SharedState,
-        max_concurrency: int,
-        domain_caps: dict[str, int | None],
-        type_retry: dict[str, RetryPolicy],
-        default_retry: RetryPolicy,
-        shutdown_mode: str,
-        shutdown_timeout: float,
-        poll_interval: float = 0.5,
         host_lifeline: int | None = None,
         host_pidfd: int | None = None,
         clock: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
-        finalizers: frozenset[str] = frozenset(),
-        cancel_hooks: frozenset[str] = frozenset(),
-        cancel_hook_timeout: float = 30.0,
-        expiry_sweep_interval: float = 30.0,
-        retention: tuple[str, float] | None = None,
-        retention_every: int = 100,
-        start_paused: bool = False,
         recover_hot: int | None = RECOVER_HOT,
-        admission: dict[str, Any] | None = None,
     ) -> None:
+        self.config = config
         self.store = store
         self.pool = pool
         self.shm = shm
-        self.shutdown_mode = shutdown_mode
-        self.shutdown_timeout = shutdown_timeout
-        self.poll_interval = poll_interval
+        self.shutdown_mode = config.shutdown.mode
+        self.shutdown_timeout = config.shutdown.timeout
+        self.poll_interval = config.poll_interval
         self.clock = clock  # type: ignore[method-assign]  # wall clock: only for timestamps stored for users
         self.mono = mono  # type: ignore[method-assign]  # every timer, deadline and duration
-        self.type_retry = type_retry
-        self.start_paused = start_paused
+        self.type_retry = dict(config.type_retry)
+        self.start_paused = config.start_paused
         self.recover_hot = recover_hot
-        admission = admission or {}
-        gate = make_gate(max_concurrency, domain_caps, admission, mono())
+        admission = config.admission
+        gate = make_gate(config.max_concurrency, config.domain_caps, admission, mono())
         fair, aging = make_fairness(admission)
-        self.lc = Lifecycle(gate=gate, fair=fair, aging=aging, preempt_priority=admission.get("preempt_priority"),
-                            preemption=admission.get("preemption", "cancel"), type_retry=type_retry, default_retry=default_retry, finalizers=finalizers, cancel_hooks=cancel_hooks, sweep_interval=expiry_sweep_interval,
-                            retention=retention, retention_every=retention_every)
+        self.lc = Lifecycle(gate=gate, fair=fair, aging=aging, preempt_priority=admission.preempt_priority,
+                            preemption=admission.preemption, type_retry=self.type_retry,
+                            default_retry=config.default_retry, finalizers=config.finalizers,
+                            cancel_hooks=config.cancel_hooks, sweep_interval=config.expiry_sweep_interval,
+                            retention=config.retention, retention_every=config.retention_every)
         self.tracker = ProgressTracker()
-        self._init_workforce(max_concurrency, cancel_hook_timeout)
+        self._init_workforce(config.max_concurrency, config.cancel_hook_timeout)
         self.timers = Timers()  # the shell's own: worker timeouts, kill graces, hook limits, respawns
         self.worker_acks: list[tuple[WorkerHandle, Any]] = []  # spawn replies, sent after the commit
 

@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from taskmill.config import DEFAULT_GROUP_WEIGHT
 from taskmill.coordinator.core import snapshots
 from taskmill.coordinator.core.entry import Entry
 from taskmill.domain import dedup_key
@@ -200,7 +201,7 @@ def _admission(coord: Coordinator, what: str, scope: Any, value: Any) -> None:
             raise ValueError("a group weight must be a positive float")
     elif what == "reset_weights":
         coord.lc.fair.weights.clear()
-        coord.lc.fair.default_weight = 1.0
+        coord.lc.fair.default_weight = DEFAULT_GROUP_WEIGHT
     elif what == "group_min_slots":
         if type(value) is not int or not 0 <= value <= 2**31 - 1:
             raise ValueError("minimum slots must be an int >= 0")

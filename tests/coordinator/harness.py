@@ -18,6 +18,7 @@ import cloudpickle
 from polling import poll_until
 
 from taskmill import protocol
+from taskmill.config import CoordinatorConfig
 from taskmill.coordinator.loop import Coordinator
 from taskmill.coordinator.wire import check_items
 from taskmill.domain import canonical_json, dedup_key
@@ -72,9 +73,8 @@ def coordinator(tmp_path: Any, tasks: dict[str, Callable[..., Any]], *, clock: C
     shm = SharedState(workers)
     pool = WorkerPool(str(registry), shm.name)  # fork server before DuckDB, as in the real process
     store = Store(str(tmp_path / "store.duckdb"))
-    coord = Coordinator(store=store, pool=pool, shm=shm, max_concurrency=workers, domain_caps={}, type_retry={},
-                        default_retry=RetryPolicy(), shutdown_mode="hard", shutdown_timeout=0.0, poll_interval=0.05,
-                        clock=clock)
+    config = CoordinatorConfig(store_path=str(tmp_path / "store.duckdb"), max_concurrency=workers, poll_interval=0.05)
+    coord = Coordinator(config, store=store, pool=pool, shm=shm, clock=clock)
     try:
         coord.start_workers()
         coord.recover()

@@ -22,7 +22,7 @@ PACKAGE_DIR = Path(taskmill.__file__).resolve().parent
 ROOT = PACKAGE_DIR.parent
 
 LEAVES = {"taskmill.errors", "taskmill.records", "taskmill.outcomes", "taskmill.protocol", "taskmill.shm", "taskmill.validation",
-          "taskmill.options", "taskmill.metrics", "taskmill.batch"}
+          "taskmill.options", "taskmill.metrics", "taskmill.batch", "taskmill.config"}
 
 
 def module_name(path: Path) -> str:
@@ -116,6 +116,7 @@ LEAF_ALLOWED = {
     "taskmill.metrics": {"taskmill.records"},
     "taskmill.options": {"taskmill.errors", "taskmill.records", "taskmill.outcomes", "taskmill.validation"},
     "taskmill.batch": set(),
+    "taskmill.config": {"taskmill.records"},
 }
 
 
@@ -197,7 +198,7 @@ IO_MODULES = {"os", "io", "time", "select", "selectors", "socket", "signal", "su
               "multiprocessing", "mmap", "shutil", "tempfile", "pathlib", "duckdb", "psutil", "structlog", "logging"}
 #: The taskmill modules the core may import at run time besides itself: leaves of plain values.
 CORE_MAY_IMPORT = {"taskmill.errors", "taskmill.records", "taskmill.validation", "taskmill.metrics", "taskmill.batch",
-                   "taskmill.admission"}
+                   "taskmill.admission", "taskmill.config"}
 
 
 def test_the_core_package_is_the_decision_modules() -> None:

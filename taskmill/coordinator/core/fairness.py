@@ -26,7 +26,9 @@ or its demand.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Iterable
+
+from taskmill.config import DEFAULT_GROUP_WEIGHT, AdmissionConfig
 
 __all__ = ["Aging", "FairShare", "effective_priority", "make_fairness"]
 
@@ -54,7 +56,7 @@ def effective_priority(base: int, waited: float, aging: Aging | None) -> int:
 class FairShare:
     """Group weights, minimum slots and the virtual times of dispatch."""
 
-    def __init__(self, weights: dict[str, float] | None = None, default_weight: float = 1.0,
+    def __init__(self, weights: dict[str, float] | None = None, default_weight: float = DEFAULT_GROUP_WEIGHT,
                  min_slots: dict[str, int] | None = None) -> None:
         self.weights = dict(weights or {})
         self.default_weight = default_weight
@@ -147,9 +149,9 @@ class FairShare:
         return out
 
 
-def make_fairness(admission: dict[str, Any]) -> tuple[FairShare, Aging | None]:
-    """Fair share and aging from a coordinator's ``admission`` config (the host checked it)."""
-    fair = FairShare(admission.get("group_weights"), admission.get("default_group_weight", 1.0),
-                     admission.get("group_minimum_slots"))
-    aging = admission.get("aging")
+def make_fairness(admission: AdmissionConfig) -> tuple[FairShare, Aging | None]:
+    """Fair share and aging from a coordinator's admission config (the host checked it)."""
+    fair = FairShare(dict(admission.group_weights), admission.default_group_weight,
+                     dict(admission.group_minimum_slots))
+    aging = admission.aging
     return fair, (Aging(*aging) if aging is not None else None)

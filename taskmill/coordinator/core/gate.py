@@ -23,8 +23,9 @@ smoothed rates (``observe``) and the pressure (``set_pressure``).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
+from taskmill.config import IO_FRACTION, IO_WINDOW, THROTTLE_THRESHOLDS, AdmissionConfig
 from taskmill.metrics import DENIAL_REASONS
 
 __all__ = ["ADMIT", "SKIP", "STOP", "REASONS", "Bucket", "Gate", "default_throttle", "gate_figures", "make_gate",
@@ -54,7 +55,7 @@ def thresholds_policy(thresholds: list[tuple[int, float]]) -> Callable[[int, flo
 
 #: The default policy: BACKGROUND (192) and lower wait above 0.5, NORMAL (128) and lower above
 #: 0.75, more urgent work never (``ThrottlePolicy()`` on the host holds the same pairs).
-default_throttle = thresholds_policy([(192, 0.5), (128, 0.75)])
+default_throttle = thresholds_policy(list(THROTTLE_THRESHOLDS))
 
 
 #: Tokens short of a whole one that still count as one: ``(t1 - t0) * permits / interval`` lands
@@ -101,7 +102,7 @@ class Gate:
 
     def __init__(self, max_concurrency: int, *, cpus: float = math.inf, memory: int = 0,
                  domain_caps: dict[str, int] | None = None, group_caps: dict[str, int] | None = None,
-                 default_group_cap: int | None = None, io_window: float = 2.0, io_fraction: float = 0.8,
+                 default_group_cap: int | None = None, io_window: float = IO_WINDOW, io_fraction: float = IO_FRACTION,
                  throttle: Callable[[int, float], bool] = default_throttle) -> None:
         self.max_concurrency = max_concurrency
         self.cpus_total = cpus
@@ -291,19 +292,17 @@ class Gate:
             table[scope] = Bucket(permits, interval, burst, now)
 
 
-def make_gate(max_concurrency: int, domain_caps: dict[str, int | None], admission: dict[str, Any],
+def make_gate(max_concurrency: int, domain_caps: Mapping[str, int | None], admission: AdmissionConfig,
               now: float) -> Gate:
-    """The gate of a coordinator from its configuration (``admission``: the host's resolved
-    values: ``cpus``, ``memory``, ``group_caps``, ``default_group_cap``, ``rate_limits`` and
-    ``group_rate_limits`` as (permits, interval, burst), ``io_window``, ``io_fraction``)."""
-    gate = Gate(max_concurrency, cpus=admission.get("cpus", math.inf), memory=admission.get("memory", 0),
+    """The gate of a coordinator from its configuration (the host resolved every value)."""
+    gate = Gate(max_concurrency, cpus=admission.cpus, memory=admission.memory,
                 domain_caps={d: c for d, c in domain_caps.items() if c is not None},
-                group_caps=admission.get("group_caps"), default_group_cap=admission.get("default_group_cap"),
-                io_window=admission.get("io_window", 2.0), io_fraction=admission.get("io_fraction", 0.8),
-                throttle=thresholds_policy(admission["throttle"]) if "throttle" in admission else default_throttle)
-    for scope, limit in (admission.get("rate_limits") or {}).items():
+                group_caps=dict(admission.group_caps), default_group_cap=admission.default_group_cap,
+                io_window=admission.io_window, io_fraction=admission.io_fraction,
+                throttle=thresholds_policy(list(admission.throttle)))
+    for scope, limit in admission.rate_limits.items():
         gate.set_rate_limit("type", scope, limit, now)
-    for scope, limit in (admission.get("group_rate_limits") or {}).items():
+    for scope, limit in admission.group_rate_limits.items():
         gate.set_rate_limit("group", scope, limit, now)
     return gate
 

@@ -27,6 +27,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
 from taskmill.batch import FinishedRow, utc
+from taskmill.config import PREEMPTION, RETENTION_EVERY
 from taskmill.coordinator.core.cold import ColdTails
 from taskmill.coordinator.core.dispatch import Dispatch
 from taskmill.coordinator.core.entry import Ended, Entry, Schedule
@@ -83,14 +84,14 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Dispatch):
         fair: FairShare | None = None,
         aging: Aging | None = None,
         preempt_priority: int | None = None,
-        preemption: str = "cancel",
+        preemption: str = PREEMPTION,
         type_retry: dict[str, RetryPolicy] | None = None,
         default_retry: RetryPolicy | None = None,
         finalizers: frozenset[str] = frozenset(),
         cancel_hooks: frozenset[str] = frozenset(),
         sweep_interval: float = SWEEP_INTERVAL,
         retention: tuple[str, float] | None = None,
-        retention_every: int = 100,
+        retention_every: int = RETENTION_EVERY,
         rng: random.Random | None = None,
     ) -> None:
         self.retention = retention  # ("count", keep) or ("age_days", days), pruned every retention_every rows

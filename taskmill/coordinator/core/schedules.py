@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+from taskmill.config import EXPIRY_SWEEP_INTERVAL
 from taskmill.coordinator.core.entry import Entry, Schedule
 from taskmill.coordinator.core.table import TaskTable
 from taskmill.records import HistoryStatus, TaskStatus
@@ -22,7 +23,7 @@ __all__ = ["Schedules"]
 
 _EXPIRABLE = frozenset({TaskStatus.PENDING.value, TaskStatus.PAUSED.value, TaskStatus.BLOCKED.value})
 #: Default seconds between two TTL sweeps.
-SWEEP_INTERVAL = 30.0
+SWEEP_INTERVAL = EXPIRY_SWEEP_INTERVAL
 
 
 class Schedules(TaskTable):
