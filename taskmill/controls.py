@@ -1,20 +1,26 @@
-"""Admission settings changed at runtime (F17, F20, F21): the Scheduler's concurrency, group
-caps, token buckets and group weights.
+"""Controls a Scheduler and its domain handles share: group pauses and runtime admission settings.
 
-A mixin of ``Scheduler``: each method checks its arguments on the host and sends
-one ``admission`` call; the coordinator's next dispatch round obeys the new
-value. Runtime changes last as long as the scheduler runs: the next start uses
-the ``Scheduler(...)`` arguments again. Imports leaves only.
+Mixins over a ``Session``: ``GroupControls`` (group pauses, group token
+buckets, weights and minimum slots; groups span domains, so a ``DomainHandle``
+has the same calls as its ``Scheduler``) and ``AdmissionControls`` (the
+Scheduler's: concurrency, group caps, task-type token buckets, timed group
+pauses). Each method checks its arguments on the host and sends one call; the
+coordinator's next dispatch round obeys the new value. Runtime admission
+changes last as long as the scheduler runs: the next start uses the
+``Scheduler(...)`` arguments again. Imports leaves and the session only.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from taskmill.admission import RateLimit
+from taskmill.records import PausedGroupInfo
+from taskmill.session import Session
 from taskmill.validation import INT32_MAX, as_float, as_int, as_str, describe
 
-__all__ = ["AdmissionControls", "rate_wire", "task_type_name"]
+__all__ = ["AdmissionControls", "GroupControls", "SessionCalls", "rate_wire", "task_type_name"]
 
 
 def rate_wire(limit: Any) -> tuple[int, float, int]:
@@ -33,49 +39,40 @@ def task_type_name(task_type: Any, known: frozenset[str]) -> str:
     return name
 
 
-class AdmissionControls:
-    """Runtime admission settings of a ``Scheduler``."""
+class SessionCalls:
+    """Calls through the session (``_session``), checked open first."""
 
-    _registered: frozenset[str]
-    max_concurrency: int
-
-    def _call(self, name: str, *args: Any) -> Any:
-        raise NotImplementedError
+    _session: Session
 
     def _check_open(self) -> None:
-        raise NotImplementedError
+        self._session.check_open()
+
+    def _call(self, name: str, *args: Any) -> Any:
+        self._session.check_open()
+        return self._session.call(name, *args)
 
     def _set_admission(self, what: str, scope: str, value: Any) -> None:
-        self._check_open()
         self._call("admission", what, scope, value)
 
-    def set_max_concurrency(self, n: int) -> None:
-        """Change the most tasks running at once. Raising it starts workers (up to twice the
-        starting value plus 16); lowering it lets running tasks finish and starts fewer."""
-        n = as_int(n, "max_concurrency", lo=1, hi=INT32_MAX)
-        self._set_admission("max_concurrency", "", n)
-        self.max_concurrency = n
 
-    def set_group_limit(self, group: str, n: int) -> None:
-        """Cap the running tasks of ``group`` (every domain) at ``n``."""
-        self._set_admission("group_cap", as_str(group, "group"), as_int(n, "n", lo=1, hi=INT32_MAX))
+class GroupControls(SessionCalls):
+    """Group pauses and fair-share and rate settings of groups (every domain)."""
 
-    def remove_group_limit(self, group: str) -> None:
-        """Remove ``group``'s own cap (the default group cap, if any, applies again)."""
-        self._set_admission("group_cap", as_str(group, "group"), None)
+    def pause_group(self, group: str) -> int:
+        """Pause a group in every domain; its tasks (and new ones) wait as paused. Returns how many moved."""
+        return self._call("pause", "group", as_str(group, "group"))
 
-    def set_default_group_concurrency(self, n: int | None) -> None:
-        """Cap every group without a cap of its own at ``n`` (None: no cap)."""
-        self._set_admission("default_group_cap", "", None if n is None else as_int(n, "n", lo=1, hi=INT32_MAX))
+    def resume_group(self, group: str) -> int:
+        """Lift a group's pause; returns how many tasks became pending."""
+        return self._call("resume", "group", as_str(group, "group"))
 
-    def set_rate_limit(self, task_type: Any, limit: RateLimit) -> None:
-        """Give a task type (a ``TaskType`` or its qualified name) a token bucket; a new bucket
-        starts full."""
-        self._set_admission("type_rate", task_type_name(task_type, self._registered), rate_wire(limit))
+    def is_group_paused(self, group: str) -> bool:
+        """Whether ``group`` is paused."""
+        return self._call("is_paused", "group", as_str(group, "group"))
 
-    def remove_rate_limit(self, task_type: Any) -> None:
-        """Remove a task type's token bucket."""
-        self._set_admission("type_rate", task_type_name(task_type, self._registered), None)
+    def paused_groups(self) -> list[PausedGroupInfo]:
+        """Every paused group: when, how many tasks it holds, when it resumes by itself."""
+        return self._call("paused_groups")
 
     def set_group_rate_limit(self, group: str, limit: RateLimit) -> None:
         """Give ``group`` (every domain) a token bucket; a new bucket starts full."""
@@ -101,3 +98,47 @@ class AdmissionControls:
     def set_group_minimum_slots(self, group: str, n: int) -> None:
         """Guarantee ``group`` ``n`` running slots whatever the weights (0 removes it)."""
         self._set_admission("group_min_slots", as_str(group, "group"), as_int(n, "n", lo=0, hi=INT32_MAX))
+
+
+class AdmissionControls(GroupControls):
+    """Runtime admission settings of a ``Scheduler``."""
+
+    max_concurrency: int
+
+    def set_max_concurrency(self, n: int) -> None:
+        """Change the most tasks running at once. Raising it starts workers (up to twice the
+        starting value plus 16); lowering it lets running tasks finish and starts fewer."""
+        n = as_int(n, "max_concurrency", lo=1, hi=INT32_MAX)
+        self._set_admission("max_concurrency", "", n)
+        self.max_concurrency = n
+
+    def set_group_limit(self, group: str, n: int) -> None:
+        """Cap the running tasks of ``group`` (every domain) at ``n``."""
+        self._set_admission("group_cap", as_str(group, "group"), as_int(n, "n", lo=1, hi=INT32_MAX))
+
+    def remove_group_limit(self, group: str) -> None:
+        """Remove ``group``'s own cap (the default group cap, if any, applies again)."""
+        self._set_admission("group_cap", as_str(group, "group"), None)
+
+    def set_default_group_concurrency(self, n: int | None) -> None:
+        """Cap every group without a cap of its own at ``n`` (None: no cap)."""
+        self._set_admission("default_group_cap", "", None if n is None else as_int(n, "n", lo=1, hi=INT32_MAX))
+
+    def set_rate_limit(self, task_type: Any, limit: RateLimit) -> None:
+        """Give a task type (a ``TaskType`` or its qualified name) a token bucket; a new bucket
+        starts full."""
+        self._set_admission("type_rate", task_type_name(task_type, self._session.registered), rate_wire(limit))
+
+    def remove_rate_limit(self, task_type: Any) -> None:
+        """Remove a task type's token bucket."""
+        self._set_admission("type_rate", task_type_name(task_type, self._session.registered), None)
+
+    def pause_group_until(self, group: str, when: datetime | float) -> int:
+        """Pause a group until ``when`` (a timezone-aware datetime or epoch seconds), then resume it."""
+        if isinstance(when, datetime):
+            if when.tzinfo is None:
+                raise ValueError("when must be a timezone-aware datetime (or epoch seconds)")
+            until = when.timestamp()
+        else:
+            until = as_float(when, "when (epoch seconds)")
+        return self._call("pause", "group", as_str(group, "group"), until)

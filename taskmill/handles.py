@@ -2,32 +2,31 @@
 
 A thin proxy like the rest of the host API: submissions are resolved and
 checked here (``domain.resolve``), calls go to the coordinator by name with
-plain, bounded arguments, scoped to this domain. Imports leaves, ``domain``
-and the client channel only.
+plain, bounded arguments, scoped to this domain. It holds the scheduler's
+``Session``, never the scheduler. Imports leaves, ``domain``, ``controls`` and
+the session only.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from taskmill import protocol
 from taskmill.admission import RateLimit
+from taskmill.controls import GroupControls, rate_wire, task_type_name
 from taskmill.domain import Domain, Submission, TaskOptions, TaskType, as_submission, resolve
 from taskmill.errors import InvalidSubmission, UnknownTaskType
 from taskmill.outcomes import BatchOutcome, SubmitOutcome, outcomes_from_wire
 from taskmill.records import (
     EstimatedProgress,
     ModuleSnapshot,
-    PausedGroupInfo,
     TaskHistoryRecord,
     TaskProgress,
     TaskRecord,
     TaskStatus,
 )
+from taskmill.session import Session
 from taskmill.validation import INT32_MAX, as_int, as_str, describe
-
-if TYPE_CHECKING:
-    from taskmill.scheduler import Scheduler
 
 __all__ = ["DomainHandle"]
 
@@ -42,11 +41,15 @@ def _status(status: Any) -> str | None:
     return s
 
 
-class DomainHandle:
-    """Submit to and query one domain (``sched.domain(media)``)."""
+class DomainHandle(GroupControls):
+    """Submit to and query one domain (``sched.domain(media)``).
 
-    def __init__(self, sched: Scheduler, domain: Domain) -> None:
-        self._s = sched
+    Groups span domains: the group calls (``pause_group``, ``set_group_weight`` …) act on the
+    group in every domain, as the Scheduler's do.
+    """
+
+    def __init__(self, session: Session, domain: Domain) -> None:
+        self._session = session
         self.domain = domain
         self.name = domain.name
         self._cap = domain.max_concurrency
@@ -59,7 +62,7 @@ class DomainHandle:
         t = sub.task
         if t.domain is not self.domain and t.domain.name != self.name:
             raise UnknownTaskType(f"task {t.qualified} belongs to domain {t.domain.name!r}, not {self.name!r}")
-        if t.qualified not in self._s._registered:
+        if t.qualified not in self._session.registered:
             raise UnknownTaskType(f"task {t.qualified} was not registered when the scheduler started")
         return sub
 
@@ -77,10 +80,10 @@ class DomainHandle:
                 not fit the task function's signature (named in the message).
             SchedulerClosed: the scheduler is closed or not started.
         """
-        self._s._check_open()
-        item = resolve(self._submission(task, payload), self._s._defaults)
+        self._check_open()
+        item = resolve(self._submission(task, payload), self._session.defaults)
         try:
-            wire = self._s._proc().request(protocol.Submit([tuple(item)]))
+            wire = self._session.proc().request(protocol.Submit([tuple(item)]))
         except InvalidSubmission as e:  # the coordinator numbers items; one submission has no number
             text = str(e)
             raise InvalidSubmission(text[len("item 0: "):] if text.startswith("item 0: ") else text,
@@ -96,30 +99,26 @@ class DomainHandle:
             InvalidSubmission: an item is invalid (``index`` names it).
             TypeError: ``submissions`` is not an iterable of submissions (e.g. a single one).
         """
-        self._s._check_open()
+        self._check_open()
         if isinstance(submissions, (Submission, TaskType, TaskOptions, str, bytes, Mapping)) or not isinstance(
                 submissions, Iterable):
             raise TypeError(f"submit_batch() takes a list of submissions (task.call(...)), got {describe(submissions)}")
         items = []
         for i, sub in enumerate(submissions):
             try:
-                items.append(resolve(self._submission(sub, {}), self._s._defaults))
+                items.append(resolve(self._submission(sub, {}), self._session.defaults))
             except (ValueError, TypeError, LookupError) as e:
                 raise InvalidSubmission(f"batch item {i} is invalid: {e}", index=i) from e
         if not items:
             return BatchOutcome(())
-        wire = self._s._proc().request(protocol.Submit([tuple(it) for it in items]))
+        wire = self._session.proc().request(protocol.Submit([tuple(it) for it in items]))
         return BatchOutcome(outcomes_from_wire(wire))
 
     def cancel(self, task_id: int) -> bool:
         """Cancel one of this domain's tasks; True if it was found and cancelled."""
-        self._s._check_open()
+        self._check_open()
         task_id = as_int(task_id, "task_id")
-        return bool(self._s._proc().call("cancel", task_id, self.name))
-
-    def _call(self, name: str, *args: Any) -> Any:
-        self._s._check_open()
-        return self._s._proc().call(name, *args)
+        return bool(self._session.proc().call("cancel", task_id, self.name))
 
     # ------------------------------------------------------------------ cancellation (F23)
 
@@ -157,23 +156,6 @@ class DomainHandle:
         """Whether this domain is paused (by itself; see ``Scheduler.is_paused`` for a global pause)."""
         return self._call("is_paused", "domain", self.name)
 
-    # Groups are the scheduler's, not a domain's: the handle's group calls are the scheduler's.
-
-    def pause_group(self, group: str) -> int:
-        """Pause a group in every domain; see ``Scheduler.pause_group``."""
-        return self._s.pause_group(group)
-
-    def resume_group(self, group: str) -> int:
-        """Lift a group's pause; see ``Scheduler.resume_group``."""
-        return self._s.resume_group(group)
-
-    def is_group_paused(self, group: str) -> bool:
-        return self._s.is_group_paused(group)
-
-    def paused_groups(self) -> list[PausedGroupInfo]:
-        """Every paused group; see ``Scheduler.paused_groups``."""
-        return self._s.paused_groups()
-
     # ------------------------------------------------------------------ recurring schedules (F15)
 
     def pause_recurring(self, task_id: int) -> bool:
@@ -200,7 +182,7 @@ class DomainHandle:
     def set_max_concurrency(self, n: int | None) -> None:
         """Cap this domain's running tasks at ``n`` at runtime (None: no cap)."""
         cap = None if n is None else as_int(n, "max_concurrency", lo=1, hi=INT32_MAX)
-        self._s._set_admission("domain_cap", self.name, cap)
+        self._set_admission("domain_cap", self.name, cap)
         self._cap = cap
 
     def _type_name(self, task: Any) -> str:
@@ -215,35 +197,12 @@ class DomainHandle:
 
     def set_rate_limit(self, task: TaskType | str, limit: RateLimit) -> None:
         """Give one of this domain's task types (a ``TaskType`` or its name) a token bucket."""
-        self._s.set_rate_limit(self._type_name(task), limit)
+        name = task_type_name(self._type_name(task), self._session.registered)
+        self._set_admission("type_rate", name, rate_wire(limit))
 
     def remove_rate_limit(self, task: TaskType | str) -> None:
         """Remove a task type's token bucket."""
-        self._s.remove_rate_limit(self._type_name(task))
-
-    def set_group_rate_limit(self, group: str, limit: RateLimit) -> None:
-        """Give ``group`` a token bucket (groups span domains: the Scheduler's setting)."""
-        self._s.set_group_rate_limit(group, limit)
-
-    def remove_group_rate_limit(self, group: str) -> None:
-        """Remove ``group``'s token bucket (the Scheduler's setting)."""
-        self._s.remove_group_rate_limit(group)
-
-    def set_group_weight(self, group: str, weight: float) -> None:
-        """Weigh ``group`` in fair share (groups span domains: the Scheduler's setting)."""
-        self._s.set_group_weight(group, weight)
-
-    def remove_group_weight(self, group: str) -> None:
-        """``group`` goes back to the default weight (the Scheduler's setting)."""
-        self._s.remove_group_weight(group)
-
-    def reset_group_weights(self) -> None:
-        """Every group back to weight 1 (the Scheduler's setting)."""
-        self._s.reset_group_weights()
-
-    def set_group_minimum_slots(self, group: str, n: int) -> None:
-        """Guarantee ``group`` ``n`` running slots (the Scheduler's setting)."""
-        self._s.set_group_minimum_slots(group, n)
+        self._set_admission("type_rate", task_type_name(self._type_name(task), self._session.registered), None)
 
     def snapshot(self) -> ModuleSnapshot:
         """Running tasks, counts, progress and pause state for this domain."""
@@ -286,16 +245,16 @@ class DomainHandle:
 
     def active_tasks(self) -> list[TaskRecord]:
         """This domain's running tasks, from the coordinator's memory."""
-        return self._s._proc().call("active_tasks", self.name)
+        return self._session.proc().call("active_tasks", self.name)
 
     def dead_letter_tasks(self, limit: int = 100, offset: int = 0) -> list[TaskHistoryRecord]:
         """This domain's dead-letter executions, newest first."""
-        self._s._check_open()
+        self._check_open()
         limit, offset = as_int(limit, "limit"), as_int(offset, "offset")
-        return self._s._proc().call("dead_letter_tasks", self.name, limit, offset)
+        return self._session.proc().call("dead_letter_tasks", self.name, limit, offset)
 
     def retry_dead_letter(self, task_id: int) -> SubmitOutcome:
         """Resubmit a dead-letter task of this domain with a fresh retry budget."""
-        self._s._check_open()
+        self._check_open()
         task_id = as_int(task_id, "task_id")
-        return outcomes_from_wire([self._s._proc().call("retry_dead_letter", task_id, self.name)])[0]
+        return outcomes_from_wire([self._session.proc().call("retry_dead_letter", task_id, self.name)])[0]

@@ -13,7 +13,6 @@ import os
 import sys
 import time
 import weakref
-from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import cloudpickle
@@ -46,7 +45,7 @@ from taskmill.config import (
 )
 from taskmill.controls import AdmissionControls
 from taskmill.domain import Defaults, Domain, Submission, check_timeout
-from taskmill.errors import ConfigError, SchedulerClosed, UnknownDomain, WaitTimeout
+from taskmill.errors import ConfigError, UnknownDomain, WaitTimeout
 from taskmill.handles import DomainHandle
 from taskmill.metrics import MetricsSnapshot
 from taskmill.monitor import ResourceMonitor, monitoring_settings
@@ -54,7 +53,6 @@ from taskmill.outcomes import SubmitOutcome, outcomes_from_wire
 from taskmill.records import (
     MaxAgeDays,
     MaxCount,
-    PausedGroupInfo,
     Priority,
     RetryPolicy,
     SchedulerSnapshot,
@@ -63,6 +61,7 @@ from taskmill.records import (
     TaskLookup,
     TaskRecord,
 )
+from taskmill.session import Session
 from taskmill.taskstore import TaskStore
 from taskmill.validation import (
     INT32_MAX,
@@ -257,19 +256,17 @@ class Scheduler(AdmissionControls):
         self._state = {as_str(k, "state key"): v for k, v in (state or {}).items()}
         self._poll = poll
         self.resource_monitoring = self._monitoring.sampler is not None
-        self._registered: frozenset[str] = frozenset()
-        self._process: CoordinatorProcess | None = None
-        self._closed = False  # close() was called: calls say "closed", not "not started"
+        self._session = Session(self._defaults)
         self._handles: dict[str, DomainHandle] = {}
-        self.store = TaskStore(self)
+        self.store = TaskStore(self._session)
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> Scheduler:
         """Launch the coordinator (and its workers); returns self. Idempotent."""
-        if self._process is not None:
+        if self._session.process is not None:
             return self
-        self._closed = False
+        self._session.closed = False
         types = [t for d in self._domains.values() for t in d.tasks.values()]
         tasks = {t.qualified: t.fn for t in types}
         unknown = sorted(set(self._admission.rate_limits) - set(tasks))
@@ -306,18 +303,18 @@ class Scheduler(AdmissionControls):
             admission=self._admission,
         )
         launch = Launch(registry=registry, sys_path=tuple(sys.path), cwd=os.getcwd())
-        self._process = proc = CoordinatorProcess(config, launch)
+        self._session.process = proc = CoordinatorProcess(config, launch)
         self._monitor = self._monitoring.monitor(proc.call, proc.pid)
         # A scheduler that is never closed still stops its processes: when it is collected, or at
         # interpreter exit (before module teardown, unlike __del__).
         self._finalizer = weakref.finalize(self, _stop, self._monitor, proc)
-        self._registered = frozenset(tasks)
+        self._session.registered = frozenset(tasks)
         return self
 
     def close(self) -> None:
         """Shut down per the shutdown mode; no process, socket or segment is left. Idempotent."""
-        proc, self._process = self._process, None
-        self._closed = True
+        proc, self._session.process = self._session.process, None
+        self._session.closed = True
         if proc is not None:
             self._finalizer()  # runs proc.stop() once
 
@@ -327,17 +324,13 @@ class Scheduler(AdmissionControls):
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _proc(self) -> CoordinatorProcess:
-        if self._process is None:
-            if self._closed:
-                raise SchedulerClosed("the scheduler is closed")
-            raise SchedulerClosed("the scheduler is not started (use it as a context manager or call start())")
-        return self._process
+    @property
+    def _process(self) -> CoordinatorProcess | None:
+        """The running coordinator's channel (None before start and after close)."""
+        return self._session.process
 
-    def _check_open(self) -> None:
-        """Raise ``SchedulerClosed`` unless started and not closed; before any argument check."""
-        if self._process is None:
-            self._proc()
+    def _proc(self) -> CoordinatorProcess:
+        return self._session.proc()
 
     @property
     def coordinator_pid(self) -> int:
@@ -375,7 +368,7 @@ class Scheduler(AdmissionControls):
             return None
         h = self._handles.get(name)
         if h is None:
-            h = self._handles[name] = DomainHandle(self, d)
+            h = self._handles[name] = DomainHandle(self._session, d)
         return h
 
     # ------------------------------------------------------------------ cross-domain queries
@@ -410,10 +403,6 @@ class Scheduler(AdmissionControls):
         self._check_open()
         task_id = as_int(task_id, "task_id")
         return outcomes_from_wire([self._proc().call("retry_dead_letter", task_id)])[0]
-
-    def _call(self, name: str, *args: Any) -> Any:
-        self._check_open()
-        return self._proc().call(name, *args)
 
     # ------------------------------------------------------------------ cancellation (F23), any domain
 
@@ -461,31 +450,6 @@ class Scheduler(AdmissionControls):
     def is_paused(self) -> bool:
         """Whether the whole scheduler is paused."""
         return self._call("is_paused", "global", "")
-
-    def pause_group(self, group: str) -> int:
-        """Pause a group in every domain; its tasks (and new ones) wait as paused. Returns how many moved."""
-        return self._call("pause", "group", as_str(group, "group"))
-
-    def pause_group_until(self, group: str, when: datetime | float) -> int:
-        """Pause a group until ``when`` (a timezone-aware datetime or epoch seconds), then resume it."""
-        if isinstance(when, datetime):
-            if when.tzinfo is None:
-                raise ValueError("when must be a timezone-aware datetime (or epoch seconds)")
-            until = when.timestamp()
-        else:
-            until = as_float(when, "when (epoch seconds)")
-        return self._call("pause", "group", as_str(group, "group"), until)
-
-    def resume_group(self, group: str) -> int:
-        """Lift a group's pause; returns how many tasks became pending."""
-        return self._call("resume", "group", as_str(group, "group"))
-
-    def is_group_paused(self, group: str) -> bool:
-        return self._call("is_paused", "group", as_str(group, "group"))
-
-    def paused_groups(self) -> list[PausedGroupInfo]:
-        """Every paused group: when, how many tasks it holds, when it resumes by itself."""
-        return self._call("paused_groups")
 
     # ------------------------------------------------------------------ recurring schedules (F15)
 

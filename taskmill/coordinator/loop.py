@@ -44,6 +44,7 @@ from taskmill import protocol
 from taskmill.config import CoordinatorConfig
 from taskmill.coordinator.acceptor import Acceptor
 from taskmill.coordinator.answers import Answers
+from taskmill.coordinator.control import Control
 from taskmill.coordinator.core import snapshots
 from taskmill.coordinator.core.entry import Entry
 from taskmill.coordinator.core.fairness import make_fairness
@@ -58,7 +59,6 @@ from taskmill.coordinator.wire import check_items, decode_request
 from taskmill.coordinator.workforce import Workforce
 from taskmill.coordinator.writer import Writer
 from taskmill.errors import SchedulerBroken, SchedulerClosed
-from taskmill.records import DuplicateStrategy, ModuleSnapshot, SchedulerSnapshot, TaskRecord
 from taskmill.shm import SharedState
 from taskmill.store import Queries, Store
 from taskmill.workers.pool import WorkerHandle, WorkerPool
@@ -132,6 +132,9 @@ class Coordinator(Workforce, Answers):
                             retention=config.retention, retention_every=config.retention_every)
         self.tracker = ProgressTracker()
         self._init_workforce(config.max_concurrency, config.cancel_hook_timeout)
+        self.control = Control(self.lc, store, lambda: self.tracker, mono=self.mono, clock=self.clock,
+                               live=self._slot_of, workers=self._live_workers, grow=self.set_max_concurrency,
+                               submit=self._apply_submissions, commit=self._commit, shm_name=shm.name)
         self.timers = Timers()  # the shell's own: worker timeouts, kill graces, hook limits, respawns
         self.worker_acks: list[tuple[WorkerHandle, Any]] = []  # spawn replies, sent after the commit
 
@@ -466,9 +469,9 @@ class Coordinator(Workforce, Answers):
         elif self.lc.cold and name in NAMES_IDS and args:  # an id or a list of ids (others are dropped)
             self._promote(args[0] if type(args[0]) is list else [args[0]], [])
         if r.kind is Kind.MEMORY:
-            self._reply(conn, protocol.Reply(r.fn(self, *args)))
+            self._reply(conn, protocol.Reply(r.fn(self.control, *args)))
         elif r.kind is Kind.CHANGE:
-            self.acks.append((conn, protocol.Reply(r.fn(self, *args))))
+            self.acks.append((conn, protocol.Reply(r.fn(self.control, *args))))
         elif r.kind is Kind.READ:
             fn, aging = r.fn, self.lc.aging
             if aging is None:
@@ -478,36 +481,12 @@ class Coordinator(Workforce, Answers):
                 self.queries.append((conn, lambda cur: snapshots.with_effective_priority(
                     fn(Queries(cur), *args), aging, wall, paused), QUERY_TIME_LIMIT))
         else:
-            self.deferred.append((conn, lambda: r.fn(self, *args)))
+            self.deferred.append((conn, lambda: r.fn(self.control, *args)))
 
-    # ================================================================== calls (see routes)
-
-    def cancel(self, task_id: int, domain: str | None = None) -> bool:
-        """Cancel one active task (F23 subset); True if it was found and cancelled."""
-        if type(task_id) is not int or not (domain is None or type(domain) is str):
-            raise TypeError("cancel takes an int task id (and a domain name)")
-        return self.lc.cancel(task_id, domain, self.mono(), self.clock())
-
-    def resubmit_dead_letter(self, row: tuple) -> tuple:
-        """Submit a dead-letter execution again as a new task with a fresh retry budget; committed."""
-        (task_type, dom, key, label, prio, payload, tags, group, cpus, memory, rb, wb, rx, tx, _parent) = row
-        policy = self.type_retry.get(task_type) or self.lc.default_retry
-        item = protocol.SubmitItem(task_type, dom, key, label, prio, payload, policy.max_retries, None, None, cpus,
-                                   memory, rb, wb, rx, tx, group, tags, DuplicateStrategy.SKIP.value)
-        out = self._apply_submissions([item])[0]
-        self._commit()
-        return out
-
-    def active_tasks(self, domain: str | None = None) -> list[TaskRecord]:
-        return snapshots.active_tasks(self.lc, domain)
+    # ================================================================== live views of running tasks
 
     def _slot_of(self, e: Entry) -> Any:
         return self.shm.read_slot(e.worker.index) if e.worker is not None else None
-
-    def snapshot(self, domain: str | None = None) -> SchedulerSnapshot | ModuleSnapshot:
-        return snapshots.snapshot(self.lc, self.tracker, self._slot_of, self.mono(),
-                                  max_concurrency=self.max_concurrency,
-                                  workers=sum(1 for w in self.workers if w is not None), domain=domain)
 
     def _publish(self, force: bool = False) -> None:
         now = time.monotonic()

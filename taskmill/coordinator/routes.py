@@ -3,14 +3,17 @@
 Every ``protocol.Call`` name maps to a ``Route``: what kind of work it is and
 the function that does it. The loop looks the name up and schedules by kind:
 
-    MEMORY  answered at once from the loop's memory         fn(coord, *args)
-    CHANGE  changes tasks; answered after the next commit   fn(coord, *args)
+    MEMORY  answered at once from the loop's memory         fn(control, *args)
+    CHANGE  changes tasks; answered after the next commit   fn(control, *args)
     READ    a read-only query on a reader thread's cursor,  fn(queries, *args)
             after the loop has flushed what it must see
-    WRITE   touches the store on the loop thread, after a   fn(coord, *args)
+    WRITE   touches the store on the loop thread, after a   fn(control, *args)
             flush (pruning, a dead-letter resubmission)
 
-Imports the store's read queries and leaves; the coordinator only for types.
+The functions check their arguments (every value a client sends is suspect)
+and then use ``control.Control``, the narrow face of the coordinator; none
+reaches into the lifecycle or the loop. Imports the store's read queries,
+``control`` (for types) and leaves.
 """
 
 from __future__ import annotations
@@ -18,19 +21,14 @@ from __future__ import annotations
 import enum
 import json
 import math
-import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-from taskmill.config import DEFAULT_GROUP_WEIGHT
-from taskmill.coordinator.core import snapshots
+from taskmill.coordinator.control import Control
 from taskmill.coordinator.core.entry import Entry
+from taskmill.coordinator.core.settings import SETTINGS
 from taskmill.domain import dedup_key
-from taskmill.errors import TaskNotFound
 from taskmill.store import Queries, select
-
-if TYPE_CHECKING:
-    from taskmill.coordinator.loop import Coordinator
 
 __all__ = ["QUIET", "ROUTES", "Kind", "Route", "route"]
 
@@ -64,15 +62,6 @@ def _sql(q: Queries, query: str, params: Any) -> Any:
     return select(q.con, query, params)
 
 
-def _retry_dead_letter(coord: Coordinator, task_id: int, domain: str | None = None) -> tuple:
-    row = coord.store.dead_letter_row(task_id)
-    if row is None:
-        raise TaskNotFound(f"no dead-letter task with id {task_id}")
-    if domain is not None and row[1] != domain:
-        raise TaskNotFound(f"dead-letter task {task_id} belongs to domain {row[1]!r}, not {domain!r}")
-    return coord.resubmit_dead_letter(row)
-
-
 def _str(v: Any, what: str) -> str:
     if type(v) is not str:
         raise TypeError(f"{what} must be a str")
@@ -81,6 +70,12 @@ def _str(v: Any, what: str) -> str:
 
 def _opt_str(v: Any, what: str) -> str | None:
     return None if v is None else _str(v, what)
+
+
+def _int(v: Any, what: str) -> int:
+    if type(v) is not int:
+        raise TypeError(f"{what} must be an int")
+    return v
 
 
 def _tag_dict(e: Entry) -> dict[str, str]:
@@ -92,8 +87,8 @@ Match = Callable[[Entry], bool]
 
 def _cancel_where(matcher: Callable[..., Match]) -> Callable[..., list[int]]:
     """A CHANGE route cancelling every active task ``matcher(*args)`` accepts."""
-    def run(coord: Coordinator, *args: Any) -> list[int]:
-        return coord.lc.cancel_matching(matcher(*args), coord.mono(), coord.clock())
+    def run(c: Control, *args: Any) -> list[int]:
+        return c.cancel_matching(matcher(*args))
     return run
 
 
@@ -122,38 +117,42 @@ def _tag_key_prefix(prefix: str, domain: str | None = None) -> Match:
     return lambda e: inside(e) and any(k.startswith(p) for k in _tag_dict(e))
 
 
-def _cancel_ids(coord: Coordinator, ids: Any, domain: str | None = None) -> list[int]:
+def _cancel(c: Control, task_id: Any, domain: Any = None) -> bool:
+    if type(task_id) is not int or not (domain is None or type(domain) is str):
+        raise TypeError("cancel takes an int task id (and a domain name)")
+    return c.cancel(task_id, domain)
+
+
+def _cancel_ids(c: Control, ids: Any, domain: str | None = None) -> list[int]:
     if type(ids) is not list or not all(type(i) is int for i in ids):
         raise TypeError("cancel_ids takes a list of int task ids")
     wanted, inside = set(ids), _in(domain)  # cancel_matching also names what a parent's cascade took
-    return coord.lc.cancel_matching(lambda e: e.id in wanted and inside(e), coord.mono(), coord.clock())
+    return c.cancel_matching(lambda e: e.id in wanted and inside(e))
 
 
-def _pause(coord: Coordinator, kind: str, scope: str, resume_at: float | None = None) -> int:
-    if kind not in ("global", "domain", "group") or type(scope) is not str:
+_KINDS = ("global", "domain", "group")
+
+
+def _pause(c: Control, kind: str, scope: str, resume_at: float | None = None) -> int:
+    if kind not in _KINDS or type(scope) is not str:
         raise ValueError("pause takes a kind (global, domain, group) and a scope name")
     if resume_at is not None and (type(resume_at) not in (int, float) or not math.isfinite(resume_at)):
         raise TypeError("resume_at must be a point in time (epoch seconds)")
-    return coord.lc.pause_scope(kind, scope, coord.mono(), coord.clock(), resume_at)
+    return c.pause(kind, scope, resume_at)
 
 
-def _resume(coord: Coordinator, kind: str, scope: str) -> int:
-    if kind not in ("global", "domain", "group") or type(scope) is not str:
+def _resume(c: Control, kind: str, scope: str) -> int:
+    if kind not in _KINDS or type(scope) is not str:
         raise ValueError("resume takes a kind (global, domain, group) and a scope name")
-    return coord.lc.resume_scope(kind, scope, coord.mono())
+    return c.resume(kind, scope)
 
 
-def _recurring(coord: Coordinator, op: str, task_id: int, domain: str | None = None) -> bool:
+def _recurring(c: Control, op: str, task_id: int, domain: str | None = None) -> bool:
     if type(task_id) is not int:
         raise TypeError("a recurring schedule is named by its int task id")
-    e = coord.lc.tasks.get(task_id)
-    if e is None or (domain is not None and e.domain != domain):
-        return False
-    if op == "cancel":
-        return coord.lc.cancel_recurring(task_id, coord.mono(), coord.clock())
-    if op in ("pause", "resume"):
-        return coord.lc.set_recurring_paused(task_id, op == "pause", coord.mono())
-    raise ValueError(f"unknown recurring operation {op!r}")
+    if op not in ("pause", "resume", "cancel"):
+        raise ValueError(f"unknown recurring operation {op!r}")
+    return c.recurring(op, task_id, _opt_str(domain, "domain"))
 
 
 def _cap(v: Any, what: str) -> int | None:
@@ -171,49 +170,31 @@ def _rate(v: Any) -> tuple[int, float, int] | None:
     return v
 
 
-def _admission(coord: Coordinator, what: str, scope: Any, value: Any) -> None:
-    """Change an admission setting at runtime (F17, F20); the next dispatch round obeys it."""
-    gate = coord.lc.gate
+def _admission(c: Control, what: str, scope: Any, value: Any) -> None:
+    """Check one runtime admission change (F17, F20, F21) and hand it on."""
     if what == "max_concurrency":
         n = _cap(value, "max_concurrency")
         if n is None:
             raise ValueError("max_concurrency must be an int >= 1")
-        coord.set_max_concurrency(n)
+        c.admission(what, "", n)
         return
+    if what not in SETTINGS:
+        raise ValueError(f"unknown admission setting {what!r}")
     name = _str(scope, "scope")
-    if what in ("domain_cap", "group_cap"):
-        caps = gate.domain_caps if what == "domain_cap" else gate.group_caps
-        n = _cap(value, what)
-        if n is None:
-            caps.pop(name, None)
-        else:
-            caps[name] = n
-    elif what == "default_group_cap":
-        gate.default_group_cap = _cap(value, what)
+    if what in ("domain_cap", "group_cap", "default_group_cap"):
+        value = _cap(value, what)
     elif what in ("type_rate", "group_rate"):
-        gate.set_rate_limit("type" if what == "type_rate" else "group", name, _rate(value), coord.mono())
+        value = _rate(value)
     elif what == "group_weight":
-        if value is None:
-            coord.lc.fair.weights.pop(name, None)
-        elif type(value) is float and math.isfinite(value) and value > 0:
-            coord.lc.fair.weights[name] = value
-        else:
+        if value is not None and not (type(value) is float and math.isfinite(value) and value > 0):
             raise ValueError("a group weight must be a positive float")
-    elif what == "reset_weights":
-        coord.lc.fair.weights.clear()
-        coord.lc.fair.default_weight = DEFAULT_GROUP_WEIGHT
     elif what == "group_min_slots":
         if type(value) is not int or not 0 <= value <= 2**31 - 1:
             raise ValueError("minimum slots must be an int >= 0")
-        if value:
-            coord.lc.fair.min_slots[name] = value
-        else:
-            coord.lc.fair.min_slots.pop(name, None)
-    else:
-        raise ValueError(f"unknown admission setting {what!r}")
+    c.admission(what, name, value)
 
 
-def _observe(coord: Coordinator, rates: Any, cpu: Any, pressure: Any, breakdown: Any) -> None:
+def _observe(c: Control, rates: Any, cpu: Any, pressure: Any, breakdown: Any) -> None:
     """The host's resource monitor reports: smoothed IO rates, CPU load, pressure (F18, F19)."""
     numbers = [*rates, cpu, pressure] if type(rates) is tuple and len(rates) == 4 else None
     if numbers is None or not all(type(v) is float and math.isfinite(v) and v >= 0.0 for v in numbers):
@@ -221,20 +202,16 @@ def _observe(coord: Coordinator, rates: Any, cpu: Any, pressure: Any, breakdown:
     if type(breakdown) is not list or not all(
             type(p) is tuple and len(p) == 2 and type(p[0]) is str and type(p[1]) is float for p in breakdown):
         raise ValueError("observe takes the pressure breakdown as a list of (name, value)")
-    gate = coord.lc.gate
-    gate.observe(rates)
-    gate.cpu_usage = min(1.0, cpu)
-    gate.set_pressure(pressure, breakdown)
-
-
-def _running_count(coord: Coordinator) -> int:
-    return sum(1 for e in coord.lc.running.values() if not e.cancelled)
+    c.observe(rates, cpu, pressure, breakdown)
 
 
 def _count(status: str) -> Route:
-    if status == "pending":  # a cold tail's tasks are pending too (see cold.py)
-        return Route(Kind.MEMORY, lambda c: c.lc.counts[status] + c.lc.cold_count(), 0, 0)
-    return Route(Kind.MEMORY, lambda c: c.lc.counts[status], 0, 0)
+    return Route(Kind.MEMORY, lambda c: c.count(status), 0, 0)
+
+
+def _domain_arg(method: Callable[[Control, str | None], Any]) -> Callable[..., Any]:
+    """A MEMORY route taking an optional domain name."""
+    return lambda c, domain=None: method(c, _opt_str(domain, "domain"))
 
 
 def _memory(fn: Callable[..., Any], n: int, most: int | None = None) -> Route:
@@ -245,10 +222,14 @@ def _change(fn: Callable[..., Any], n: int, most: int | None = None) -> Route:
     return Route(Kind.CHANGE, fn, n, n if most is None else most)
 
 
+def _write(fn: Callable[..., Any], n: int, most: int | None = None) -> Route:
+    return Route(Kind.WRITE, fn, n, n if most is None else most)
+
+
 ROUTES: dict[str, Route] = {
     # active-task queries (seed); counts come from memory, which the store matches after a flush
     "running_tasks": _read("running_tasks", 0),
-    "running_count": _memory(_running_count, 0),
+    "running_count": _memory(Control.running_count, 0),
     "pending_tasks": _read("pending_tasks", 1),
     "pending_count": _count("pending"),
     "pending_by_type": _read("pending_by_type", 1),
@@ -285,11 +266,12 @@ ROUTES: dict[str, Route] = {
     "task_ids_by_tag_key_prefix": _read("task_ids_by_tag_key_prefix", 2, 3),
     "count_by_tag_key_prefix": _read("count_by_tag_key_prefix", 2, 3),
     # writes on the loop thread
-    "prune_history_by_count": Route(Kind.WRITE, lambda c, keep: c.store.prune_history_by_count(keep), 1, 1),
-    "prune_history_by_age": Route(Kind.WRITE, lambda c, days: c.store.prune_history_by_age(days), 1, 1),
-    "retry_dead_letter": Route(Kind.WRITE, _retry_dead_letter, 1, 2),
+    "prune_history_by_count": _write(lambda c, keep: c.prune_history_by_count(_int(keep, "keep")), 1),
+    "prune_history_by_age": _write(lambda c, days: c.prune_history_by_age(days), 1),
+    "retry_dead_letter": _write(lambda c, task_id, domain=None: c.retry_dead_letter(
+        _int(task_id, "task_id"), _opt_str(domain, "domain")), 1, 2),
     # changes, acknowledged once committed
-    "cancel": _change(lambda c, task_id, domain=None: c.cancel(task_id, domain), 1, 2),
+    "cancel": _change(_cancel, 1, 2),
     "cancel_ids": _change(_cancel_ids, 1, 2),
     "cancel_all": _change(_cancel_where(_in), 1),
     "cancel_group": _change(_cancel_where(_of_group), 1),
@@ -300,16 +282,14 @@ ROUTES: dict[str, Route] = {
     "resume": _change(_resume, 2),
     "recurring": _change(_recurring, 2, 3),
     # from memory
-    "snapshot": _memory(lambda c, domain=None: c.snapshot(domain), 0, 1),
-    "active_tasks": _memory(lambda c, domain=None: c.active_tasks(domain), 0, 1),
-    "estimated_progress": _memory(lambda c, domain=None: snapshots.estimated_progress(
-        c.lc, c.tracker, c._slot_of, c.mono(), domain), 0, 1),
-    "byte_progress": _memory(lambda c, domain=None: snapshots.byte_progress(
-        c.lc, c.tracker, c._slot_of, c.mono(), domain), 0, 1),
-    "recurring_schedules": _memory(lambda c: snapshots.recurring_schedules(c.lc), 0),
-    "is_paused": _memory(lambda c, kind, scope="": c.lc.is_paused(kind, scope), 1, 2),
-    "paused_groups": _memory(lambda c: snapshots.paused_groups(c.lc), 0),
-    "ping": _memory(lambda c: {"pid": os.getpid(), "shm": c.shm.name}, 0),
+    "snapshot": _memory(_domain_arg(Control.snapshot), 0, 1),
+    "active_tasks": _memory(_domain_arg(Control.active_tasks), 0, 1),
+    "estimated_progress": _memory(_domain_arg(Control.estimated_progress), 0, 1),
+    "byte_progress": _memory(_domain_arg(Control.byte_progress), 0, 1),
+    "recurring_schedules": _memory(Control.recurring_schedules, 0),
+    "is_paused": _memory(lambda c, kind, scope="": c.is_paused(_str(kind, "kind"), _str(scope, "scope")), 1, 2),
+    "paused_groups": _memory(Control.paused_groups, 0),
+    "ping": _memory(Control.ping, 0),
     "admission": _memory(_admission, 3),
     "observe": _memory(_observe, 4),
 }

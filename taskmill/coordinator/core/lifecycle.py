@@ -38,6 +38,7 @@ from taskmill.coordinator.core.preemption import Preemption
 from taskmill.coordinator.core.relations import Relations
 from taskmill.coordinator.core.rows import entry_from_row
 from taskmill.coordinator.core.schedules import SWEEP_INTERVAL, Schedules
+from taskmill.coordinator.core.settings import Settings
 from taskmill.errors import InvalidSubmission
 from taskmill.records import HistoryStatus, RetryPolicy, TaskStatus
 from taskmill.validation import MAX_DELAY_SECONDS
@@ -74,7 +75,7 @@ _COUNTER_OF = {
 }
 
 
-class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Dispatch):
+class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Settings, Dispatch):
     """The task table and its transitions; the loop feeds it inputs and carries out its effects."""
 
     def __init__(
