@@ -91,16 +91,16 @@ class Answers:
     def _commit(self, background: bool = False) -> None:
         """Write the buffered batch: on the writer thread, or here (after joining it) when
         someone waits for durability or the loop is about to read the store."""
-        lc = self.lc
+        fx = self.lc.fx
         if background:
-            if len(lc.batch):
-                self.writer.submit(lc.take_batch())
+            if len(fx.batch):
+                self.writer.submit(fx.take_writes()[0])
                 self.commits += 1
             else:
-                lc.take_batch()
+                fx.take_writes()
         else:
             self.writer.join()  # also when there is nothing to write: the loop may read the store next
-            batch = lc.take_batch()
+            batch, _events = fx.take_writes()
             if len(batch):
                 try:
                     self.store.apply(batch)
@@ -151,9 +151,8 @@ class Answers:
                 self._reply(conn, protocol.ErrorReply.of(e))
             else:
                 self._reply(conn, protocol.Reply(value))
-        if self.lc.finished:
-            done = [t for t in self.lc.finished if t in self.waiters]
-            self.lc.finished = []
+        if self.lc.fx.finished:
+            done = [t for t in self.lc.fx.take_finished() if t in self.waiters]
             if done:
                 rows = self.store.history_rows(done)
                 for tid in done:

@@ -268,7 +268,7 @@ class Coordinator(Workforce, Answers):
         self._signal_cancels(now)
         lc = self.lc
         if (self.deferred or self.queries or (self.idle_waiters and not lc.tasks)
-                or (self.waiters and any(t in self.waiters for t in lc.finished))):
+                or (self.waiters and any(t in self.waiters for t in lc.fx.finished))):
             self._commit()  # the loop reads the store next
         elif (self.acks or self.worker_acks or self._batch_due(now)) and not self.writer.busy:
             self._commit(background=True)  # changes are answered once the writer has committed them
@@ -286,7 +286,7 @@ class Coordinator(Workforce, Answers):
         for due in (self.lc.next_due(), self.timers.next_due(), self.readers.next_deadline(), self.stop_deadline):
             if due is not None and due - now < t:
                 t = due - now
-        since = self.lc.dirty_since
+        since = self.lc.fx.dirty_since
         if since is not None and not self.writer.busy and since + FLUSH_MAX_DELAY - now < t:
             t = since + FLUSH_MAX_DELAY - now  # (a busy writer wakes the loop when it is done)
         if self.wait_deadlines or self.idle_waiters:
@@ -298,8 +298,9 @@ class Coordinator(Workforce, Answers):
         return t if t > 0.0 else 0.0
 
     def _batch_due(self, now: float) -> bool:
-        since = self.lc.dirty_since
-        return since is not None and (now - since >= FLUSH_MAX_DELAY or self.lc.batch_ops >= FLUSH_MAX_OPS)
+        fx = self.lc.fx
+        since = fx.dirty_since
+        return since is not None and (now - since >= FLUSH_MAX_DELAY or fx.ops >= FLUSH_MAX_OPS)
 
     # ================================================================== inputs
 
@@ -455,9 +456,8 @@ class Coordinator(Workforce, Answers):
             self._quarantine_cold()
 
     def _quarantine_cold(self) -> None:
-        if self.lc.cold_bad:
-            bad, self.lc.cold_bad = self.lc.cold_bad, []
-            self._quarantine(bad)
+        if self.lc.fx.quarantine:
+            self._quarantine(self.lc.fx.take_quarantine())
 
     def _call(self, conn: Connection, name: str, args: tuple) -> None:
         """Schedule a call by its route (see ``routes``)."""

@@ -194,15 +194,14 @@ class Workforce:
     def _dispatch(self, now: float) -> None:
         idle = self.idle
         lc = self.lc
-        if lc.hooks:
-            self.hook_queue.extend(lc.hooks)
-            lc.hooks.clear()
+        if lc.fx.hooks:
+            self.hook_queue.extend(lc.fx.take_hooks())
         while idle and self.hook_queue:
             self._run_hook(idle.pop(), *self.hook_queue.popleft(), now)
         wall = self.clock()
         if lc.ready.outranked:  # a more urgent task became ready: it goes before the queued runs
             self._take_back_all()
-        if lc.to_suspend:
+        if lc.fx.suspends:
             self._suspend_workers(now)
         if lc.let_go:
             for held in lc.resume_suspended(now):
@@ -316,7 +315,7 @@ class Workforce:
     def _suspend_workers(self, now: float) -> None:
         """Stop the workers of suspended victims; each one is replaced by a new spare worker."""
         self._take_back_all()  # a stopped worker must hold no queued run
-        stop, self.lc.to_suspend = self.lc.to_suspend, []
+        stop = self.lc.fx.take_suspends()
         for e in stop:
             w = e.worker
             if w is None or w.task is not e:
@@ -374,9 +373,9 @@ class Workforce:
 
     def _signal_cancels(self, now: float) -> None:
         """Runs the lifecycle asked to stop: their workers see ``ctx.cancelled`` and get a grace period."""
-        if not self.lc.to_signal:
+        if not self.lc.fx.signals:
             return
-        signals, self.lc.to_signal = self.lc.to_signal, []
+        signals = self.lc.fx.take_signals()
         for e in signals:
             w = e.worker
             if w is not None and w.task is e and e.id in self.lc.suspended:

@@ -72,6 +72,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.m: dict[int, Model] = {}
         self.rows_seen = 0
         self.newest: dict[str, tuple[int, str]] = {}  # key -> (id, status) of its newest history row
+        self.lc.fx.trace = []  # every status move the outbox is told of
+        self.replayed: dict[int, str] = {}  # task id -> its status, replayed from the trace alone
+        self.entries: dict[int, Any] = {}  # every entry ever seen, also after it left the table
 
     # ------------------------------------------------------------------ helpers
 
@@ -94,8 +97,8 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     def collect(self) -> None:
         """History rows written since the last step, into the model; effects the loop would carry out."""
-        rows = self.lc.batch.finished[self.rows_seen:]
-        self.rows_seen = len(self.lc.batch.finished)
+        rows = self.lc.fx.batch.finished[self.rows_seen:]
+        self.rows_seen = len(self.lc.fx.batch.finished)
         for r in rows:
             m = self.m[r.id]
             m.rows.append(r.status)
@@ -103,9 +106,9 @@ class LifecycleMachine(RuleBasedStateMachine):
             if not r.keep_active:
                 assert m.active, f"task {r.id} left twice"
                 m.active = False
-        self.lc.finished.clear()
-        self.lc.to_signal.clear()
-        self.lc.hooks.clear()
+        self.lc.fx.finished.clear()
+        self.lc.fx.signals.clear()
+        self.lc.fx.hooks.clear()
 
     def worker_returns(self, tid: int) -> Any:
         e = self.lc.running[tid]
@@ -332,6 +335,20 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.lc.check()
 
     @invariant()
+    def every_status_change_was_reported_to_the_outbox(self) -> None:
+        """Replaying the outbox's trace of moves gives every entry's status: nothing changed a
+        status without going through the one move function."""
+        assert self.lc.fx.trace is not None
+        for tid, old, new in self.lc.fx.trace:
+            assert self.replayed.get(tid, "") == old, (tid, self.replayed.get(tid, ""), old, new)
+            self.replayed[tid] = new
+        self.lc.fx.trace.clear()
+        for e in [*self.lc.tasks.values(), *self.lc.running.values(), *self.lc.suspended.values()]:
+            self.entries[e.id] = e
+        for tid, e in self.entries.items():
+            assert self.replayed.get(tid, "") == e.status, (tid, e.status, self.replayed.get(tid))
+
+    @invariant()
     def agrees_with_the_model(self) -> None:
         assert set(self.lc.tasks) == set(self.active()), (sorted(self.lc.tasks), self.active())
         for tid, m in self.m.items():
@@ -373,7 +390,7 @@ class PreemptingMachine(LifecycleMachine):
 
     def collect(self) -> None:
         super().collect()
-        self.lc.to_suspend.clear()  # the loop would stop those workers
+        self.lc.fx.suspends.clear()  # the loop would stop those workers
 
     def running(self) -> list[int]:  # a suspended run's worker does not answer until it continues
         return [t for t in super().running() if t not in self.lc.suspended]

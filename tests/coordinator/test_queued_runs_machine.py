@@ -69,9 +69,9 @@ class QueuedRunsMachine(RuleBasedStateMachine):
         self.lc.started(e, object(), self.now, self.wall)
 
     def clear_effects(self) -> None:
-        self.lc.finished.clear()
-        self.lc.to_signal.clear()
-        self.lc.hooks.clear()
+        self.lc.fx.finished.clear()
+        self.lc.fx.signals.clear()
+        self.lc.fx.hooks.clear()
 
     def running(self) -> list[int]:
         return sorted(t for t, e in self.lc.running.items() if not e.cancelled)

@@ -25,7 +25,7 @@ def written(tmp_path: Any, items: list[protocol.SubmitItem]) -> tuple[Store, lis
     store = Store(str(tmp_path / "store.duckdb"))
     lc = Lifecycle()
     out = lc.submit(items, time.monotonic(), time.time())
-    store.apply(lc.take_batch())
+    store.apply(lc.fx.take_writes()[0])
     return store, [o[1] for o in out]
 
 
@@ -50,7 +50,7 @@ def drain(lc: Lifecycle, store: Store) -> list[int]:
         lc.started(e, object(), time.monotonic(), time.time())
         lc.run_ended(e)
         lc.completed(e, None, None, time.monotonic(), time.time())  # type: ignore[arg-type]
-        store.apply(lc.take_batch())
+        store.apply(lc.fx.take_writes()[0])
         order.append(e.id)
 
 
@@ -90,7 +90,7 @@ def test_a_stored_pending_row_with_live_edges_is_recovered_blocked(tmp_path: Any
     rec = store.recover()
     lc.recover(rec.next_id, rec.tasks, rec.edges, rec.scopes, time.time(), time.monotonic())
     (out,) = lc.submit([item("d", depends_on=[ids[0]])], time.monotonic(), time.time())
-    store.apply(lc.take_batch())
+    store.apply(lc.fx.take_writes()[0])
     store.con.execute("UPDATE tasks SET status = 'pending' WHERE id = ?", [out[1]])  # edges say otherwise
     lc2 = recovered(store, hot=None)
     assert lc2.tasks[out[1]].status == "blocked"
@@ -102,7 +102,7 @@ def test_a_task_loaded_early_and_ended_is_not_loaded_again_before_the_store_show
     lc = recovered(store, hot=2)
     lc.promote(store.plain_rows([ids[3]], [], lc.cold_max_id), time.monotonic(), time.time())
     assert lc.cancel(ids[3], None, time.monotonic(), time.time())
-    pending_write = lc.take_batch()  # its history row is not in the store yet
+    pending_write = lc.fx.take_writes()[0]  # its history row is not in the store yet
     tail = lc.cold["a"]
     lc.warm("a", store.cold_rows("a", tail.after, lc.cold_max_id, 10), 10, time.monotonic(), time.time())
     assert ids[3] not in lc.tasks, "an ended task came back from the store"
@@ -117,7 +117,7 @@ def test_a_cold_row_that_cannot_be_read_is_set_aside_and_the_rest_load(tmp_path:
     lc = recovered(store, hot=2)
     order = drain(lc, store)
     assert order == [i for i in ids if i != ids[5]]
-    assert [tid for tid, _ in lc.cold_bad] == [ids[5]] and "cannot be interpreted" in lc.cold_bad[0][1]
+    assert [tid for tid, _ in lc.fx.quarantine] == [ids[5]] and "cannot be interpreted" in lc.fx.quarantine[0][1]
     assert lc.cold == {} and lc.cold_count() == 0
 
 

@@ -46,12 +46,11 @@ class ColdTails(TaskTable):
     def _init_cold(self) -> None:
         self.cold: dict[str, Tail] = {}
         self.cold_max_id = 0  # ids above it were submitted after recovery: never cold
-        self.cold_bad: list[tuple[int, str]] = []  # (id, reason) of rows that cannot be interpreted: to quarantine
 
     @property
     def idle(self) -> bool:
         """No active task, none left in the store either, and nothing left to write."""
-        return not self.tasks and self.dirty_since is None and not self.cold
+        return not self.tasks and self.fx.dirty_since is None and not self.cold
 
     def cold_count(self, domain: str | None = None) -> int:
         """Pending tasks still in the store (all domains, or one)."""
@@ -119,11 +118,11 @@ class ColdTails(TaskTable):
                 self.payload_missing.append(e.id)
 
     def _loadable(self, row: tuple) -> Entry | None:
-        """The row's entry, or None when it cannot be interpreted (then noted in ``cold_bad``)."""
+        """The row's entry, or None when it cannot be interpreted (then noted in the outbox's ``quarantine``)."""
         try:
             e = plain_entry(row)
         except Exception as ex:  # noqa: BLE001 - a stored row that cannot be read is quarantined, not fatal
-            self.cold_bad.append((row[0], "quarantined when loaded from the store: the stored task cannot be "
+            self.fx.quarantine.append((row[0], "quarantined when loaded from the store: the stored task cannot be "
                                           f"interpreted ({type(ex).__name__}: {ex})"))
             return None
         self.payload_bytes += len(e.payload or "")

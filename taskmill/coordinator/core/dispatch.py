@@ -200,8 +200,8 @@ class Dispatch(TaskTable):
         e.worker = worker
         self.running[e.id] = e
         self.gate.take(e, now)
-        self.batch.running[e.id] = wall
-        self._touch(now)
+        self.fx.batch.running[e.id] = wall
+        self.fx.touch(now)
         self.counters["dispatched"] += 1
         if e.x is not None:
             self._ttl_starts(e, now, wall)

@@ -9,13 +9,11 @@
     Recurring tasks come back to pending (same id); requeued ones run once more.
 
 Every method takes what it needs (``now`` on the monotonic clock, ``wall`` for
-stored timestamps) and records its effects for the loop to carry out: rows in
-``batch`` for the next commit, ``finished`` ids whose waiters may be answered,
-``to_signal`` running tasks whose workers must see ``ctx.cancelled``,
-``hooks`` (``on_cancel`` runs to start). Worker handles are opaque here. The
+stored timestamps) and records its effects in the one outbox, ``fx``
+(``effects.py``: rows for the next commit, events, finished ids, runs to
+signal, hooks to start, runs to suspend). Executor handles are opaque here. The
 graph rules live in ``relations``, pauses in ``pauses``, time in ``schedules``;
-this module holds the table, submission, dispatch and outcomes. Imports leaves
-and the store's plain write-batch types only.
+this module holds submission and outcomes. Imports the core and leaves only.
 """
 
 from __future__ import annotations
@@ -149,8 +147,8 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Settings, D
             else:
                 out.append(self._skip_duplicate(existing, it.priority, now))
         self.counters["submitted"] += len(items)
-        self.batch.next_id = self.next_id
-        self._touch(now)
+        self.fx.batch.next_id = self.next_id
+        self.fx.touch(now)
         return out
 
     def _refused(self, it: protocol.SubmitItem, outcomes: dict[int, str]) -> str | None:
@@ -172,7 +170,7 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Settings, D
         if e.status in (_PENDING, _PAUSED) and not e.cancelled:
             if priority < e.priority:
                 e.priority = priority
-                self.batch.priorities[e.id] = priority
+                self.fx.batch.priorities[e.id] = priority
                 if e.queued:
                     self.ready.push(e)  # re-key the heap item
                 self._maybe_preempt(e, now)  # upgraded to a preemptor?
@@ -183,7 +181,7 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Settings, D
             # a recurring task is not requeued: its schedule brings it back (no pile-up)
             e.requeue = True
             e.requeue_priority = min(priority, e.priority)
-            self.batch.requeue_marks[e.id] = e.requeue_priority
+            self.fx.batch.requeue_marks[e.id] = e.requeue_priority
             return ("q", e.id)
         return ("d", e.id)
 
@@ -234,7 +232,7 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Settings, D
         if self.payload_bytes < PAYLOAD_CACHE_BYTES:
             e.payload = payload
             self.payload_bytes += len(payload)
-        self.batch.inserts.append((
+        self.fx.batch.inserts.append((
             tid, task_type, domain, key, label, priority, e.status, payload, tags, group, created,
             None if due_wall is None else utc(due_wall), None, 0, max_retries, retry, None, timeout, cpus, memory,
             io_read, io_write, io_rx, io_tx, False, None, parent_id,
@@ -267,8 +265,8 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Settings, D
                 x.memo = result
                 if self._active_children(e.id):
                     self._move(e, _WAITING)
-                    self.batch.update(e.id, status=_WAITING, memo=result)
-                    self._touch(now)
+                    self.fx.batch.update(e.id, status=_WAITING, memo=result)
+                    self.fx.touch(now)
                 else:
                     self._resolve_parent(e, now, wall)
                 return
@@ -281,7 +279,7 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Settings, D
             self._prerequisite_done(e, now, wall, stays=True)
             prio = e.requeue_priority if e.requeue_priority is not None else e.priority
             e.priority, e.requeue, e.requeue_priority, e.retry_count = prio, False, None, 0
-            self.batch.requeued_runs[e.id] = prio
+            self.fx.batch.requeued_runs[e.id] = prio
             self._settle(e, now)
         else:
             self._leave(e, HistoryStatus.COMPLETED, now, wall, result=result, ended=ended)
@@ -297,7 +295,7 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Settings, D
         if x is not None and x.stop == "pause":
             x.stop = None
             self._settle(e, now)
-            self._touch(now)
+            self.fx.touch(now)
             return
         if not permanent and retry_after is not None and not delay_ok(retry_after):
             error = (f"{error}\n(taskmill: retry_after={retry_after!r} is not a number of seconds in "
@@ -314,8 +312,8 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Settings, D
         e.retry_count += 1
         delay = retry_after if retry_after is not None else self._policy(e).delay(e.retry_count, self.rng)
         delay = min(float(delay), MAX_DELAY_SECONDS)
-        self.batch.retries[e.id] = (e.retry_count, wall + delay if delay > 0 else None, clean_text(error))
-        self._touch(now)
+        self.fx.batch.retries[e.id] = (e.retry_count, wall + delay if delay > 0 else None, clean_text(error))
+        self.fx.touch(now)
         self.counters["retried"] += 1
         e.run_after = now + delay if delay > 0 else None
         self._settle(e, now)
@@ -325,7 +323,7 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Settings, D
         if e.x is not None:
             e.x.stop = None
         self._settle(e, now)
-        self._touch(now)
+        self.fx.touch(now)
 
     def _policy(self, e: Entry) -> RetryPolicy:
         return e.retry or self.type_retry.get(e.task_type) or self.default_retry
@@ -343,20 +341,20 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Settings, D
             started, finished, duration_ms, io = e.started_at, wall, None, (0, 0, 0, 0)
             if e.started_mono is not None and started is not None:
                 duration_ms = (now - e.started_mono) * 1000.0
-        self.batch.forget_running(e.id)
-        self.batch.finished.append(FinishedRow(
+        self.fx.batch.forget_running(e.id)
+        self.fx.batch.finished.append(FinishedRow(
             e.id, status.value, result, None if error is None else clean_text(error), e.retry_count, started,
             finished, duration_ms, io[0], io[1], io[2], io[3], keep_active=keep, priority=e.priority))
-        self._touch(now)
+        self.fx.touch(now)
         self.counters[_COUNTER_OF[status]] += 1
         if self.retention is not None:
             self._rows_since_prune += 1
             if self._rows_since_prune >= self.retention_every:  # F26: pruned in the same commit
                 self._rows_since_prune = 0
-                self.batch.prune = self.retention
+                self.fx.batch.prune = self.retention
         if not keep:
             self._remove(e)
-            self.finished.append(e.id)
+            self.fx.finished.append(e.id)
 
     def _leave(self, e: Entry, status: HistoryStatus, now: float, wall: float, *, result: str | None = None,
                error: str | None = None, ended: Ended | None = None, forced: bool = False) -> None:
@@ -381,11 +379,11 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Settings, D
         if e.queued:
             self.ready.discard(e)
         if e.worker is not None:  # running: it must stop; its slot is held until the worker gives it back
-            self.to_signal.append(e)
+            self.fx.signals.append(e)
             if e.task_type in self.cancel_hooks and status in (HistoryStatus.CANCELLED, HistoryStatus.SUPERSEDED):
-                self.hooks.append((e.id, e.task_type, e.payload or "{}"))
+                self.fx.hooks.append((e.id, e.task_type, e.payload or "{}"))
             self._leave(e, status, now, wall, error=why, forced=cascade_dependents)
-            e.status = CANCELLING
+            self._move(e, CANCELLING)  # out of the table (and the counts), its slot still held
             return
         if e.payload is not None:
             self.payload_bytes -= len(e.payload)
@@ -496,7 +494,7 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Settings, D
                     self._resolve_parent(e, now, wall)
             elif status in (_PENDING, _PAUSED) and e.blockers:  # stored edges say it must wait
                 self._move(e, _BLOCKED)
-                self.batch.update(e.id, status=_BLOCKED, pause_reasons=[])
+                self.fx.batch.update(e.id, status=_BLOCKED, pause_reasons=[])
             elif status in (_PENDING, _PAUSED):
                 self._settle(e, now)
         self.ready.load(ready)

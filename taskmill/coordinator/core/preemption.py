@@ -41,8 +41,6 @@ class Preemption(TaskTable):
     def _init_preemption(self, priority: int | None, mode: str) -> None:
         self.preempt_priority = priority  # None: preemption off
         self.preempt_mode = mode  # "cancel" | "suspend"
-        self.to_suspend: list[Entry] = []  # effects: workers to stop / to continue
-        self.to_resume: list[Entry] = []
         self.let_go: list[int] = []  # suspended victims waiting for room to continue
 
     @property
@@ -73,16 +71,16 @@ class Preemption(TaskTable):
                 self._suspend(r, now)
             else:
                 r.extra().stop = "pause"
-                self.to_signal.append(r)  # ctx.cancelled; it comes back paused
-        self._touch(now)
+                self.fx.signals.append(r)  # ctx.cancelled; it comes back paused
+        self.fx.touch(now)
 
     def _suspend(self, r: Entry, now: float) -> None:
         del self.running[r.id]
         self.gate.give(r)
         self.suspended[r.id] = r
         self._move(r, _PAUSED)
-        self.batch.update(r.id, status=_PAUSED, pause_reasons=reason_names(r.paused))
-        self.to_suspend.append(r)
+        self.fx.batch.update(r.id, status=_PAUSED, pause_reasons=reason_names(r.paused))
+        self.fx.suspends.append(r)
 
     def _release_preempted(self, now: float) -> None:
         """No preemptor is left: every victim is let go (suspended ones continue when they fit)."""
@@ -97,7 +95,7 @@ class Preemption(TaskTable):
             e.paused &= ~PREEMPTED
             if e.status == _PAUSED:
                 self._settle(e, now)
-            self._touch(now)
+            self.fx.touch(now)
 
     def resume_suspended(self, now: float) -> list[Entry]:
         """Suspended runs that may continue now (the gate has room again; most urgent first):
@@ -118,9 +116,9 @@ class Preemption(TaskTable):
             self.gate.take(e, now, tokens=False)
             self.running[tid] = e
             self._move(e, _RUNNING)
-            self.batch.update(tid, status=_RUNNING, pause_reasons=[])
+            self.fx.batch.update(tid, status=_RUNNING, pause_reasons=[])
             out.append(e)
         self.let_go = waiting
         if out:
-            self._touch(now)
+            self.fx.touch(now)
         return out

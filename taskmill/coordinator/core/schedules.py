@@ -51,7 +51,7 @@ class Schedules(TaskTable):
         x = e.x
         if x is not None and x.ttl_seconds is not None and x.ttl_from == "first_attempt" and x.expires_at is None:
             self._expire_at(e, wall + x.ttl_seconds, now, wall)
-            self.batch.update(e.id, expires_at=x.expires_at)
+            self.fx.batch.update(e.id, expires_at=x.expires_at)
 
     def _expired(self, e: Entry, now: float) -> bool:
         return e.expires is not None and e.expires <= now and e.status in _EXPIRABLE
@@ -110,7 +110,7 @@ class Schedules(TaskTable):
         e.run_after = now + (due - wall)
         e.x.run_after_wall = due
         e.retry_count = 0
-        self.batch.update(e.id, run_after=due, retry_count=0, recurring_execution_count=s.count, last_error=None,
+        self.fx.batch.update(e.id, run_after=due, retry_count=0, recurring_execution_count=s.count, last_error=None,
                           started_at=None)
         self._settle(e, now)
 
@@ -123,8 +123,8 @@ class Schedules(TaskTable):
         if s.paused == paused:
             return True
         s.paused = paused
-        self.batch.update(e.id, recurring_paused=paused)
-        self._touch(now)
+        self.fx.batch.update(e.id, recurring_paused=paused)
+        self.fx.touch(now)
         if e.status in (TaskStatus.PENDING.value, TaskStatus.PAUSED.value):
             if not paused and s.due_wall is not None:
                 e.run_after = e.run_after if e.run_after is not None and e.run_after > now else None

@@ -1,9 +1,9 @@
 """The task table: the state every part of the lifecycle shares, and its bookkeeping.
 
 ``TaskTable`` holds the active entries, the ready queues and timers, the
-counts, the slots in use and the effects buffered for the loop (the write
-batch, finished ids, runs to signal, hooks to start). Status changes go
-through ``_move`` only, so the global and per-domain counts are always true.
+counts, the slots in use and the outbox of effects for the shell (``fx``,
+``effects.py``). Status changes go through ``_move`` only, so the global and
+per-domain counts are always true and every change is reported to the outbox.
 The lifecycle's parts (``relations``, ``pauses``, ``schedules``, ``lifecycle``)
 are mixins over this table; the methods one part calls in another are declared
 here. Plain code, no I/O. Imports leaves and the store's plain batch types.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from collections import deque
 
-from taskmill.batch import WriteBatch
+from taskmill.coordinator.core.effects import Effects
 from taskmill.coordinator.core.entry import Ended, Entry
 from taskmill.coordinator.core.fairness import Aging, FairShare
 from taskmill.coordinator.core.gate import Gate
@@ -71,13 +71,7 @@ class TaskTable:
         self.payload_bytes = 0
         self.payload_missing: deque[int] = deque()  # recovered ids in dispatch order, payloads not loaded
 
-        # effects, for the loop to carry out
-        self.batch = WriteBatch()
-        self.batch_ops = 0
-        self.dirty_since: float | None = None  # monotonic time of the oldest unwritten change
-        self.finished: list[int] = []
-        self.to_signal: list[Entry] = []
-        self.hooks: list[tuple[int, str, str]] = []  # (task id, task type, payload) on_cancel runs to start
+        self.fx = Effects()  # the outbox: what the shell must carry out
         self.counters: dict[str, int] = {k: 0 for k in (
             "submitted", "dispatched", "completed", "failed", "retried", "dead_lettered", "cancelled",
             "superseded", "expired", "rate_limit_throttles", "group_pauses", "group_resumes", "preempted")}
@@ -95,8 +89,11 @@ class TaskTable:
         old = e.status
         if old == status:
             return
+        fx = self.fx
+        if fx.trace is not None:
+            fx.moved(e.id, old, status)
         if old == _RUNNING:
-            self.batch.forget_running(e.id)
+            fx.batch.forget_running(e.id)
         dc = self.domain_counts.get(e.domain)
         if dc is None:
             dc = self.domain_counts[e.domain] = {s.value: 0 for s in TaskStatus}
@@ -131,24 +128,10 @@ class TaskTable:
         if self.by_key.get(e.key) is e:
             del self.by_key[e.key]
 
-    # ------------------------------------------------------------------ effects
-
-    def _touch(self, now: float) -> None:
-        self.batch_ops += 1
-        if self.dirty_since is None:
-            self.dirty_since = now
-
-    def take_batch(self) -> WriteBatch:
-        """The buffered writes, handed to the store; the buffer starts empty again."""
-        batch, self.batch = self.batch, WriteBatch()
-        self.batch_ops = 0
-        self.dirty_since = None
-        return batch
-
     @property
     def idle(self) -> bool:
         """No active task and nothing left to write."""
-        return not self.tasks and self.dirty_since is None
+        return not self.tasks and self.fx.dirty_since is None
 
     # ------------------------------------------------------------------ ready or due
 
