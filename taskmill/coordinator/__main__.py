@@ -106,6 +106,7 @@ def main() -> int:
         cache_logger_on_first_use=True,
     )
 
+    from taskmill.coordinator.backends import make_backend
     from taskmill.coordinator.loop import Coordinator
     from taskmill.shm import SharedState, worker_slots
     from taskmill.store import Store
@@ -113,7 +114,7 @@ def main() -> int:
 
     store_path = config.store_path
     state_file = state_file_for(store_path)
-    shm = pool = store = listener = coord = None
+    shm = backend = store = listener = coord = None
     wrote_state = False
     registry_path = os.path.join(launch.runtime_dir, "registry.pkl")
 
@@ -127,9 +128,6 @@ def main() -> int:
                 logging.getLogger("taskmill").warning("cleanup step %s failed: %s", getattr(step, "__name__", step), e)
 
         if coord is not None:
-            for w in coord.workers:
-                if w is not None:
-                    quietly(w.kill, "coordinator exiting")
             quietly(coord.readers.close)
             quietly(coord.writer.close)
             if coord.acceptor is not None:
@@ -138,8 +136,8 @@ def main() -> int:
             quietly(listener.close)
         if store is not None:
             quietly(store.close)
-        if pool is not None:
-            quietly(pool.close)
+        if backend is not None:
+            quietly(backend.close)  # what is left of the executors (the local backend: its fork server)
         if shm is not None:
             quietly(shm.close)
         if state_file and wrote_state:
@@ -158,12 +156,12 @@ def main() -> int:
             reg.write(launch.registry)
         host_pidfd = _open_host_pidfd(launch.host_pid)
         shm = SharedState(worker_slots(config.max_concurrency))
-        pool = WorkerPool(registry_path, shm.name)  # fork server starts here, before DuckDB
+        backend = make_backend(config.backend, config, shm, registry_path)  # (forks start here, before DuckDB)
         # Everything this process creates from here on (the store, its WAL, the state file, the
         # socket) is the owner's only. Workers keep the host's umask: the fork server already runs.
         os.umask(0o077)
         store = Store(store_path)
-        coord = Coordinator(config, store=store, pool=pool, shm=shm,
+        coord = Coordinator(config, store=store, shm=shm, backend=backend,
                             host_lifeline=sys.stdin.fileno() if launch.embedded else None, host_pidfd=host_pidfd)
         try:
             coord.start_workers()

@@ -19,11 +19,11 @@ import structlog
 
 from taskmill import protocol
 from taskmill.errors import SchedulerBroken, StoreError, TaskNotFound, WaitTimeout
-from taskmill.workers.pool import WorkerHandle
 
 if TYPE_CHECKING:
     from taskmill.coordinator.core.lifecycle import Lifecycle
     from taskmill.coordinator.reader import QueryRunner
+    from taskmill.coordinator.runs import Runs
     from taskmill.coordinator.writer import Writer
     from taskmill.store import Store
 
@@ -42,8 +42,8 @@ class Answers:
     readers: QueryRunner
     commits: int
     acks: list[tuple[Connection, Any]]
-    worker_acks: list[tuple[WorkerHandle, Any]]
-    saving: list[tuple[Connection | WorkerHandle, Any]]
+    runs: Runs
+    saving: list[tuple[Connection | Callable[[Any], None], Any]]
     deferred: list[tuple[Connection, Callable[[], Any]]]
     queries: list[tuple[Connection, Callable[[Any], Any], float]]
     waiters: dict[int, list[Connection]]
@@ -54,9 +54,6 @@ class Answers:
         raise NotImplementedError
 
     def _reply(self, conn: Connection, msg: Any) -> None:
-        raise NotImplementedError
-
-    def _send_to_worker(self, w: WorkerHandle, msg: Any) -> None:
         raise NotImplementedError
 
     def _unwatch(self, fd: int) -> None:
@@ -110,9 +107,8 @@ class Answers:
                     raise
                 self.commits += 1
         self.saving += self.acks
-        self.saving += self.worker_acks
+        self.saving += self.runs.take_acks()
         self.acks.clear()
-        self.worker_acks.clear()
 
     def _send_saved(self) -> None:
         """Answer the changes the last commit made durable (none while the writer still works)."""
@@ -124,16 +120,16 @@ class Answers:
     def _fail_saving(self, e: BaseException) -> None:
         """The store failed: every change still waiting for its commit is answered with the error."""
         broken = protocol.ErrorReply.of(SchedulerBroken(f"the store failed: {e}"))
-        for to, _ in self.saving + self.acks + self.worker_acks:
+        for to, _ in self.saving + self.acks + self.runs.take_acks():
             self._answer_to(to, broken)
-        self.saving, self.acks, self.worker_acks = [], [], []
+        self.saving, self.acks = [], []
 
-    def _answer_to(self, to: Connection | WorkerHandle, reply: Any) -> None:
-        """A reply to a client, or to a task that submitted (on its worker's pipe)."""
-        if isinstance(to, WorkerHandle):
-            self._send_to_worker(to, reply)
-        else:
+    def _answer_to(self, to: Connection | Callable[[Any], None], reply: Any) -> None:
+        """A reply to a client, or to a task that submitted (through its executor's ``answer``)."""
+        if isinstance(to, Connection):
             self._reply(to, reply)
+        else:
+            to(reply)
 
     def _answer(self) -> None:
         self._send_saved()

@@ -44,6 +44,7 @@ from taskmill import protocol
 from taskmill.config import CoordinatorConfig
 from taskmill.coordinator.acceptor import Acceptor
 from taskmill.coordinator.answers import Answers
+from taskmill.coordinator.backends import Backend
 from taskmill.coordinator.control import Control
 from taskmill.coordinator.core import snapshots
 from taskmill.coordinator.core.entry import Entry
@@ -55,13 +56,12 @@ from taskmill.coordinator.core.queues import Timers
 from taskmill.coordinator.prefetch import ColdPrefetch
 from taskmill.coordinator.reader import QueryRunner
 from taskmill.coordinator.routes import QUIET, Kind, route
+from taskmill.coordinator.runs import Runs
 from taskmill.coordinator.wire import check_items, decode_request
-from taskmill.coordinator.workforce import Workforce
 from taskmill.coordinator.writer import Writer
 from taskmill.errors import SchedulerBroken, SchedulerClosed
 from taskmill.shm import SharedState
 from taskmill.store import Queries, Store
-from taskmill.workers.pool import WorkerHandle, WorkerPool
 
 __all__ = ["Coordinator"]
 
@@ -90,8 +90,8 @@ NAMES_IDS = frozenset({"cancel", "cancel_ids"})
 QUERY_TIME_LIMIT = 30.0
 
 
-class Coordinator(Workforce, Answers):
-    """The loop and everything it owns besides the lifecycle (the worker side: ``workforce``).
+class Coordinator(Answers):
+    """The loop and everything it owns besides the lifecycle and the executors (``runs``, ``backends``).
 
     ``step()`` runs one iteration and is usable from tests with injected
     clocks; ``run()`` loops until shutdown.
@@ -102,8 +102,8 @@ class Coordinator(Workforce, Answers):
         config: CoordinatorConfig,
         *,
         store: Store,
-        pool: WorkerPool,
         shm: SharedState,
+        backend: Backend,
         host_lifeline: int | None = None,
         host_pidfd: int | None = None,
         clock: Callable[[], float] = time.time,
@@ -112,12 +112,12 @@ class Coordinator(Workforce, Answers):
     ) -> None:
         self.config = config
         self.store = store
-        self.pool = pool
         self.shm = shm
+        self.backend = backend
         self.shutdown_mode = config.shutdown.mode
         self.shutdown_timeout = config.shutdown.timeout
         self.poll_interval = config.poll_interval
-        self.clock = clock  # type: ignore[method-assign]  # wall clock: only for timestamps stored for users
+        self.clock = clock  # wall clock: only for timestamps stored for users
         self.mono = mono  # type: ignore[method-assign]  # every timer, deadline and duration
         self.type_retry = dict(config.type_retry)
         self.start_paused = config.start_paused
@@ -130,16 +130,19 @@ class Coordinator(Workforce, Answers):
                             default_retry=config.default_retry, finalizers=config.finalizers,
                             cancel_hooks=config.cancel_hooks, sweep_interval=config.expiry_sweep_interval,
                             retention=config.retention, retention_every=config.retention_every)
+        self.timers = Timers()  # the shell's own (run timeouts, kill graces, the backend's): functions to call
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self.runs = Runs(self.lc, backend, self.timers, mono=self.mono, clock=self.clock, watch=self._watch_fn,
+                         unwatch=self._unwatch, wake_fd=self._wake_w, submit=self._apply_submissions,
+                         load_payloads=self._load_payloads, warm=self._warm_needed)
         self.tracker = ProgressTracker()
-        self._init_workforce(config.max_concurrency, config.cancel_hook_timeout)
         self.control = Control(self.lc, store, lambda: self.tracker, mono=self.mono, clock=self.clock,
-                               live=self._slot_of, workers=self._live_workers, grow=self.set_max_concurrency,
+                               live=backend.live, workers=backend.workers, grow=self.set_max_concurrency,
                                submit=self._apply_submissions, commit=self._commit, shm_name=shm.name)
-        self.timers = Timers()  # the shell's own: worker timeouts, kill graces, hook limits, respawns
-        self.worker_acks: list[tuple[WorkerHandle, Any]] = []  # spawn replies, sent after the commit
 
         self.acks: list[tuple[Connection, Any]] = []  # replies to changes not yet handed to a commit
-        self.saving: list[tuple[Connection | WorkerHandle, Any]] = []  # ... whose commit is under way
+        self.saving: list[tuple[Connection | Callable[[Any], None], Any]] = []  # ... whose commit is under way
         self.deferred: list[tuple[Connection, Callable[[], Any]]] = []
         self.queries: list[tuple[Connection, Callable[[Any], Any], float]] = []  # (client, fn(cursor), limit)
         self.waiters: dict[int, list[Connection]] = {}
@@ -148,8 +151,6 @@ class Coordinator(Workforce, Answers):
 
         self.clients: list[Connection] = []
         self.accepted: queue.SimpleQueue[Connection] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
         self.host_lifeline = host_lifeline
         self.host_pidfd = host_pidfd
         self.acceptor: Acceptor | None = None
@@ -175,6 +176,18 @@ class Coordinator(Workforce, Answers):
         self._stop_requested = False
 
     # ================================================================== startup
+
+    @property
+    def tracker(self) -> ProgressTracker:
+        return self._tracker
+
+    @tracker.setter
+    def tracker(self, tracker: ProgressTracker) -> None:
+        self._tracker = self.runs.tracker = tracker
+
+    def start_workers(self) -> None:
+        """Start the backend's executors (before recovery: a registry that cannot load fails start-up)."""
+        self.backend.open(self.runs)
 
     def recover(self) -> int:
         """Load active tasks from the store into memory; returns how many.
@@ -207,6 +220,10 @@ class Coordinator(Workforce, Answers):
     def _watch(self, fd: int, kind: str, obj: Any) -> None:
         self._fds[fd] = (kind, obj)
         self._poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+
+    def _watch_fn(self, fd: int, on_ready: Callable[[], None]) -> None:
+        """Call ``on_ready`` when ``fd`` is readable (or hung up): how a backend watches its executors."""
+        self._watch(fd, "call", on_ready)
 
     def _unwatch(self, fd: int) -> None:
         if self._fds.pop(fd, None) is not None:
@@ -245,19 +262,19 @@ class Coordinator(Workforce, Answers):
         ready = self._poller.poll(0)  # busy: events are waiting, and the timeout need not be computed
         if not ready:
             ready = self._poller.poll(self._timeout() * 1000.0)
-        self.read_ahead.clear()
+        self.runs.step_no += 1
         for fd, _ev in ready:
             handler = self._fds.get(fd)
             if handler is not None:
                 self._on_ready(*handler)
-        self._respawn_due()
         if self._stop_requested and not self.stopping:
             self._begin_shutdown(None)
         now = self.mono()
         if self.lc.reserved and (due := self.lc.next_due()) is not None and due <= now:
-            self._take_back_all()  # a timer may change what runs next
+            self.runs.take_back()  # a timer may change what runs next
         self.lc.fire(now, self.clock())
-        self._fire_worker_timers(now)
+        for t in self.timers.pop_due(now):
+            t.payload()
         self._fire_wait_deadlines(now)
         self.readers.expire(now)
         try:
@@ -265,16 +282,16 @@ class Coordinator(Workforce, Answers):
         except Exception as e:
             self._fail_saving(e)
             raise
-        self._signal_cancels(now)
+        self.runs.signal(now)
         lc = self.lc
         if (self.deferred or self.queries or (self.idle_waiters and not lc.tasks)
                 or (self.waiters and any(t in self.waiters for t in lc.fx.finished))):
             self._commit()  # the loop reads the store next
-        elif (self.acks or self.worker_acks or self._batch_due(now)) and not self.writer.busy:
+        elif (self.acks or self.runs.acks or self._batch_due(now)) and not self.writer.busy:
             self._commit(background=True)  # changes are answered once the writer has committed them
         self._answer()
         if not self.stopping:
-            self._dispatch(now)
+            self.runs.dispatch(now)
         elif lc.running_total == 0 or (self.stop_deadline is not None and now >= self.stop_deadline):
             self._finish_shutdown()
         self._publish()
@@ -305,12 +322,10 @@ class Coordinator(Workforce, Answers):
     # ================================================================== inputs
 
     def _on_ready(self, kind: str, obj: Any) -> None:
-        if kind == "worker":
-            self._drain_worker(obj)
+        if kind == "call":  # an executor's pipe or sentinel (``backends``)
+            obj()
         elif kind == "client":
             self._on_client(obj)
-        elif kind == "sentinel":
-            self._on_worker_exit(obj)
         elif kind == "wake":
             os.read(self._wake_r, 4096)
             while True:
@@ -385,7 +400,7 @@ class Coordinator(Workforce, Answers):
         if self.stopping and not isinstance(req, (protocol.Stop, protocol.Call)):
             raise SchedulerClosed("the scheduler is shutting down")
         if isinstance(req, protocol.Submit):
-            self._take_back_all()  # (a duplicate may supersede or upgrade a queued run)
+            self.runs.take_back()  # (a duplicate may supersede or upgrade a queued run)
             outcomes = self._apply_submissions(check_items(req.items))
             self.acks.append((conn, protocol.Reply(outcomes)))
         elif isinstance(req, protocol.Call):
@@ -463,7 +478,7 @@ class Coordinator(Workforce, Answers):
         """Schedule a call by its route (see ``routes``)."""
         r = route(name, args)
         if name not in QUIET:
-            self._take_back_all()  # queued runs must not start past a change to tasks or settings
+            self.runs.take_back()  # queued runs must not start past a change to tasks or settings
         if self.lc.cold and name in WARM_ALL:  # it acts on every task: none may stay in the store
             self._warm_all()
         elif self.lc.cold and name in NAMES_IDS and args:  # an id or a list of ids (others are dropped)
@@ -483,10 +498,31 @@ class Coordinator(Workforce, Answers):
         else:
             self.deferred.append((conn, lambda: r.fn(self.control, *args)))
 
-    # ================================================================== live views of running tasks
+    # ================================================================== services of the loop
 
-    def _slot_of(self, e: Entry) -> Any:
-        return self.shm.read_slot(e.worker.index) if e.worker is not None else None
+    @property
+    def max_concurrency(self) -> int:
+        """Most tasks running at once (the gate's cap; executors beyond it stay idle)."""
+        return self.lc.gate.max_concurrency
+
+    def set_max_concurrency(self, n: int) -> None:
+        """Change the cap at runtime; a larger one grows the pool (up to the backend's executors)."""
+        most = self.backend.max_executors
+        if not 1 <= n <= most:
+            raise ValueError(f"max_concurrency must be in 1..{most} (the worker slots of this scheduler), got {n}")
+        self.lc.gate.max_concurrency = n
+        self.backend.grow(n)
+
+    def _load_payloads(self, e: Entry) -> None:
+        """Read the payloads of ``e`` and of the next recovered tasks in dispatch order (one query)."""
+        self.writer.join()
+        self.lc.fill_payloads(self.store.fetch_payloads(self.lc.payload_chunk(e)))
+
+    def _warm_needed(self) -> None:
+        """Load the next chunk of each cold tail whose next task in order may still be in the store."""
+        for domain in self.lc.cold_needed():
+            self._warm(domain)
+        self._prefetch_cold()
 
     def _publish(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -495,16 +531,17 @@ class Coordinator(Workforce, Answers):
             return
         self._published = now
         self._publish_pending = False
+        live = self.backend.live
         for e in self.lc.running.values():  # byte throughput samples (EWMA) for progress and ETAs
             if e.worker is not None:
-                slot = self.shm.read_slot(e.worker.index)
-                if slot.task_id == e.id:
-                    self.tracker.sample(e.id, slot.bytes_done, now)
+                view = live(e)
+                if view is not None and view.task_id == e.id:
+                    self.tracker.sample(e.id, view.bytes_done, now)
         c = dict(self.lc.counters)
         c.update(self.lc.counts)
         c["commits"] = self.commits
         c["running"] = self.lc.running_total
-        c["workers"] = sum(1 for w in self.workers if w is not None)
+        c["workers"] = self.backend.workers()
         c["max_concurrency"] = self.max_concurrency
         c.update(gate_figures(self.lc.gate))
         c["groups_paused"] = len(self.lc.paused_groups)
@@ -518,7 +555,8 @@ class Coordinator(Workforce, Answers):
         if self.stopping:
             return
         self.stopping = True
-        self._take_back_all()  # queued runs stay pending; what a worker took already finishes
+        self.runs.take_back()  # queued runs stay pending; what an executor took already finishes
+        self.backend.shutting_down()
         if self.shutdown_mode == "graceful" and self.lc.running_total:
             self.stop_deadline = self.mono() + self.shutdown_timeout
         else:
@@ -526,7 +564,7 @@ class Coordinator(Workforce, Answers):
 
     def _finish_shutdown(self) -> None:
         """Cancel what still runs (re-queued, not failed), stop workers, commit, answer, exit."""
-        self._stop_workers()
+        self.backend.stop()
         self.readers.close()
         if self.prefetch is not None:
             self.prefetch.close()

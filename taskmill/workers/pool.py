@@ -3,8 +3,8 @@
 Invariant: every worker is forked by the ``multiprocessing`` fork server, which
 is started (with the registry preloaded) before the coordinator opens DuckDB
 or starts a thread. One duplex pipe per worker; one lifeline pipe whose only
-write end the coordinator holds, so workers exit when it dies. This is the
-seam where another backend (DESIGN §8) would plug in.
+write end the coordinator holds, so workers exit when it dies. The
+coordinator's local backend (``coordinator/backends/local.py``) drives it.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class WorkerHandle:
     """One worker process as the coordinator sees it."""
 
     __slots__ = ("index", "process", "conn", "pid", "ready", "task", "kill_reason", "stopping", "timer", "hook",
-                 "timeout_left", "claim_lock", "sent", "queued", "queued_from", "ticket", "queued_behind")
+                 "claim_lock", "sent", "queued", "queued_from", "ticket", "queued_behind", "read_step")
 
     def __init__(self, index: int, process: Any, conn: Connection, claim_lock: Any) -> None:
         self.index = index
@@ -64,9 +64,9 @@ class WorkerHandle:
         self.queued_behind = 0  # the ticket of the run a run was last queued behind (once per run)
         self.kill_reason: str | None = None
         self.stopping = False
-        self.timer: Any = None  # the coordinator's timer for its task: timeout, or kill grace after a cancel
+        self.timer: Any = None  # the time limit of the on_cancel hook it runs
         self.hook: tuple[int, str] | None = None  # (task id, task type) of an on_cancel hook it runs
-        self.timeout_left: float | None = None  # while stopped (preempted): what was left of its timeout
+        self.read_step = -1  # the loop step in which its pipe was last read out of turn (a take-back)
 
     @property
     def sentinel(self) -> int:

@@ -1,8 +1,11 @@
-"""A real coordinator stepped in the test process: real store file, real fork server and workers.
+"""A real coordinator stepped in the test process, with a real store file.
 
-Used where a test must reach inside the loop (its injectable wall clock, its
-timer heap) while tasks still run in real forked processes. Everything is torn
-down at the end: workers, fork server, resource tracker, segment, store.
+``coordinator``: real fork server and workers, for tests that must reach inside
+the loop (its injectable wall clock, its timer heap) while tasks still run in
+real forked processes. ``stub_coordinator``: the same loop with the stub
+backend (runs execute in-process) and a monotonic clock the test moves, for
+tests of the loop's own decisions without processes. Everything is torn down
+at the end: workers, fork server, resource tracker, segment, store.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from polling import poll_until
 
 from taskmill import protocol
 from taskmill.config import CoordinatorConfig
+from taskmill.coordinator.backends.local import LocalProcessBackend
+from taskmill.coordinator.backends.stub import StubBackend
 from taskmill.coordinator.loop import Coordinator
+from taskmill.coordinator.routes import Kind, route
 from taskmill.coordinator.wire import check_items
 from taskmill.domain import canonical_json, dedup_key
 from taskmill.records import RetryPolicy, TaskHistoryRecord
@@ -71,10 +77,10 @@ def coordinator(tmp_path: Any, tasks: dict[str, Callable[..., Any]], *, clock: C
     registry = tmp_path / "registry.pkl"
     registry.write_bytes(cloudpickle.dumps({"tasks": tasks, "domain_state": {}, "global_state": {}}))
     shm = SharedState(workers)
-    pool = WorkerPool(str(registry), shm.name)  # fork server before DuckDB, as in the real process
-    store = Store(str(tmp_path / "store.duckdb"))
     config = CoordinatorConfig(store_path=str(tmp_path / "store.duckdb"), max_concurrency=workers, poll_interval=0.05)
-    coord = Coordinator(config, store=store, pool=pool, shm=shm, clock=clock)
+    backend = LocalProcessBackend(config, shm, str(registry))  # fork server before DuckDB, as in the real process
+    store = Store(str(tmp_path / "store.duckdb"))
+    coord = Coordinator(config, store=store, shm=shm, backend=backend, clock=clock)
     try:
         coord.start_workers()
         coord.recover()
@@ -87,13 +93,70 @@ def coordinator(tmp_path: Any, tasks: dict[str, Callable[..., Any]], *, clock: C
                 while not coord.exited and time.monotonic() < deadline:
                     coord.step()
         finally:
-            for w in coord.workers:
-                if w is not None:
-                    w.kill("test over")
+            backend.close()
             coord.readers.close()
             coord.writer.close()
             store.close()
-            pool.close()
             shm.close()
             WorkerPool.stop_resource_tracker()
             os.environ.pop("TASKMILL_REGISTRY", None)
+
+
+class FakeClock:
+    """A monotonic clock that moves only when the test says."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class StubHarness(Harness):
+    def __init__(self, coord: Coordinator, backend: StubBackend, mono: FakeClock) -> None:
+        super().__init__(coord)
+        self.backend = backend
+        self.mono = mono
+
+    def advance(self, seconds: float) -> None:
+        self.mono.now += seconds
+
+    def call(self, name: str, *args: Any) -> Any:
+        """A call as a client makes it (``routes``), its change committed before it returns."""
+        c = self.coord
+        r = route(name, args)
+        c.runs.take_back()
+        value = r.fn(c.control, *args)
+        if r.kind is Kind.CHANGE:
+            c._commit()
+        return value
+
+
+@contextmanager
+def stub_coordinator(tmp_path: Any, tasks: dict[str, Callable[..., Any]], *, workers: int = 2,
+                     config: CoordinatorConfig | None = None) -> Iterator[StubHarness]:
+    """A started coordinator with the stub backend (no worker process) and a fake monotonic clock."""
+    config = config or CoordinatorConfig(store_path=str(tmp_path / "store.duckdb"), max_concurrency=workers,
+                                         poll_interval=0.01)
+    shm = SharedState(workers)
+    backend = StubBackend.with_functions(config, tasks)
+    store = Store(str(tmp_path / "store.duckdb"))
+    mono = FakeClock()
+    coord = Coordinator(config, store=store, shm=shm, backend=backend, mono=mono)
+    try:
+        coord.start_workers()
+        coord.recover()
+        yield StubHarness(coord, backend, mono)
+    finally:
+        try:
+            if not coord.exited:
+                coord._begin_shutdown(None)
+                deadline = time.monotonic() + 30
+                while not coord.exited and time.monotonic() < deadline:
+                    coord.step()
+        finally:
+            backend.close()
+            coord.readers.close()
+            coord.writer.close()
+            store.close()
+            shm.close()

@@ -46,22 +46,23 @@ def test_a_worker_event_after_a_take_back_in_the_same_step_does_not_block(tmp_pa
     flag = str(tmp_path / "flag")
     with coordinator(tmp_path, {"t::quick": quick, "t::held": held}, workers=1) as h:
         c = h.coord
+        be = c.backend
         first, second = h.submit(item("t::quick", {"n": 1}), item("t::held", {"flag": flag}))
-        h.step_until(lambda: any(w is not None and w.queued for w in c.workers), what="a run queued behind")
-        slot = next(w for w in c.workers if w is not None and w.queued).index
+        h.step_until(lambda: any(w is not None and w.queued for w in be.handles), what="a run queued behind")
+        slot = next(w for w in be.handles if w is not None and w.queued).index
         # (no local reference to the worker handle: its claim lock must not outlive the harness)
-        assert [e.id for e in c.workers[slot].queued] == [second]
+        assert [e.id for e in be.handles[slot].queued] == [second]
         # without stepping the loop: the worker ends `quick`, sends its Done and claims `held`
-        poll_until(lambda: c.shm.claimed(slot) >= c.workers[slot].queued_from, what="the worker to claim the queued run")
-        poll_until(lambda: c.workers[slot].conn.poll(), what="the Done of the run before it")
+        poll_until(lambda: c.shm.claimed(slot) >= be.handles[slot].queued_from, what="the worker to claim the queued run")
+        poll_until(lambda: be.handles[slot].conn.poll(), what="the Done of the run before it")
         timer = threading.Timer(HOLD, lambda: open(flag, "w").close())
         timer.start()
         try:
             # one step: the poll set reported the worker's pipe, then a client call came first
-            c.read_ahead.clear()
-            c._take_back_all()
-            assert c.workers[slot].task.id == second  # it had started: it runs on
-            c._on_ready("worker", c.workers[slot])  # the worker's event, reported before the take-back read its pipe
+            c.runs.step_no += 1  # a new step
+            c.runs.take_back()
+            assert be.handles[slot].task.id == second  # it had started: it runs on
+            be._drain(be.handles[slot])  # the worker's event, reported before the take-back read its pipe
             assert not os.path.exists(flag), "the loop waited for the held run to end"
         finally:
             timer.cancel()
