@@ -43,7 +43,6 @@ import structlog
 from taskmill import protocol
 from taskmill.config import CoordinatorConfig
 from taskmill.coordinator.acceptor import Acceptor
-from taskmill.coordinator.answers import Answers
 from taskmill.coordinator.backends import Backend
 from taskmill.coordinator.control import Control
 from taskmill.coordinator.core import snapshots
@@ -55,6 +54,7 @@ from taskmill.coordinator.core.progress import ProgressTracker
 from taskmill.coordinator.core.queues import Timers
 from taskmill.coordinator.prefetch import ColdPrefetch
 from taskmill.coordinator.reader import QueryRunner
+from taskmill.coordinator.replies import Replies
 from taskmill.coordinator.routes import QUIET, Kind, route
 from taskmill.coordinator.runs import Runs
 from taskmill.coordinator.wire import check_items, decode_request
@@ -90,7 +90,7 @@ NAMES_IDS = frozenset({"cancel", "cancel_ids"})
 QUERY_TIME_LIMIT = 30.0
 
 
-class Coordinator(Answers):
+class Coordinator:
     """The loop and everything it owns besides the lifecycle and the executors (``runs``, ``backends``).
 
     ``step()`` runs one iteration and is usable from tests with injected
@@ -118,7 +118,7 @@ class Coordinator(Answers):
         self.shutdown_timeout = config.shutdown.timeout
         self.poll_interval = config.poll_interval
         self.clock = clock  # wall clock: only for timestamps stored for users
-        self.mono = mono  # type: ignore[method-assign]  # every timer, deadline and duration
+        self.mono = mono  # every timer, deadline and duration
         self.type_retry = dict(config.type_retry)
         self.start_paused = config.start_paused
         self.recover_hot = recover_hot
@@ -139,15 +139,7 @@ class Coordinator(Answers):
         self.tracker = ProgressTracker()
         self.control = Control(self.lc, store, lambda: self.tracker, mono=self.mono, clock=self.clock,
                                live=backend.live, workers=backend.workers, grow=self.set_max_concurrency,
-                               submit=self._apply_submissions, commit=self._commit, shm_name=shm.name)
-
-        self.acks: list[tuple[Connection, Any]] = []  # replies to changes not yet handed to a commit
-        self.saving: list[tuple[Connection | Callable[[Any], None], Any]] = []  # ... whose commit is under way
-        self.deferred: list[tuple[Connection, Callable[[], Any]]] = []
-        self.queries: list[tuple[Connection, Callable[[Any], Any], float]] = []  # (client, fn(cursor), limit)
-        self.waiters: dict[int, list[Connection]] = {}
-        self.wait_deadlines: list[tuple[float, int, Connection]] = []
-        self.idle_waiters: list[tuple[Connection, float | None]] = []
+                               submit=self._apply_submissions, commit=self.commit, shm_name=shm.name)
 
         self.clients: list[Connection] = []
         self.accepted: queue.SimpleQueue[Connection] = queue.SimpleQueue()
@@ -164,9 +156,10 @@ class Coordinator(Answers):
                 self._watch(fd, "host", fd)
         self._published = 0.0
         self._publish_pending = False
-        self.commits = 0
         self.writer = Writer(store, self._wake_w)
         self.readers = QueryRunner(store, self._wake)
+        self.replies = Replies(self.lc, store, self.writer, self.readers, self.runs, reply=self._reply,
+                               unwatch=self._unwatch, promote=self._promote, mono=self.mono)
         self.prefetch: ColdPrefetch | None = None  # while a cold tail is left after recovery
 
         self.stopping = False  # no more dispatch
@@ -275,21 +268,21 @@ class Coordinator(Answers):
         self.lc.fire(now, self.clock())
         for t in self.timers.pop_due(now):
             t.payload()
-        self._fire_wait_deadlines(now)
+        replies = self.replies
+        replies.fire_deadlines(now)
         self.readers.expire(now)
         try:
             self.writer.check()
         except Exception as e:
-            self._fail_saving(e)
+            replies.fail_saving(e)
             raise
         self.runs.signal(now)
         lc = self.lc
-        if (self.deferred or self.queries or (self.idle_waiters and not lc.tasks)
-                or (self.waiters and any(t in self.waiters for t in lc.fx.finished))):
-            self._commit()  # the loop reads the store next
-        elif (self.acks or self.runs.acks or self._batch_due(now)) and not self.writer.busy:
-            self._commit(background=True)  # changes are answered once the writer has committed them
-        self._answer()
+        if replies.reads_next:
+            replies.commit()  # the loop reads the store next
+        elif (replies.changes_wait or self._batch_due(now)) and not self.writer.busy:
+            replies.commit(background=True)  # changes are answered once the writer has committed them
+        replies.answer()
         if not self.stopping:
             self.runs.dispatch(now)
         elif lc.running_total == 0 or (self.stop_deadline is not None and now >= self.stop_deadline):
@@ -306,13 +299,15 @@ class Coordinator(Answers):
         since = self.lc.fx.dirty_since
         if since is not None and not self.writer.busy and since + FLUSH_MAX_DELAY - now < t:
             t = since + FLUSH_MAX_DELAY - now  # (a busy writer wakes the loop when it is done)
-        if self.wait_deadlines or self.idle_waiters:
-            soonest = min([d for d, _, _ in self.wait_deadlines] + [d for _, d in self.idle_waiters if d is not None],
-                          default=now + t)
-            t = min(t, soonest - now)
+        if self.replies.wait_deadlines or self.replies.idle_waiters:
+            t = min(t, self.replies.next_deadline(now, now + t) - now)
         if self._publish_pending:  # a skipped publication is owed soon, so counters never lag
             t = min(t, PUBLISH_INTERVAL)
         return t if t > 0.0 else 0.0
+
+    def commit(self) -> None:
+        """Commit every buffered write here and now (the loop reads the store next)."""
+        self.replies.commit()
 
     def _batch_due(self, now: float) -> bool:
         fx = self.lc.fx
@@ -374,11 +369,7 @@ class Coordinator(Answers):
         if conn in self.clients:
             self.clients.remove(conn)
         self._unwatch(conn.fileno())
-        for lst in self.waiters.values():
-            while conn in lst:
-                lst.remove(conn)
-        self.idle_waiters = [(c, d) for c, d in self.idle_waiters if c is not conn]
-        self.wait_deadlines = [w for w in self.wait_deadlines if w[2] is not conn]
+        self.replies.drop(conn)
         try:
             conn.close()
         except OSError:
@@ -402,7 +393,7 @@ class Coordinator(Answers):
         if isinstance(req, protocol.Submit):
             self.runs.take_back()  # (a duplicate may supersede or upgrade a queued run)
             outcomes = self._apply_submissions(check_items(req.items))
-            self.acks.append((conn, protocol.Reply(outcomes)))
+            self.replies.acks.append((conn, protocol.Reply(outcomes)))
         elif isinstance(req, protocol.Call):
             if type(req.name) is not str or type(req.args) is not tuple:
                 raise TypeError("a call is a name and a tuple of arguments")
@@ -410,12 +401,12 @@ class Coordinator(Answers):
         elif isinstance(req, protocol.Wait):
             if type(req.task_id) is not int or not _timeout_ok(req.timeout):
                 raise TypeError("wait takes an int task id and a timeout in seconds (or None)")
-            self._wait(conn, req.task_id, req.timeout)
+            self.replies.wait(conn, req.task_id, req.timeout)
         elif isinstance(req, protocol.WaitIdle):
             if not _timeout_ok(req.timeout):
                 raise TypeError("wait_idle takes a timeout in seconds (or None)")
             deadline = None if req.timeout is None else self.mono() + req.timeout
-            self.idle_waiters.append((conn, deadline))
+            self.replies.wait_idle(conn, deadline)
         elif isinstance(req, protocol.Stop):
             self._begin_shutdown(conn)
         else:
@@ -431,7 +422,7 @@ class Coordinator(Answers):
         ids, keys = self.lc.lookups(items)
         outcomes = completed = None
         if ids or keys:
-            self._commit()
+            self.commit()
             outcomes = self.store.history_outcomes(sorted(ids)) if ids else None
             completed = self.store.completed_keys(sorted(keys)) if keys else None
         return self.lc.submit(items, self.mono(), self.clock(), outcomes=outcomes, completed=completed)
@@ -444,7 +435,7 @@ class Coordinator(Answers):
         tail = self.lc.cold.get(domain)
         if tail is None:
             return
-        self._commit()
+        self.commit()
         rows = self.prefetch.take(domain, tail.after) if self.prefetch is not None else None
         if rows is None:
             rows = self.store.cold_rows(domain, tail.after, self.lc.cold_max_id, WARM_CHUNK)
@@ -466,7 +457,7 @@ class Coordinator(Answers):
     def _promote(self, ids: list[int], keys: list[str]) -> None:
         ids = [i for i in ids if type(i) is int and i not in self.lc.tasks]
         if ids or keys:
-            self._commit()
+            self.commit()
             self.lc.promote(self.store.plain_rows(ids, keys, self.lc.cold_max_id), self.mono(), self.clock())
             self._quarantine_cold()
 
@@ -486,17 +477,17 @@ class Coordinator(Answers):
         if r.kind is Kind.MEMORY:
             self._reply(conn, protocol.Reply(r.fn(self.control, *args)))
         elif r.kind is Kind.CHANGE:
-            self.acks.append((conn, protocol.Reply(r.fn(self.control, *args))))
+            self.replies.acks.append((conn, protocol.Reply(r.fn(self.control, *args))))
         elif r.kind is Kind.READ:
             fn, aging = r.fn, self.lc.aging
             if aging is None:
-                self.queries.append((conn, lambda cur: fn(Queries(cur), *args), QUERY_TIME_LIMIT))
+                self.replies.queries.append((conn, lambda cur: fn(Queries(cur), *args), QUERY_TIME_LIMIT))
             else:  # records read from the store learn their aged priority from memory
                 wall, paused = self.clock(), self.lc.paused_times()
-                self.queries.append((conn, lambda cur: snapshots.with_effective_priority(
+                self.replies.queries.append((conn, lambda cur: snapshots.with_effective_priority(
                     fn(Queries(cur), *args), aging, wall, paused), QUERY_TIME_LIMIT))
         else:
-            self.deferred.append((conn, lambda: r.fn(self.control, *args)))
+            self.replies.deferred.append((conn, lambda: r.fn(self.control, *args)))
 
     # ================================================================== services of the loop
 
@@ -539,7 +530,7 @@ class Coordinator(Answers):
                     self.tracker.sample(e.id, view.bytes_done, now)
         c = dict(self.lc.counters)
         c.update(self.lc.counts)
-        c["commits"] = self.commits
+        c["commits"] = self.replies.commits
         c["running"] = self.lc.running_total
         c["workers"] = self.backend.workers()
         c["max_concurrency"] = self.max_concurrency
@@ -568,15 +559,9 @@ class Coordinator(Answers):
         self.readers.close()
         if self.prefetch is not None:
             self.prefetch.close()
-        self._commit()
-        self._send_saved()
-        for conn, _ in self.idle_waiters:
-            self._reply(conn, protocol.ErrorReply.of(SchedulerBroken("the scheduler shut down")))
-        self.idle_waiters = []
-        for lst in self.waiters.values():
-            for conn in lst:
-                self._reply(conn, protocol.ErrorReply.of(SchedulerBroken("the scheduler shut down")))
-        self.waiters.clear()
+        self.commit()
+        self.replies.send_saved()
+        self.replies.shut_down()
         self._publish(force=True)
         for conn in self.stop_waiters:
             self._reply(conn, protocol.Reply(None))

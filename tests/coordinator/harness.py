@@ -52,7 +52,7 @@ class Harness:
     def submit(self, *items: tuple) -> list[int]:
         c = self.coord
         out = c.lc.submit(check_items(list(items)), c.mono(), c.clock())
-        c._commit()
+        c.commit()
         return [o[1] for o in out]
 
     def step_until(self, cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
@@ -60,7 +60,7 @@ class Harness:
         return poll_until(cond, timeout, what=what, between=self.coord.step)
 
     def history(self, task_id: int) -> TaskHistoryRecord | None:
-        self.coord._commit()
+        self.coord.commit()
         return self.coord.store.history_row(task_id)
 
     def finished(self, task_id: int, timeout: float = 30.0) -> TaskHistoryRecord:
@@ -128,7 +128,7 @@ class StubHarness(Harness):
         c.runs.take_back()
         value = r.fn(c.control, *args)
         if r.kind is Kind.CHANGE:
-            c._commit()
+            c.commit()
         return value
 
 
