@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 __all__ = ["TaskContext"]
 
-#: Minimum seconds between two text progress messages sent to the coordinator.
+#: Minimum seconds between two progress reports sent to the coordinator (each becomes a Progress
+#: event for subscribers; the fraction itself is in the shared-memory slot at once).
 PROGRESS_MESSAGE_INTERVAL = 0.25
 
 _MISSING = object()
@@ -84,11 +85,11 @@ class TaskContext:
             raise ValueError(f"progress fraction must be in 0..1, got {fraction!r}")
         self._fraction = float(fraction)
         self._write_progress()
-        if message is not None and self._send is not None:
+        if self._send is not None:  # subscribers get Progress events: at most one per interval
             now = time.monotonic()
             if now - self._last_msg >= PROGRESS_MESSAGE_INTERVAL:
                 self._last_msg = now
-                self._send(self.record.id, self._fraction, str(message)[:500])
+                self._send(self.record.id, self._fraction, None if message is None else str(message)[:500])
 
     def progress_fraction(self, done: int, total: int) -> None:
         """Report progress as ``done`` out of ``total`` units."""

@@ -42,6 +42,9 @@ class MetricsSnapshot(_ToDict):
     rate_limit_throttles: int
     group_pauses: int
     group_resumes: int
+    batches_submitted: int
+    dependency_failures: int
+    recurring_skipped: int
     pending: int
     running: int
     blocked: int
@@ -69,7 +72,8 @@ class MetricsSnapshot(_ToDict):
             cancelled=c["cancelled"], expired=c["expired"], preempted=c["preempted"], gate_denials=c["gate_denials"],
             gate_denials_by_reason={r: c[f"denied_{r}"] for r in DENIAL_REASONS},
             rate_limit_throttles=c["rate_limit_throttles"], group_pauses=c["group_pauses"],
-            group_resumes=c["group_resumes"], pending=c["pending"], running=c["running"], blocked=c["blocked"],
+            group_resumes=c["group_resumes"], batches_submitted=c["batches_submitted"],
+            dependency_failures=c["dependency_failures"], recurring_skipped=c["recurring_skipped"], pending=c["pending"], running=c["running"], blocked=c["blocked"],
             paused=c["paused"], waiting=c["waiting"], pressure=c["pressure_ppm"] / 1e6,
             max_concurrency=c["max_concurrency"], groups_paused=c["groups_paused"],
             cpu_usage=c["cpu_usage_ppm"] / 1e6, io_read_bytes_per_sec=float(c["io_read_bps"]),

@@ -68,7 +68,7 @@ from typing import Any
 __all__ = ["COUNTER_NAMES", "SegmentReader", "SharedState", "SlotView", "WorkerSlot", "worker_slots"]
 
 MAGIC = b"TASKMILL"
-LAYOUT_VERSION = 4
+LAYOUT_VERSION = 5
 HEADER_SIZE = 512
 SLOT_SIZE = 128
 COUNTER_NAMES = (
@@ -114,6 +114,10 @@ COUNTER_NAMES = (
     "group_resumes",
     "groups_paused",
     "preempted",
+    # events (issue 15)
+    "batches_submitted",
+    "dependency_failures",
+    "recurring_skipped",
 )
 _HEAD = struct.Struct("<8sIIqdQ")
 _COUNTERS = struct.Struct("<%dq" % len(COUNTER_NAMES))

@@ -230,7 +230,7 @@ class Runs:
             self.lc.interrupted(e, self.mono())
 
     def run_progress(self, e: Entry, fraction: float | None, message: str | None) -> None:
-        pass  # reported progress reaches subscribers as events (F27); the numbers are in the live view
+        self.lc.report_progress(e, fraction, message)  # subscribers see it; the numbers are in the live view
 
     def run_spawn(self, e: Entry | None, task_id: int, kind: str, items: list[tuple],
                   answer: Callable[[Any], None]) -> None:

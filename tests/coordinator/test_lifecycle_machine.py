@@ -57,6 +57,8 @@ class Model:
     executions: int = 0
     rows: list[str] = field(default_factory=list)
     active: bool = True
+    ends: list[str] = field(default_factory=list)  # the history status each ending event stands for, in order
+    dispatched: bool = False  # a Dispatched event since its last failed attempt or history row
 
 
 class LifecycleMachine(RuleBasedStateMachine):
@@ -73,6 +75,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.rows_seen = 0
         self.newest: dict[str, tuple[int, str]] = {}  # key -> (id, status) of its newest history row
         self.lc.fx.trace = []  # every status move the outbox is told of
+        self.lc.fx.listening = True  # and every event recorded (checked in ``collect``)
+        self.events_seen = 0
         self.replayed: dict[int, str] = {}  # task id -> its status, replayed from the trace alone
         self.entries: dict[int, Any] = {}  # every entry ever seen, also after it left the table
 
@@ -99,6 +103,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         """History rows written since the last step, into the model; effects the loop would carry out."""
         rows = self.lc.fx.batch.finished[self.rows_seen:]
         self.rows_seen = len(self.lc.fx.batch.finished)
+        events = self.lc.fx.events[self.events_seen:]
+        self.events_seen = len(self.lc.fx.events)
+        left = {}
         for r in rows:
             m = self.m[r.id]
             m.rows.append(r.status)
@@ -106,9 +113,44 @@ class LifecycleMachine(RuleBasedStateMachine):
             if not r.keep_active:
                 assert m.active, f"task {r.id} left twice"
                 m.active = False
+                left[r.id] = len(m.rows)
+        for ev in events:
+            self.follow(ev, left)
         self.lc.fx.finished.clear()
         self.lc.fx.signals.clear()
         self.lc.fx.hooks.clear()
+
+    def follow(self, ev: tuple, left: dict[int, int]) -> None:
+        """One event: a legal next step on its task's path (``taskmill.events``: no Completed without a
+        Dispatched of that run, a retry only of a run that was dispatched, one ending event per history
+        row with the row's status, in order, and nothing after the row that ends the task)."""
+        kind = ev[0]
+        if kind in ("Paused", "Resumed", "GroupPaused", "GroupResumed", "GroupWeightChanged", "BatchSubmitted"):
+            return
+        tid = ev[3] if kind in ("Waiting", "TaskUnblocked", "DependencyFailed") else ev[3][0]
+        m = self.m[tid]
+        gone = len(m.ends) == left.get(tid, -1) or (not m.active and tid not in left)
+        assert not gone, f"{kind} for task {tid} after the event that ended it ({m.ends})"
+        if kind not in ("Waiting", "TaskUnblocked", "DependencyFailed"):  # a task event: its header
+            h = ev[3]
+            assert (h[1], h[2], h[3]) == (f"{m.domain}::t", m.domain, m.key), (h, m)
+            assert 0 <= h[7] <= h[6] <= 255, h  # aging only ever makes it more urgent
+        end = {"Completed": "completed", "DeadLettered": "dead_letter", "Cancelled": "cancelled",
+               "Superseded": "superseded", "TaskExpired": "expired", "DependencyFailed": "dependency_failed"}.get(kind)
+        if kind == "Failed":
+            if ev[5]:  # will_retry: a retry of a run that was dispatched
+                assert m.dispatched, f"a retry of task {tid} that was never dispatched"
+                m.dispatched = False
+                return
+            end = "failed"
+        if kind == "Dispatched":
+            m.dispatched = True
+        elif kind in ("Completed", "DeadLettered"):
+            assert m.dispatched, f"{kind} for task {tid} without a Dispatched of that run"
+        if end is not None:
+            m.ends.append(end)
+            assert m.ends == m.rows[:len(m.ends)], (tid, m.ends, m.rows)
+            m.dispatched = False
 
     def worker_returns(self, tid: int) -> Any:
         e = self.lc.running[tid]
@@ -333,6 +375,11 @@ class LifecycleMachine(RuleBasedStateMachine):
     @invariant()
     def lifecycle_is_consistent(self) -> None:
         self.lc.check()
+
+    @invariant()
+    def each_history_row_has_its_ending_event(self) -> None:
+        for tid, m in self.m.items():
+            assert m.ends == m.rows, (tid, m.ends, m.rows)
 
     @invariant()
     def every_status_change_was_reported_to_the_outbox(self) -> None:

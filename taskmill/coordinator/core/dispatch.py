@@ -194,6 +194,9 @@ class Dispatch(TaskTable):
         """``e`` (just picked, or queued on ``worker``) now runs on ``worker``; returns its payload text."""
         if self.reserved and e.id in self.reserved:
             self._unreserve(e)
+        self.wall_now = wall
+        if self.fx.listening:
+            self._emit("Dispatched", e)
         self._move(e, _RUNNING)
         e.started_at = wall
         e.started_mono = now
@@ -205,13 +208,9 @@ class Dispatch(TaskTable):
         self.counters["dispatched"] += 1
         if e.x is not None:
             self._ttl_starts(e, now, wall)
-        payload = e.payload
-        if payload is None:
-            return "{}"
-        if e.task_type not in self.cancel_hooks:  # an on_cancel hook needs it later
-            self.payload_bytes -= len(payload)
-            e.payload = None
-        return payload
+        # the payload stays until the task leaves the table: a retry, a recurring or requeued run, an
+        # on_cancel hook and the final history record of an event all need it again
+        return e.payload if e.payload is not None else "{}"
 
     def run_ended(self, e: Entry) -> None:
         """The worker gave ``e`` back (done, crashed or killed): its slot is free. The outcome
@@ -221,9 +220,6 @@ class Dispatch(TaskTable):
             self.gate.give(e)
         else:  # a suspended run (its slot and resources were given back when it stopped)
             del self.suspended[e.id]
-        if e.payload is not None and e.cancelled:
-            self.payload_bytes -= len(e.payload)
-            e.payload = None
 
     # ------------------------------------------------------------------ defined by the parts
 

@@ -19,61 +19,39 @@ this module holds submission and outcomes. Imports the core and leaves only.
 from __future__ import annotations
 
 import json
-import math
 import random
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from taskmill.batch import FinishedRow, utc
+from taskmill.batch import utc
 from taskmill.config import PREEMPTION, RETENTION_EVERY
 from taskmill.coordinator.core.cold import ColdTails
 from taskmill.coordinator.core.dispatch import Dispatch
-from taskmill.coordinator.core.entry import Ended, Entry, Schedule
+from taskmill.coordinator.core.entry import Entry, Schedule
 from taskmill.coordinator.core.fairness import Aging, FairShare
 from taskmill.coordinator.core.gate import Gate
+from taskmill.coordinator.core.outcomes import Outcomes
 from taskmill.coordinator.core.pauses import GROUP, Pauses, reason_names
 from taskmill.coordinator.core.preemption import Preemption
-from taskmill.coordinator.core.relations import Relations
 from taskmill.coordinator.core.rows import entry_from_row
-from taskmill.coordinator.core.schedules import SWEEP_INTERVAL, Schedules
+from taskmill.coordinator.core.schedules import SWEEP_INTERVAL
 from taskmill.coordinator.core.settings import Settings
 from taskmill.errors import InvalidSubmission
 from taskmill.records import HistoryStatus, RetryPolicy, TaskStatus
-from taskmill.validation import MAX_DELAY_SECONDS
 
 if TYPE_CHECKING:
     from taskmill import protocol
 
-__all__ = ["CANCELLING", "Lifecycle", "clean_text", "unstorable_result"]
+__all__ = ["Lifecycle"]
 
 #: Payload bytes kept in memory for queued tasks; beyond it payloads are read back at dispatch.
 PAYLOAD_CACHE_BYTES = 256 * 1024 * 1024
-#: Longest text stored as a task's error (characters).
-MAX_ERROR_CHARS = 20_000
-#: Largest task result stored, as JSON text (bytes); larger results fail the task.
-MAX_RESULT_BYTES = 16 * 1024 * 1024
-
 _PENDING = TaskStatus.PENDING.value
 _RUNNING = TaskStatus.RUNNING.value
 _PAUSED = TaskStatus.PAUSED.value
 _BLOCKED = TaskStatus.BLOCKED.value
 _WAITING = TaskStatus.WAITING.value
-#: A running task already in history (cancelled, superseded, failed by its children) whose worker
-#: has not given it back yet: out of the table, its slot still held.
-CANCELLING = "cancelling"
-
-_COUNTER_OF = {
-    HistoryStatus.COMPLETED: "completed",
-    HistoryStatus.FAILED: "failed",
-    HistoryStatus.DEAD_LETTER: "dead_lettered",
-    HistoryStatus.CANCELLED: "cancelled",
-    HistoryStatus.SUPERSEDED: "superseded",
-    HistoryStatus.EXPIRED: "expired",
-    HistoryStatus.DEPENDENCY_FAILED: "failed",
-}
-
-
-class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Settings, Dispatch):
+class Lifecycle(Outcomes, Pauses, ColdTails, Preemption, Settings, Dispatch):
     """The task table and its transitions; the loop feeds it inputs and carries out its effects."""
 
     def __init__(
@@ -93,11 +71,9 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Settings, D
         retention_every: int = RETENTION_EVERY,
         rng: random.Random | None = None,
     ) -> None:
-        self.retention = retention  # ("count", keep) or ("age_days", days), pruned every retention_every rows
-        self.retention_every = retention_every
-        self._rows_since_prune = 0
         super().__init__(gate=gate, fair=fair, aging=aging, type_retry=type_retry, default_retry=default_retry,
                          finalizers=finalizers, cancel_hooks=cancel_hooks, rng=rng)
+        self._init_outcomes(retention, retention_every)
         self._init_relations()
         self._init_pauses()
         self._init_schedules(sweep_interval)
@@ -117,12 +93,15 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Settings, D
         return ids, keys
 
     def submit(self, items: list[protocol.SubmitItem], now: float, wall: float, *,
-               outcomes: dict[int, str] | None = None, completed: dict[str, int] | None = None) -> list[tuple]:
+               outcomes: dict[int, str] | None = None, completed: dict[str, int] | None = None,
+               batch: bool = False) -> list[tuple]:
         """Apply checked submissions; dedup also applies inside the batch. Compact outcomes in input order.
 
         ``outcomes``: history status of prerequisites that are not active; ``completed``: keys whose
         newest history row completed (see ``lookups``). A batch with one bad item applies none.
+        ``batch``: a ``submit_batch`` (counted, and told to subscribers as ``BatchSubmitted``).
         """
+        self.wall_now = wall
         outcomes = outcomes or {}
         for i, it in enumerate(items):
             why = self._refused(it, outcomes)
@@ -142,11 +121,18 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Settings, D
             elif strategy == "supersede":
                 new = self._insert(it, now, wall, created)
                 self._prerequisite_replaced(existing, self.tasks[new[1]])
-                self._end(existing, HistoryStatus.SUPERSEDED, f"superseded by task {new[1]}", now, wall)
+                self._end(existing, HistoryStatus.SUPERSEDED, f"superseded by task {new[1]}", now, wall,
+                          cause=new[1])
                 out.append(("s", new[1], existing.id))
             else:
                 out.append(self._skip_duplicate(existing, it.priority, now))
         self.counters["submitted"] += len(items)
+        if batch:
+            self.counters["batches_submitted"] += 1
+            if self.fx.listening:
+                inserted = [o[1] for o in out if o[0] == "i"] + [o[1] for o in out if o[0] == "s"]
+                domain = items[0].domain if items and all(it.domain == items[0].domain for it in items) else None
+                self.fx.events.append(("BatchSubmitted", domain, None, len(items), sorted(inserted)))
         self.fx.batch.next_id = self.next_id
         self.fx.touch(now)
         return out
@@ -249,165 +235,6 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Settings, D
         self._maybe_preempt(e, now)
         return ("i", tid, bool(bits & GROUP))
 
-    # ------------------------------------------------------------------ outcomes (F9, F14, F15)
-
-    def completed(self, e: Entry, result: str | None, ended: Ended, now: float, wall: float) -> None:
-        """The worker returned normally (a pause asked of it meanwhile does not undo the work)."""
-        unstorable = unstorable_result(result)
-        if unstorable is not None:
-            self.failed(e, unstorable, permanent=True, retry_after=None, ended=ended, now=now, wall=wall)
-            return
-        e.paused = 0  # a pause asked of this run is moot: the run is over
-        x = e.x
-        if x is not None:
-            x.stop = None
-            if x.phase == "execute" and x.spawned:  # a parent returned: its children decide what is next
-                x.memo = result
-                if self._active_children(e.id):
-                    self._move(e, _WAITING)
-                    self.fx.batch.update(e.id, status=_WAITING, memo=result)
-                    self.fx.touch(now)
-                else:
-                    self._resolve_parent(e, now, wall)
-                return
-        if self._recurs(e):
-            self._finish(e, HistoryStatus.COMPLETED, now, wall, result=result, ended=ended, keep=True)
-            self._prerequisite_done(e, now, wall, stays=True)
-            self._next_occurrence(e, now, wall)
-        elif e.requeue:  # a duplicate arrived while it ran: once more, same id
-            self._finish(e, HistoryStatus.COMPLETED, now, wall, result=result, ended=ended, keep=True)
-            self._prerequisite_done(e, now, wall, stays=True)
-            prio = e.requeue_priority if e.requeue_priority is not None else e.priority
-            e.priority, e.requeue, e.requeue_priority, e.retry_count = prio, False, None, 0
-            self.fx.batch.requeued_runs[e.id] = prio
-            self._settle(e, now)
-        else:
-            self._leave(e, HistoryStatus.COMPLETED, now, wall, result=result, ended=ended)
-
-    def failed(self, e: Entry, error: str, *, permanent: bool, retry_after: Any, ended: Ended | None,
-               now: float, wall: float) -> None:
-        """The run failed: ``failed`` now if permanent, else a retry under the policy or ``dead_letter``.
-
-        ``ended`` is None when the worker itself died or was killed (a timeout). A run that was
-        asked to stop for a pause goes back to paused instead, with no retry counted.
-        """
-        x = e.x
-        if x is not None and x.stop == "pause":
-            x.stop = None
-            self._settle(e, now)
-            self.fx.touch(now)
-            return
-        if not permanent and retry_after is not None and not delay_ok(retry_after):
-            error = (f"{error}\n(taskmill: retry_after={retry_after!r} is not a number of seconds in "
-                     f"0..{MAX_DELAY_SECONDS:g}, so the task is failed, not retried)")
-            permanent = True
-        if permanent or e.retry_count >= e.max_retries:
-            status = HistoryStatus.FAILED if permanent else HistoryStatus.DEAD_LETTER
-            if self._recurs(e):  # one failed occurrence does not end the schedule
-                self._finish(e, status, now, wall, error=error, ended=ended, keep=True)
-                self._next_occurrence(e, now, wall)
-            else:
-                self._leave(e, status, now, wall, error=error, ended=ended)
-            return
-        e.retry_count += 1
-        delay = retry_after if retry_after is not None else self._policy(e).delay(e.retry_count, self.rng)
-        delay = min(float(delay), MAX_DELAY_SECONDS)
-        self.fx.batch.retries[e.id] = (e.retry_count, wall + delay if delay > 0 else None, clean_text(error))
-        self.fx.touch(now)
-        self.counters["retried"] += 1
-        e.run_after = now + delay if delay > 0 else None
-        self._settle(e, now)
-
-    def interrupted(self, e: Entry, now: float) -> None:
-        """A running task stopped by shutdown: back to pending (or paused), no retry counted (F11)."""
-        if e.x is not None:
-            e.x.stop = None
-        self._settle(e, now)
-        self.fx.touch(now)
-
-    def _policy(self, e: Entry) -> RetryPolicy:
-        return e.retry or self.type_retry.get(e.task_type) or self.default_retry
-
-    def _finish(self, e: Entry, status: HistoryStatus, now: float, wall: float, *, result: str | None = None,
-                error: str | None = None, ended: Ended | None = None, keep: bool = False) -> None:
-        """Write the history row of this execution; unless ``keep``, the task leaves the table.
-
-        ``ended`` is what the worker measured; without it (a crash, a cancel) the run ends
-        now and its duration comes from the monotonic clock since dispatch.
-        """
-        if ended is not None:
-            started, finished, duration_ms, io = ended
-        else:
-            started, finished, duration_ms, io = e.started_at, wall, None, (0, 0, 0, 0)
-            if e.started_mono is not None and started is not None:
-                duration_ms = (now - e.started_mono) * 1000.0
-        self.fx.batch.forget_running(e.id)
-        self.fx.batch.finished.append(FinishedRow(
-            e.id, status.value, result, None if error is None else clean_text(error), e.retry_count, started,
-            finished, duration_ms, io[0], io[1], io[2], io[3], keep_active=keep, priority=e.priority))
-        self.fx.touch(now)
-        self.counters[_COUNTER_OF[status]] += 1
-        if self.retention is not None:
-            self._rows_since_prune += 1
-            if self._rows_since_prune >= self.retention_every:  # F26: pruned in the same commit
-                self._rows_since_prune = 0
-                self.fx.batch.prune = self.retention
-        if not keep:
-            self._remove(e)
-            self.fx.finished.append(e.id)
-
-    def _leave(self, e: Entry, status: HistoryStatus, now: float, wall: float, *, result: str | None = None,
-               error: str | None = None, ended: Ended | None = None, forced: bool = False) -> None:
-        """``e`` reaches history with every consequence: its dependents, its children, its parent."""
-        self._finish(e, status, now, wall, result=result, error=error, ended=ended)
-        if status == HistoryStatus.COMPLETED:
-            self._prerequisite_done(e, now, wall)
-        else:
-            child_status = HistoryStatus.EXPIRED if status == HistoryStatus.EXPIRED else HistoryStatus.CANCELLED
-            self._cancel_children(e, child_status, f"parent task {e.id} ended as {status.value}", now, wall)
-            self._prerequisite_failed(e, status, now, wall, forced)
-        self._unlink(e)
-        self._child_left(e, status, error, now, wall)
-
-    def _end(self, e: Entry, status: HistoryStatus, why: str, now: float, wall: float,
-             cascade_dependents: bool = False) -> None:
-        """``e`` ends without a worker's say (cancel, expiry, a failed dependency or child)."""
-        if e.cancelled or self.tasks.get(e.id) is not e:
-            return
-        e.cancelled = True
-        e.requeue = False
-        if e.queued:
-            self.ready.discard(e)
-        if e.worker is not None:  # running: it must stop; its slot is held until the worker gives it back
-            self.fx.signals.append(e)
-            if e.task_type in self.cancel_hooks and status in (HistoryStatus.CANCELLED, HistoryStatus.SUPERSEDED):
-                self.fx.hooks.append((e.id, e.task_type, e.payload or "{}"))
-            self._leave(e, status, now, wall, error=why, forced=cascade_dependents)
-            self._move(e, CANCELLING)  # out of the table (and the counts), its slot still held
-            return
-        if e.payload is not None:
-            self.payload_bytes -= len(e.payload)
-            e.payload = None
-        self._leave(e, status, now, wall, error=why, forced=cascade_dependents)
-
-    # ------------------------------------------------------------------ cancellation (F23)
-
-    def cancel(self, task_id: int, domain: str | None, now: float, wall: float) -> bool:
-        """Cancel one active task (and its children); True if found (in ``domain``, when given)."""
-        e = self.tasks.get(task_id)
-        if e is None or e.cancelled or (domain is not None and e.domain != domain):
-            return False
-        self._end(e, HistoryStatus.CANCELLED, "cancelled", now, wall)
-        return True
-
-    def cancel_matching(self, match: Callable[[Entry], bool], now: float, wall: float) -> list[int]:
-        """Cancel every active task ``match`` accepts (children go with their parents); the ids
-        of those it accepted, also of the ones a parent's cascade took first."""
-        matched = sorted(t for t, e in self.tasks.items() if not e.cancelled and match(e))
-        for tid in matched:
-            self.cancel(tid, None, now, wall)
-        return [t for t in matched if (e := self.tasks.get(t)) is None or e.cancelled]
-
     # ------------------------------------------------------------------ timers
 
     def next_due(self) -> float | None:
@@ -416,6 +243,7 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Settings, D
 
     def fire(self, now: float, wall: float) -> None:
         """Timers due at ``now``: delayed tasks become ready, groups resume, the TTL sweep runs."""
+        self.wall_now = wall
         for t in self.timers.pop_due(now):
             if t.kind == "due":
                 e = t.payload
@@ -552,34 +380,3 @@ class Lifecycle(Relations, Pauses, Schedules, ColdTails, Preemption, Settings, D
             assert self.tasks.get(tid) is e and e.status == _PENDING and e.worker is None, tid
         floor = max(((e.priority, e.id) for e in self.reserved.values()), default=None)
         assert self.ready.floor == floor, (self.ready.floor, floor)
-
-
-def delay_ok(v: Any) -> bool:
-    return type(v) in (int, float) and math.isfinite(v) and 0 <= v <= MAX_DELAY_SECONDS
-
-
-def clean_text(text: str) -> str:
-    """Error text as the store can keep it: bounded, valid UTF-8 (lone surrogates escaped)."""
-    text = text[:MAX_ERROR_CHARS]
-    if not text.isascii():
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
-def unstorable_result(text: str | None) -> str | None:
-    """Why a task's JSON result cannot be stored, or None if it can."""
-    if text is None:
-        return None
-    if len(text) > MAX_RESULT_BYTES // 4 and len(text.encode("utf-8", "surrogatepass")) > MAX_RESULT_BYTES:
-        return f"the return value is larger than {MAX_RESULT_BYTES // (1024 * 1024)} MiB as JSON, so it cannot be stored"
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as e:
-            return f"the return value is not valid UTF-8 text ({e}), so it cannot be stored"
-    if "\\u" in text and ("\\ud" in text or "\\uD" in text):  # JSON escapes of UTF-16 halves: only pairs are valid
-        try:
-            json.dumps(json.loads(text), ensure_ascii=False).encode("utf-8")
-        except (ValueError, UnicodeEncodeError) as e:
-            return f"the return value holds a lone UTF-16 surrogate ({e}), so it cannot be stored"
-    return None

@@ -106,6 +106,8 @@ class Pauses(TaskTable):
         ``resume_at`` (wall clock, groups only) resumes it by itself.
         """
         bit = _BIT_OF_KIND[kind]
+        self.wall_now = wall
+        newly = not self.is_paused(kind, scope)
         if kind == "global":
             self.paused_global = self.paused_global or wall
         elif kind == "domain":
@@ -120,21 +122,26 @@ class Pauses(TaskTable):
         paused_at = wall if kind != "group" else self.paused_groups[scope][0]
         self.fx.batch.scopes[(kind, scope)] = (paused_at, resume_at)
         self.fx.touch(now)
-        moved = 0
+        held = stopped = 0
         for e in list(self.tasks.values()):
             if not self._covers(kind, scope, e):
                 continue
             if e.status in (_PENDING, _PAUSED):
                 if not e.paused & bit:
-                    moved += e.status == _PENDING
+                    held += e.status == _PENDING
                     self._hold(e, e.paused | bit, now)
             elif e.status == _RUNNING and not e.cancelled:
                 e.paused |= bit
                 if e.extra().stop is None:
                     e.extra().stop = "pause"
                     self.fx.signals.append(e)  # its worker sees ctx.cancelled; it comes back paused
-                    moved += 1
-        return moved
+                    stopped += 1
+        if newly and self.fx.listening and kind != "domain":
+            if kind == "global":
+                self._emit_about("Paused", None)
+            else:
+                self._emit_about("GroupPaused", None, scope, held, stopped)
+        return held + stopped
 
     def resume_scope(self, kind: str, scope: str, now: float) -> int:
         """Lift a pause; returns how many tasks became pending (0 while another reason holds them)."""
@@ -162,6 +169,11 @@ class Pauses(TaskTable):
                 moved += e.status == _PENDING
             else:  # a running task asked to pause comes back pending instead; a suspended one
                 e.paused &= ~bit  # continues once nothing holds it (preemption.resume_suspended)
+        if self.fx.listening and kind != "domain":
+            if kind == "global":
+                self._emit_about("Resumed", None)
+            else:
+                self._emit_about("GroupResumed", None, scope, moved)
         return moved
 
     def is_paused(self, kind: str, scope: str = "") -> bool:

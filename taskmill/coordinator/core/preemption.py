@@ -66,6 +66,8 @@ class Preemption(TaskTable):
                 continue
             self.victims.add(r.id)
             self.counters["preempted"] += 1
+            if self.fx.listening:
+                self._emit("Preempted", r)
             r.paused |= PREEMPTED
             if self.suspending:
                 self._suspend(r, now)

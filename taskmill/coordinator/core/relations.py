@@ -109,7 +109,8 @@ class Relations(TaskTable):
                     self._unblock(dep, now)
                 continue
             why = f"dependency task {e.id} ended as {status.value}"
-            self._end(dep, HistoryStatus.DEPENDENCY_FAILED, why, now, wall, cascade_dependents=policy == "cancel")
+            self._end(dep, HistoryStatus.DEPENDENCY_FAILED, why, now, wall, cascade_dependents=policy == "cancel",
+                      cause=e.id)
 
     def _prerequisite_replaced(self, old: Entry, new: Entry) -> None:
         """``old`` was superseded by ``new``: its dependents wait on ``new`` instead."""
@@ -126,6 +127,8 @@ class Relations(TaskTable):
 
     def _unblock(self, e: Entry, now: float) -> None:
         if e.status == _BLOCKED:
+            if self.fx.listening:
+                self._emit_about("TaskUnblocked", e, e.id)
             self._settle(e, now)  # pending, or paused if a scope holds it
 
     # ------------------------------------------------------------------ parents and children

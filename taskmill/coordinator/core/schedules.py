@@ -32,7 +32,6 @@ class Schedules(TaskTable):
     def _init_schedules(self, sweep_interval: float) -> None:
         self.sweep_interval = sweep_interval
         self.next_sweep: float | None = None
-        self.skipped_occurrences = 0
 
     # ------------------------------------------------------------------ TTL
 
@@ -96,16 +95,28 @@ class Schedules(TaskTable):
             return False
         return s.max_executions is None or s.count + 1 < s.max_executions
 
+    @staticmethod
+    def _next_due(s: Schedule, wall: float) -> tuple[float, int]:
+        """The wall-clock time of the occurrence after the current one, and how many are skipped
+        because their time passed already."""
+        due = (s.due_wall if s.due_wall is not None else wall) + s.interval
+        if due > wall:
+            return due, 0
+        missed = math.floor((wall - due) / s.interval) + 1
+        return due + missed * s.interval, missed
+
     def _next_occurrence(self, e: Entry, now: float, wall: float) -> None:
         """A run of a recurring task ended and its schedule goes on: the same task, next time on the grid."""
         assert e.x is not None and e.x.schedule is not None
         s = e.x.schedule
         s.count += 1
-        due = (s.due_wall if s.due_wall is not None else wall) + s.interval
-        if due <= wall:  # runs missed while this one was late (or the scheduler down): skipped, not piled up
-            missed = math.floor((wall - due) / s.interval) + 1
-            self.skipped_occurrences += missed
-            due += missed * s.interval
+        due, missed = self._next_due(s, wall)
+        if missed:  # runs missed while this one was late (or the scheduler down): skipped, not piled up
+            self.counters["recurring_skipped"] += missed
+            if self.fx.listening:
+                self.wall_now = wall
+                self._emit("RecurringSkipped", e, f"{missed} occurrence(s) skipped: the run before ended after "
+                                                  "their time (or the scheduler was down)")
         s.due_wall = due
         e.run_after = now + (due - wall)
         e.x.run_after_wall = due

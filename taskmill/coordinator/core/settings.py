@@ -36,13 +36,18 @@ class Settings(TaskTable):
         elif what in ("type_rate", "group_rate"):
             gate.set_rate_limit("type" if what == "type_rate" else "group", scope, value, now)
         elif what == "group_weight":
+            before = fair.weight(scope)
             if value is None:
                 fair.weights.pop(scope, None)
             else:
                 fair.weights[scope] = value
+            self._weight_changed(scope, before)
         elif what == "reset_weights":
+            weights = {g: fair.weight(g) for g in fair.weights}
             fair.weights.clear()
             fair.default_weight = DEFAULT_GROUP_WEIGHT
+            for group, weight in sorted(weights.items()):
+                self._weight_changed(group, weight)
         elif what == "group_min_slots":
             if value:
                 fair.min_slots[scope] = value
@@ -50,3 +55,8 @@ class Settings(TaskTable):
                 fair.min_slots.pop(scope, None)
         else:
             raise ValueError(f"unknown admission setting {what!r}")
+
+    def _weight_changed(self, group: str, before: float) -> None:
+        after = self.fair.weight(group)
+        if after != before and self.fx.listening:
+            self._emit_about("GroupWeightChanged", None, group, before, after)

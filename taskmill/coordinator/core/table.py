@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from typing import Any
 
 from taskmill.coordinator.core.effects import Effects
 from taskmill.coordinator.core.entry import Ended, Entry
-from taskmill.coordinator.core.fairness import Aging, FairShare
+from taskmill.coordinator.core.fairness import Aging, FairShare, effective_priority
 from taskmill.coordinator.core.gate import Gate
 from taskmill.coordinator.core.queues import ReadyQueues, Timers
 from taskmill.records import HistoryStatus, RetryPolicy, TaskStatus
@@ -72,9 +73,11 @@ class TaskTable:
         self.payload_missing: deque[int] = deque()  # recovered ids in dispatch order, payloads not loaded
 
         self.fx = Effects()  # the outbox: what the shell must carry out
+        self.wall_now = 0.0  # the wall clock as last given (event headers age by it)
         self.counters: dict[str, int] = {k: 0 for k in (
             "submitted", "dispatched", "completed", "failed", "retried", "dead_lettered", "cancelled",
-            "superseded", "expired", "rate_limit_throttles", "group_pauses", "group_resumes", "preempted")}
+            "superseded", "expired", "rate_limit_throttles", "group_pauses", "group_resumes", "preempted",
+            "batches_submitted", "dependency_failures", "recurring_skipped")}
 
     @property
     def running_total(self) -> int:
@@ -121,6 +124,9 @@ class TaskTable:
             self.ttl_timers.cancel(e.x.ttl_timer)
             e.x.ttl_timer = None
         del self.tasks[e.id]
+        if e.payload is not None:
+            self.payload_bytes -= len(e.payload)
+            e.payload = None
         self.recurring.discard(e.id)
         self.preemptors.discard(e.id)
         self.victims.discard(e.id)
@@ -132,6 +138,27 @@ class TaskTable:
     def idle(self) -> bool:
         """No active task and nothing left to write."""
         return not self.tasks and self.fx.dirty_since is None
+
+    # ------------------------------------------------------------------ events (recorded only while fx.listening)
+
+    def _header(self, e: Entry) -> tuple:
+        """``e`` as an event header: ``(id, type, domain, key, label, tags JSON, priority, effective)``."""
+        eff = e.priority
+        if self.aging is not None and e.status in (_PENDING, "paused", "blocked"):
+            paused = e.x.paused_for if e.x is not None else 0.0
+            eff = effective_priority(e.priority, max(0.0, self.wall_now - e.created_at - paused), self.aging)
+        return (e.id, e.task_type, e.domain, e.key, e.label, e.tags, e.priority, eff)
+
+    def _emit(self, kind: str, e: Entry, *fields: Any) -> None:
+        """Record a task event about ``e`` (the caller checked ``fx.listening``)."""
+        self.fx.events.append((kind, e.domain, e.task_type, self._header(e), *fields))
+
+    def _emit_about(self, kind: str, e: Entry | None, *fields: Any) -> None:
+        """Record an event that is not a task event; ``e``, if given, routes it to ``e``'s domain and type."""
+        if e is None:
+            self.fx.events.append((kind, None, None, *fields))
+        else:
+            self.fx.events.append((kind, e.domain, e.task_type, *fields))
 
     # ------------------------------------------------------------------ ready or due
 
@@ -155,13 +182,15 @@ class TaskTable:
         raise NotImplementedError
 
     def _end(self, e: Entry, status: HistoryStatus, why: str, now: float, wall: float,
-             cascade_dependents: bool = False) -> None:  # lifecycle
+             cascade_dependents: bool = False, cause: int | None = None) -> None:  # outcomes
         raise NotImplementedError
 
     def _leave(self, e: Entry, status: HistoryStatus, now: float, wall: float, *, result: str | None = None,
-               error: str | None = None, ended: Ended | None = None, forced: bool = False) -> None:  # lifecycle
+               error: str | None = None, ended: Ended | None = None, forced: bool = False,
+               cause: int | None = None) -> None:  # outcomes
         raise NotImplementedError
 
     def _finish(self, e: Entry, status: HistoryStatus, now: float, wall: float, *, result: str | None = None,
-                error: str | None = None, ended: Ended | None = None, keep: bool = False) -> None:  # lifecycle
+                error: str | None = None, ended: Ended | None = None, keep: bool = False,
+                cause: int | None = None) -> None:  # outcomes
         raise NotImplementedError
