@@ -302,6 +302,33 @@ class CoordinatorProcess:
     def call(self, name: str, *args: Any) -> Any:
         return self.request(protocol.Call(name, args))
 
+    def open_stream(self, msg: protocol.Subscribe) -> Connection:
+        """A new connection of its own, turned into a stream by ``msg`` (answered within the call
+        deadline); the caller reads it (``stream.EventStream``) and closes it."""
+        if self.closed:
+            raise SchedulerClosed("the scheduler is closed")
+        try:
+            conn = self._connect()
+        except (BlockingIOError, TimeoutError, OSError, EOFError) as e:
+            raise self._broken(e, "cannot be connected to") from e
+        try:
+            conn.send(msg)
+            if not conn.poll(CALL_TIMEOUT):
+                raise SchedulerBroken(f"the coordinator (pid {self.proc.pid}) did not answer a subscription "
+                                      f"within {CALL_TIMEOUT:g}s")
+            reply = conn.recv()
+            if isinstance(reply, protocol.ErrorReply):
+                raise reply.exception()
+            protocol.set_io_timeout(conn, 0)  # a stream waits for events as long as they take
+        except BaseException as e:
+            with self._lock:
+                self._conns.discard(conn)
+            conn.close()
+            if isinstance(e, (OSError, EOFError)) and not isinstance(e, TaskmillError):
+                raise self._broken(e) from e
+            raise
+        return conn
+
     # ------------------------------------------------------------------ shutdown
 
     def stop(self) -> None:

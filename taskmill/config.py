@@ -23,6 +23,7 @@ __all__ = [
     "EXPIRY_SWEEP_INTERVAL",
     "IO_FRACTION",
     "IO_WINDOW",
+    "MAX_EVENT_BUFFER",
     "POLL_INTERVAL",
     "PREEMPT_PRIORITY",
     "PREEMPTION",
@@ -49,6 +50,8 @@ CANCEL_HOOK_TIMEOUT = 30.0
 #: Events kept for each subscriber before the oldest are dropped (and counted in ``.missed``): more
 #: rides out longer stalls of a reader, at the memory of that many events per subscriber.
 EVENT_BUFFER = 10_000
+#: The largest buffer a subscription may ask for.
+MAX_EVENT_BUFFER = 10_000_000
 #: Seconds between two resource samples, and the EWMA weight of a new one.
 SAMPLE_INTERVAL = 1.0
 SAMPLE_ALPHA = 0.3

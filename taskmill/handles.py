@@ -16,6 +16,7 @@ from taskmill.admission import RateLimit
 from taskmill.controls import GroupControls, rate_wire, task_type_name
 from taskmill.domain import Domain, Submission, TaskOptions, TaskType, as_submission, resolve
 from taskmill.errors import InvalidSubmission, UnknownTaskType
+from taskmill.events import Event
 from taskmill.outcomes import BatchOutcome, SubmitOutcome, outcomes_from_wire
 from taskmill.records import (
     EstimatedProgress,
@@ -26,6 +27,7 @@ from taskmill.records import (
     TaskStatus,
 )
 from taskmill.session import Session
+from taskmill.stream import EventStream
 from taskmill.validation import INT32_MAX, as_int, as_str, describe
 
 __all__ = ["DomainHandle"]
@@ -111,7 +113,7 @@ class DomainHandle(GroupControls):
                 raise InvalidSubmission(f"batch item {i} is invalid: {e}", index=i) from e
         if not items:
             return BatchOutcome(())
-        wire = self._session.proc().request(protocol.Submit([tuple(it) for it in items]))
+        wire = self._session.proc().request(protocol.Submit([tuple(it) for it in items], batch=True))
         return BatchOutcome(outcomes_from_wire(wire))
 
     def cancel(self, task_id: int) -> bool:
@@ -203,6 +205,29 @@ class DomainHandle(GroupControls):
     def remove_rate_limit(self, task: TaskType | str) -> None:
         """Remove a task type's token bucket."""
         self._set_admission("type_rate", task_type_name(self._type_name(task), self._session.registered), None)
+
+    # ------------------------------------------------------------------ events (F27)
+
+    def events(self, buffer: int | None = None) -> EventStream[Event]:
+        """This domain's task events (and the events routed to its tasks: ``Waiting``,
+        ``TaskUnblocked``, ``DependencyFailed``, its batches), plus the global ``Paused`` and
+        ``Resumed``. See ``Scheduler.subscribe``."""
+        return self._session.subscribe(domain=self.name, buffer=buffer)
+
+    def task_events(self, task: TaskType | str, buffer: int | None = None) -> EventStream[Event]:
+        """The events of one of this domain's task types (a ``TaskType`` or its name)."""
+        name = self._type_name(task)
+        if name not in self._session.registered:
+            raise UnknownTaskType(f"task {name} was not registered when the scheduler started")
+        return self._session.subscribe(domain=self.name, task_type=name, buffer=buffer)
+
+    def subscribe_progress(self, buffer: int | None = None) -> EventStream[TaskProgress]:
+        """``TaskProgress`` of this domain's running tasks that report bytes, every ``progress_interval``.
+
+        Raises:
+            ConfigError: the scheduler has no ``progress_interval``.
+        """
+        return self._session.subscribe_progress(domain=self.name, buffer=buffer)
 
     def snapshot(self) -> ModuleSnapshot:
         """Running tasks, counts, progress and pause state for this domain."""

@@ -16,6 +16,14 @@ Host ↔ coordinator, over an authenticated AF_UNIX ``multiprocessing.connection
      │── Stop() ────────────────────────────▶│ shutdown per mode, commit
      │◀──────────────── Reply(None) ─────────│ then the process exits
 
+A connection that sends ``Subscribe`` turns into a one-way stream::
+
+     │── Subscribe(kind, domain, type) ─────▶│ from now on it is sent what it subscribed to
+     │◀──────────────── Reply(None) ─────────│
+     │◀── [event tuples] / missed count ─────│ events after each commit; TaskProgress lists
+     │◀── [TaskProgress …] ──────────────────│ every progress interval
+     │◀──────────────── None ────────────────│ the scheduler shut down: the stream ends
+
 Coordinator ↔ worker, one duplex pipe per worker::
 
     coordinator                             worker
@@ -51,6 +59,7 @@ __all__ = [
     "Spawn",
     "Stop",
     "Submit",
+    "Subscribe",
     "SubmitItem",
     "Wait",
     "WaitIdle",
@@ -123,6 +132,7 @@ class SubmitItem(NamedTuple):
 @dataclass(**_MSG)
 class Submit:
     items: list[tuple[Any, ...]]  # SubmitItem fields, as plain tuples
+    batch: bool = False  # a submit_batch (told to subscribers as BatchSubmitted)
 
 
 @dataclass(**_MSG)
@@ -149,7 +159,19 @@ class Stop:
     pass
 
 
-HostRequest = Submit | Call | Wait | WaitIdle | Stop
+@dataclass(**_MSG)
+class Subscribe:
+    """Turn this connection into a stream of ``kind`` ("events" or "progress"), of one domain (or
+    all: None) and, for events, of one qualified task type (or all); ``buffer``: events the
+    coordinator keeps for it before dropping the oldest."""
+
+    kind: str
+    domain: str | None
+    task_type: str | None
+    buffer: int
+
+
+HostRequest = Submit | Call | Wait | WaitIdle | Stop | Subscribe
 
 
 @dataclass(**_MSG)

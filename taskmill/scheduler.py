@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import cloudpickle
 
-from taskmill import protocol
+from taskmill import events, protocol
 from taskmill.admission import (
     AgingConfig,
     Capacity,
@@ -34,7 +34,9 @@ from taskmill.config import (
     CANCEL_HOOK_TIMEOUT,
     DEFAULT_GROUP_WEIGHT,
     DEFAULT_PRIORITY,
+    EVENT_BUFFER,
     EXPIRY_SWEEP_INTERVAL,
+    MAX_EVENT_BUFFER,
     POLL_INTERVAL,
     PREEMPT_PRIORITY,
     PREEMPTION,
@@ -59,9 +61,11 @@ from taskmill.records import (
     Shutdown,
     TaskHistoryRecord,
     TaskLookup,
+    TaskProgress,
     TaskRecord,
 )
 from taskmill.session import Session
+from taskmill.stream import EventStream
 from taskmill.taskstore import TaskStore
 from taskmill.validation import (
     INT32_MAX,
@@ -141,6 +145,11 @@ class Scheduler(AdmissionControls):
         preemption: ``"cancel"`` (the victims see ``ctx.cancelled`` and run again
             later) or ``"suspend"`` (their workers are stopped with SIGSTOP and
             continue where they were).
+        progress_interval: Seconds between two ``TaskProgress`` ticks for
+            ``subscribe_progress()`` (None: no ticker, and no progress subscriptions).
+        event_buffer: Events kept for each subscriber (``subscribe()`` …) that has
+            not read them yet; beyond that the oldest are dropped and counted in
+            ``EventStream.missed``. A subscriber never slows the scheduler down.
 
     Every argument is checked here, on the host: a bad one is a ``TypeError`` or
     ``ValueError`` naming it (``ConfigError`` for two domains of one name).
@@ -187,6 +196,8 @@ class Scheduler(AdmissionControls):
         priority_aging: AgingConfig | None = None,
         preempt_priority: int | None = PREEMPT_PRIORITY,
         preemption: str = PREEMPTION,
+        progress_interval: float | None = None,
+        event_buffer: int = EVENT_BUFFER,
     ) -> None:
         path = os.fspath(store_path) if isinstance(store_path, os.PathLike) else store_path
         if not isinstance(path, str):
@@ -256,7 +267,10 @@ class Scheduler(AdmissionControls):
         self._state = {as_str(k, "state key"): v for k, v in (state or {}).items()}
         self._poll = poll
         self.resource_monitoring = self._monitoring.sampler is not None
-        self._session = Session(self._defaults)
+        self._progress_interval = None if progress_interval is None else as_float(
+            progress_interval, "progress_interval", lo=0.01, hi=3600.0, unit="seconds")
+        self._session = Session(self._defaults, as_int(event_buffer, "event_buffer", lo=1, hi=MAX_EVENT_BUFFER),
+                                self._progress_interval)
         self._handles: dict[str, DomainHandle] = {}
         self.store = TaskStore(self._session)
 
@@ -301,6 +315,8 @@ class Scheduler(AdmissionControls):
             retention_every=self._retention_every,
             start_paused=self._start_paused,
             admission=self._admission,
+            progress_interval=self._progress_interval,
+            event_buffer=self._session.event_buffer,
         )
         launch = Launch(registry=registry, sys_path=tuple(sys.path), cwd=os.getcwd())
         self._session.process = proc = CoordinatorProcess(config, launch)
@@ -386,6 +402,29 @@ class Scheduler(AdmissionControls):
     def snapshot(self) -> SchedulerSnapshot:
         """Global aggregates: running tasks, counts, progress."""
         return self._proc().call("snapshot")
+
+    def subscribe(self, buffer: int | None = None) -> EventStream[events.Event]:
+        """Every event from now on (``taskmill.events``), released after the commit that makes it true.
+
+        Args:
+            buffer: Events kept for this stream while the program does not read them
+                (default: the scheduler's ``event_buffer``); the oldest go first, counted
+                in ``missed``.
+
+        Example:
+            >>> with sched.subscribe() as stream:                         # doctest: +SKIP
+            ...     for ev in stream:
+            ...         print(type(ev).__name__, getattr(ev, "header", None))
+        """
+        return self._session.subscribe(buffer=buffer)
+
+    def subscribe_progress(self, buffer: int | None = None) -> EventStream[TaskProgress]:
+        """``TaskProgress`` of every running task that reports bytes, every ``progress_interval``.
+
+        Raises:
+            ConfigError: the scheduler has no ``progress_interval``.
+        """
+        return self._session.subscribe_progress(buffer=buffer)
 
     def metrics_snapshot(self) -> MetricsSnapshot:
         """Counters and gauges from the shared-memory segment (no round trip to the coordinator):

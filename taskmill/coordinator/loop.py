@@ -41,7 +41,7 @@ from typing import Any, Callable
 import structlog
 
 from taskmill import protocol
-from taskmill.config import CoordinatorConfig
+from taskmill.config import MAX_EVENT_BUFFER, CoordinatorConfig
 from taskmill.coordinator.acceptor import Acceptor
 from taskmill.coordinator.backends import Backend
 from taskmill.coordinator.control import Control
@@ -51,7 +51,8 @@ from taskmill.coordinator.core.fairness import make_fairness
 from taskmill.coordinator.core.gate import gate_figures, make_gate
 from taskmill.coordinator.core.lifecycle import Lifecycle
 from taskmill.coordinator.core.progress import ProgressTracker
-from taskmill.coordinator.core.queues import Timers
+from taskmill.coordinator.core.queues import Timer, Timers
+from taskmill.coordinator.fanout import Fanout, Subscriber
 from taskmill.coordinator.prefetch import ColdPrefetch
 from taskmill.coordinator.reader import QueryRunner
 from taskmill.coordinator.replies import Replies
@@ -88,6 +89,7 @@ WARM_ALL = frozenset({"pause", "cancel_all", "cancel_group", "cancel_type", "can
 NAMES_IDS = frozenset({"cancel", "cancel_ids"})
 #: Seconds a query (``sql()`` and the seed's queries) may run, or wait for a reader, before it is interrupted.
 QUERY_TIME_LIMIT = 30.0
+_READ_OR_GONE = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
 class Coordinator:
@@ -158,8 +160,11 @@ class Coordinator:
         self._publish_pending = False
         self.writer = Writer(store, self._wake_w)
         self.readers = QueryRunner(store, self._wake)
+        self.fanout = Fanout(self._watch_subscriber, self._forget_subscriber)
         self.replies = Replies(self.lc, store, self.writer, self.readers, self.runs, reply=self._reply,
-                               unwatch=self._unwatch, promote=self._promote, mono=self.mono)
+                               unwatch=self._unwatch, promote=self._promote, mono=self.mono,
+                               release=self.fanout.publish)
+        self._progress_tick: Timer | None = None
         self.prefetch: ColdPrefetch | None = None  # while a cold tail is left after recovery
 
         self.stopping = False  # no more dispatch
@@ -256,10 +261,13 @@ class Coordinator:
         if not ready:
             ready = self._poller.poll(self._timeout() * 1000.0)
         self.runs.step_no += 1
-        for fd, _ev in ready:
+        for fd, ev in ready:
             handler = self._fds.get(fd)
             if handler is not None:
-                self._on_ready(*handler)
+                if handler[0] == "subscriber":
+                    self.fanout.on_ready(handler[1], bool(ev & _READ_OR_GONE))
+                else:
+                    self._on_ready(*handler)
         if self._stop_requested and not self.stopping:
             self._begin_shutdown(None)
         now = self.mono()
@@ -282,6 +290,8 @@ class Coordinator:
             replies.commit()  # the loop reads the store next
         elif (replies.changes_wait or self._batch_due(now)) and not self.writer.busy:
             replies.commit(background=True)  # changes are answered once the writer has committed them
+        if lc.fx.events and not lc.fx.dirty:  # events with no write behind them (progress reports)
+            replies.unreleased += lc.fx.take_events()
         replies.answer()
         if not self.stopping:
             self.runs.dispatch(now)
@@ -392,7 +402,7 @@ class Coordinator:
             raise SchedulerClosed("the scheduler is shutting down")
         if isinstance(req, protocol.Submit):
             self.runs.take_back()  # (a duplicate may supersede or upgrade a queued run)
-            outcomes = self._apply_submissions(check_items(req.items))
+            outcomes = self._apply_submissions(check_items(req.items), batch=req.batch is True)
             self.replies.acks.append((conn, protocol.Reply(outcomes)))
         elif isinstance(req, protocol.Call):
             if type(req.name) is not str or type(req.args) is not tuple:
@@ -409,10 +419,61 @@ class Coordinator:
             self.replies.wait_idle(conn, deadline)
         elif isinstance(req, protocol.Stop):
             self._begin_shutdown(conn)
+        elif isinstance(req, protocol.Subscribe):
+            self._subscribe(conn, req)
         else:
             raise TypeError(f"unknown request {type(req).__name__}")
 
-    def _apply_submissions(self, items: list[protocol.SubmitItem]) -> list[tuple]:
+    # ================================================================== subscribers (see fanout)
+
+    def _subscribe(self, conn: Connection, req: protocol.Subscribe) -> None:
+        """``conn`` becomes a stream of events (or progress ticks): answered, then only written to."""
+        if (req.kind not in ("events", "progress") or not (req.domain is None or type(req.domain) is str)
+                or not (req.task_type is None or type(req.task_type) is str)
+                or type(req.buffer) is not int or not 1 <= req.buffer <= MAX_EVENT_BUFFER):
+            raise ValueError(f"subscribe takes a kind (events, progress), a domain and a task type (or None) and "
+                             f"a buffer of 1..{MAX_EVENT_BUFFER} events")
+        if req.kind == "progress" and self.config.progress_interval is None:
+            raise ValueError("progress subscriptions need Scheduler(progress_interval=...)")
+        self._reply(conn, protocol.Reply(None))
+        if conn not in self.clients:
+            return  # the reply could not be sent: it is gone
+        self.clients.remove(conn)
+        self._unwatch(conn.fileno())
+        self.fanout.add(conn, req.kind, req.domain, req.task_type, req.buffer)
+        self.lc.fx.listening = self.fanout.listening
+        if req.kind == "progress" and self._progress_tick is None:
+            self._tick_progress()
+
+    def _watch_subscriber(self, sub: Subscriber, writable: bool) -> None:
+        mask = select.POLLIN | select.POLLHUP | select.POLLERR | (select.POLLOUT if writable else 0)
+        if sub.fd in self._fds:
+            self._poller.modify(sub.fd, mask)
+        else:
+            self._poller.register(sub.fd, mask)
+        self._fds[sub.fd] = ("subscriber", sub)
+
+    def _forget_subscriber(self, sub: Subscriber) -> None:
+        self._unwatch(sub.fd)
+        try:
+            sub.conn.close()
+        except OSError:
+            pass
+        self.lc.fx.listening = self.fanout.listening
+
+    def _tick_progress(self) -> None:
+        """Every ``progress_interval``: byte progress of running tasks to progress subscribers."""
+        domains = self.fanout.progress_domains
+        if not domains or self.config.progress_interval is None:
+            self._progress_tick = None
+            return
+        now = self.mono()
+        for domain in domains:
+            self.fanout.publish_progress(domain, snapshots.byte_progress(self.lc, self.tracker, self.backend.live,
+                                                                         now, domain))
+        self._progress_tick = self.timers.add(now + self.config.progress_interval, "call", self._tick_progress)
+
+    def _apply_submissions(self, items: list[protocol.SubmitItem], batch: bool = False) -> list[tuple]:
         """Submit checked items; what the store must answer first (outcomes of prerequisites that
         are gone, keys that completed before) is read after a flush, so it sees every finished run."""
         if self.lc.cold:  # tasks these items name (by id or key) may still be in the store: load them
@@ -425,7 +486,7 @@ class Coordinator:
             self.commit()
             outcomes = self.store.history_outcomes(sorted(ids)) if ids else None
             completed = self.store.completed_keys(sorted(keys)) if keys else None
-        return self.lc.submit(items, self.mono(), self.clock(), outcomes=outcomes, completed=completed)
+        return self.lc.submit(items, self.mono(), self.clock(), outcomes=outcomes, completed=completed, batch=batch)
 
     # ================================================================== the cold tail (see cold.py)
 
@@ -562,6 +623,7 @@ class Coordinator:
         self.commit()
         self.replies.send_saved()
         self.replies.shut_down()
+        self.fanout.end()  # every stream ends (as far as a subscriber's socket takes it now)
         self._publish(force=True)
         for conn in self.stop_waiters:
             self._reply(conn, protocol.Reply(None))

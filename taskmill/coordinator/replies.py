@@ -41,7 +41,8 @@ class Replies:
 
     def __init__(self, lc: Lifecycle, store: Store, writer: Writer, readers: QueryRunner, runs: Runs, *,
                  reply: Callable[[Connection, Any], None], unwatch: Callable[[int], None],
-                 promote: Callable[[list[int], list[str]], None], mono: Callable[[], float]) -> None:
+                 promote: Callable[[list[int], list[str]], None], mono: Callable[[], float],
+                 release: Callable[[list[tuple]], None]) -> None:
         self.lc = lc
         self.store = store
         self.writer = writer
@@ -51,6 +52,8 @@ class Replies:
         self.unwatch = unwatch
         self.promote = promote
         self.mono = mono
+        self.release = release  # events out to subscribers (``Fanout.publish``)
+        self.unreleased: list[tuple] = []  # events whose commit is handed out, not yet known done
         self.commits = 0
         self.acks: list[tuple[Connection, Any]] = []  # replies to changes not yet handed to a commit
         self.saving: list[tuple[To, Any]] = []  # ... whose commit is under way
@@ -120,14 +123,13 @@ class Replies:
         someone waits for durability or the loop is about to read the store."""
         fx = self.lc.fx
         if background:
-            if len(fx.batch):
-                self.writer.submit(fx.take_writes()[0])
+            batch, events = fx.take_writes()
+            if len(batch):
+                self.writer.submit(batch)
                 self.commits += 1
-            else:
-                fx.take_writes()
         else:
             self.writer.join()  # also when there is nothing to write: the loop may read the store next
-            batch, _events = fx.take_writes()
+            batch, events = fx.take_writes()
             if len(batch):
                 try:
                     self.store.apply(batch)
@@ -136,16 +138,24 @@ class Replies:
                     self.fail_saving(e)
                     raise
                 self.commits += 1
+        if events:
+            self.unreleased += events
         self.saving += self.acks
         self.saving += self.runs.take_acks()
         self.acks.clear()
 
     def send_saved(self) -> None:
-        """Answer the changes the last commit made durable (none while the writer still works)."""
-        if self.saving and not self.writer.busy:
+        """Answer the changes the last commit made durable, and release its events (none while the
+        writer still works: the commit in flight holds the newest of them)."""
+        if self.writer.busy:
+            return
+        if self.saving:
             saving, self.saving = self.saving, []
             for to, reply in saving:
                 self.answer_to(to, reply)
+        if self.unreleased:
+            events, self.unreleased = self.unreleased, []
+            self.release(events)
 
     def fail_saving(self, e: BaseException) -> None:
         """The store failed: every change still waiting for its commit is answered with the error."""

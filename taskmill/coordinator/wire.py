@@ -27,7 +27,7 @@ __all__ = ["BadRequest", "check_items", "decode_request"]
 # ``sql()`` parameters may carry. Builtin containers and scalars need none.
 _ALLOWED: dict[tuple[str, str], Any] = {
     ("taskmill.protocol", name): getattr(protocol, name)
-    for name in ("Submit", "Call", "Wait", "WaitIdle", "Stop")
+    for name in ("Submit", "Call", "Wait", "WaitIdle", "Stop", "Subscribe")
 }
 for _module, _names in (("datetime", ("datetime", "date", "time", "timedelta", "timezone")),
                         ("decimal", ("Decimal",)), ("uuid", ("UUID", "SafeUUID"))):
@@ -35,7 +35,7 @@ for _module, _names in (("datetime", ("datetime", "date", "time", "timedelta", "
     for _name in _names:
         _ALLOWED[(_module, _name)] = getattr(_mod, _name)
 
-_REQUEST_TYPES = (protocol.Submit, protocol.Call, protocol.Wait, protocol.WaitIdle, protocol.Stop)
+_REQUEST_TYPES = (protocol.Submit, protocol.Call, protocol.Wait, protocol.WaitIdle, protocol.Stop, protocol.Subscribe)
 _DUPLICATES = frozenset(s.value for s in DuplicateStrategy) | {"skip_completed"}
 _TTL_FROM = frozenset({"submission", "first_attempt"})
 _DEP_POLICIES = frozenset({"cancel", "fail", "ignore"})
