@@ -1,5 +1,6 @@
 """taskmill: a persistent, priority-aware task scheduler for one host."""
 
+from taskmill import events as events  # the event classes, as ``taskmill.events``
 from taskmill.admission import (
     AgingConfig,
     Capacity,
@@ -72,6 +73,7 @@ from taskmill.records import (
     TypeStats,
 )
 from taskmill.scheduler import DomainHandle, Scheduler, TaskStore
+from taskmill.stream import EventStream
 
 __version__ = "0.1.0"
 
@@ -86,6 +88,7 @@ __all__ = [
     "Duplicate",
     "DuplicateStrategy",
     "EstimatedProgress",
+    "EventStream",
     "GroupAllocationInfo",
     "HistoryStatus",
     "Inserted",
