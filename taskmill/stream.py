@@ -45,7 +45,8 @@ class EventStream(Generic[T]):
         self._conn = conn
         self._buffer = buffer
         self._decode = decode
-        self._items: deque[Any] = deque()
+        self._items: deque[Any] = deque()  # filled by the reader thread, under ``_ready``
+        self._taken: deque[Any] = deque()  # taken from ``_items`` a frame at a time: read without the lock
         self._ready = threading.Condition()
         self._dropped = 0  # dropped here: the program did not keep up
         self._missed_upstream = 0  # dropped at the coordinator (told in the stream)
@@ -78,7 +79,7 @@ class EventStream(Generic[T]):
                 else:
                     items = self._items
                     items.extend(obj)
-                    over = len(items) - self._buffer
+                    over = len(items) - self._buffer  # (what the reading side took already is its own)
                     if over > 0:
                         for _ in range(over):
                             items.popleft()
@@ -97,16 +98,18 @@ class EventStream(Generic[T]):
     def get(self, timeout: float | None = None) -> T | None:
         """The next event, waiting at most ``timeout`` seconds (None: for ever); None if none came
         in time or the stream ended."""
-        with self._ready:
-            if not self._items and not self._ended:
-                self._ready.wait_for(lambda: self._items or self._ended, timeout)
-            if self._items:
-                raw = self._items.popleft()
-            else:
-                if self._broken is not None and not self._closed:
-                    raise SchedulerBroken(self._broken)
-                return None
-        return self._decode(raw)
+        taken = self._taken
+        if not taken:
+            with self._ready:
+                if not self._items and not self._ended:
+                    self._ready.wait_for(lambda: self._items or self._ended, timeout)
+                if not self._items:
+                    if self._broken is not None and not self._closed:
+                        raise SchedulerBroken(self._broken)
+                    return None
+                self._taken, self._items = self._items, taken  # everything that came, at once
+                taken = self._taken
+        return self._decode(taken.popleft())
 
     def __iter__(self) -> Iterator[T]:
         return self
