@@ -5,7 +5,9 @@ The coordinator writes events to the stream's connection after each commit
 as they come, so the coordinator's side drains at once, and keeps them in a
 bounded buffer until the program iterates. A program that stops reading loses
 the oldest events, never the newest, and sees how many in ``missed``: it never
-slows the scheduler down. Decoding into event classes happens on the reading
+slows the scheduler down. A loss is always of the oldest: when the coordinator
+had to drop events, the ones held here from before that gap go too, so what
+the program reads next is a gap-free run of the newest. Decoding into event classes happens on the reading
 side, one event at a time. Imports leaves, ``events`` and the client channel.
 """
 
@@ -74,8 +76,10 @@ class EventStream(Generic[T]):
             with self._ready:
                 if obj is None:  # the scheduler shut down: the stream ends here
                     self._ended = True
-                elif type(obj) is int:
+                elif type(obj) is int:  # the coordinator dropped that many: what we hold is older than the gap
                     self._missed_upstream += obj
+                    self._dropped += len(self._items)
+                    self._items.clear()  # (lost oldest first: what the program reads next has no gap)
                 else:
                     items = self._items
                     items.extend(obj)
