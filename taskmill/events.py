@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from taskmill import records
 from taskmill.batch import utc
-from taskmill.records import _RECORD, HistoryStatus, IoBudget, TaskEventHeader, TaskHistoryRecord, _ToDict
+from taskmill.records import _RECORD, TaskEventHeader, TaskHistoryRecord, _ToDict
 
 __all__ = [
     "BatchSubmitted",
@@ -267,10 +268,6 @@ def _dt(ts: float | None) -> datetime | None:
     return None if ts is None else utc(ts).replace(tzinfo=timezone.utc)
 
 
-def _json(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
 # A subscriber may decode tens of thousands of events a second, on a machine whose cores the
 # workers need: the hot ones are built by setting their slots directly, which gives the same frozen
 # records as their constructors at 2-3x the speed (the frozen ``__init__`` pays an
@@ -311,16 +308,9 @@ def _with_header(cls: type[TaskEvent], *more: str) -> Callable[[tuple], Event]:
 
 
 def history_record(r: tuple) -> TaskHistoryRecord:
-    """A ``TaskHistoryRecord`` from the coordinator's wire tuple (``core/events.py`` ``record``):
-    times as epoch seconds, converted the way the store keeps them, JSON columns as text."""
-    return TaskHistoryRecord(
-        id=r[0], task_type=r[1], domain=r[2], key=r[3], label=r[4], priority=r[5], status=HistoryStatus(r[6]),
-        payload=_json(r[7]), result=_json(r[8]), last_error=r[9], tags=_json(r[10]) or {}, group=r[11],
-        retry_count=r[12], created_at=_dt(r[13]), started_at=_dt(r[14]), completed_at=_dt(r[15]),
-        duration_ms=r[16], actual_io=IoBudget(disk_read=r[17], disk_write=r[18], net_rx=r[19], net_tx=r[20]),
-        expected_io=IoBudget(disk_read=r[21], disk_write=r[22], net_rx=r[23], net_tx=r[24]), cpus=r[25],
-        memory=r[26], parent_id=r[27], run_after=_dt(r[28]), ttl_seconds=r[29], ttl_from=r[30],
-        expires_at=_dt(r[31]), fail_fast=r[32])
+    """A ``TaskHistoryRecord`` from the coordinator's wire tuple (``core/outcomes.py`` ``_record``, in
+    ``task_history``'s column order): times as epoch seconds, converted the way the store keeps them."""
+    return records.history_record(r, _dt)
 
 
 _FAST: dict[str, Callable[[tuple], Event]] = {

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import math
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Callable
 
 from taskmill.validation import (
     INT32_MAX,
@@ -482,6 +483,24 @@ class TaskHistoryRecord(_ToDict):
     tags: dict[str, str] = field(default_factory=dict)
     cpus: float = 1.0
     memory: int = 0
+
+
+def history_record(r: tuple, when: Callable[[Any], datetime | None]) -> TaskHistoryRecord:
+    """A ``TaskHistoryRecord`` from a row in ``task_history``'s column order (times as ``when`` turns
+    them into aware datetimes; JSON columns as text): the store's rows and the coordinator's events
+    (``taskmill.events``) are both read with it, so they give the same record."""
+    return TaskHistoryRecord(
+        id=r[0], task_type=r[1], domain=r[2], key=r[3], label=r[4], priority=r[5], status=HistoryStatus(r[6]),
+        payload=_json(r[7]), result=_json(r[8]), last_error=r[9], tags=_json(r[10]) or {}, group=r[11],
+        retry_count=r[12], created_at=when(r[13]), started_at=when(r[14]), completed_at=when(r[15]),
+        duration_ms=r[16], actual_io=IoBudget(disk_read=r[17], disk_write=r[18], net_rx=r[19], net_tx=r[20]),
+        expected_io=IoBudget(disk_read=r[21], disk_write=r[22], net_rx=r[23], net_tx=r[24]), cpus=r[25],
+        memory=r[26], parent_id=r[27], run_after=when(r[29]), ttl_seconds=r[30], ttl_from=r[31],
+        expires_at=when(r[32]), fail_fast=True if r[33] is None else bool(r[33]))
+
+
+def _json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
 
 
 @dataclass(**_RECORD)

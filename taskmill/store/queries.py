@@ -17,7 +17,6 @@ import duckdb
 
 from taskmill.errors import QueryRefused, StoreError
 from taskmill.records import (
-    HistoryStatus,
     IoBudget,
     RecurringScheduleInfo,
     TaskHistoryRecord,
@@ -25,6 +24,7 @@ from taskmill.records import (
     TaskRecord,
     TaskStatus,
     TypeStats,
+    history_record,
 )
 
 __all__ = [
@@ -526,11 +526,4 @@ def _task_record(r: tuple, deps: list[int] | None = None) -> TaskRecord:
 
 
 def _history_record(r: tuple) -> TaskHistoryRecord:
-    return TaskHistoryRecord(
-        id=r[0], task_type=r[1], domain=r[2], key=r[3], label=r[4], priority=r[5], status=HistoryStatus(r[6]),
-        payload=_json(r[7]), result=_json(r[8]), last_error=r[9], tags=_json(r[10]) or {}, group=r[11],
-        retry_count=r[12], created_at=_aware(r[13]), started_at=_aware(r[14]), completed_at=_aware(r[15]),
-        duration_ms=r[16], actual_io=IoBudget(disk_read=r[17], disk_write=r[18], net_rx=r[19], net_tx=r[20]),
-        expected_io=IoBudget(disk_read=r[21], disk_write=r[22], net_rx=r[23], net_tx=r[24]), cpus=r[25],
-        memory=r[26], parent_id=r[27], run_after=_aware(r[29]), ttl_seconds=r[30], ttl_from=r[31],
-        expires_at=_aware(r[32]), fail_fast=True if r[33] is None else bool(r[33]))
+    return history_record(r, _aware)

@@ -86,20 +86,9 @@ def coordinator(tmp_path: Any, tasks: dict[str, Callable[..., Any]], *, clock: C
         coord.recover()
         yield Harness(coord)
     finally:
-        try:
-            if not coord.exited:
-                coord._begin_shutdown(None)
-                deadline = time.monotonic() + 30
-                while not coord.exited and time.monotonic() < deadline:
-                    coord.step()
-        finally:
-            backend.close()
-            coord.readers.close()
-            coord.writer.close()
-            store.close()
-            shm.close()
-            WorkerPool.stop_resource_tracker()
-            os.environ.pop("TASKMILL_REGISTRY", None)
+        _shut_down(coord, backend, store, shm)
+        WorkerPool.stop_resource_tracker()
+        os.environ.pop("TASKMILL_REGISTRY", None)
 
 
 class FakeClock:
@@ -148,15 +137,20 @@ def stub_coordinator(tmp_path: Any, tasks: dict[str, Callable[..., Any]], *, wor
         coord.recover()
         yield StubHarness(coord, backend, mono)
     finally:
-        try:
-            if not coord.exited:
-                coord._begin_shutdown(None)
-                deadline = time.monotonic() + 30
-                while not coord.exited and time.monotonic() < deadline:
-                    coord.step()
-        finally:
-            backend.close()
-            coord.readers.close()
-            coord.writer.close()
-            store.close()
-            shm.close()
+        _shut_down(coord, backend, store, shm)
+
+
+def _shut_down(coord: Coordinator, backend: Any, store: Store, shm: SharedState) -> None:
+    """Step the loop through its shutdown (bounded), then release everything it held."""
+    try:
+        if not coord.exited:
+            coord._begin_shutdown(None)
+            deadline = time.monotonic() + 30
+            while not coord.exited and time.monotonic() < deadline:
+                coord.step()
+    finally:
+        backend.close()
+        coord.readers.close()
+        coord.writer.close()
+        store.close()
+        shm.close()

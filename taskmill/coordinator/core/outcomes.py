@@ -219,7 +219,7 @@ class Outcomes(Relations, Schedules):
         return (e.id, e.task_type, e.domain, e.key, e.label, row.priority, row.status, e.payload, row.result,
                 row.error, e.tags, e.group, row.retry_count, e.created_at, row.started_at, row.completed_at,
                 row.duration_ms, row.read_bytes, row.write_bytes, row.net_rx_bytes, row.net_tx_bytes, io[0], io[1],
-                io[2], io[3], e.cpus, e.memory, e.parent_id,
+                io[2], io[3], e.cpus, e.memory, e.parent_id, None,  # (the store's seq)
                 x.run_after_wall if x is not None else None, x.ttl_seconds if x is not None else None,
                 x.ttl_from if x is not None else "submission", x.expires_at if x is not None else None,
                 x.fail_fast if x is not None else True)
