@@ -1,20 +1,23 @@
 """The coordinator loop: the I/O shell around the task lifecycle.
 
     clients ──requests──▶ ┌──────────── one iteration ─────────────┐
-    workers ──results───▶ │ 1 drain every ready connection/sentinel │
+    backend (executors) ▶ │ 1 drain every ready connection/fd       │
     host gone (pidfd/EOF) │ 2 fire due timers (delays, timeouts)    │
     acceptor, readers,  ─▶│ 3 group commit (one DuckDB transaction) │──▶ store (writer thread)
-    writer (wake pipe)    │ 4 answer: acks, queries, waiters        │──▶ clients / reader threads
-                          │ 5 dispatch; queue a run on busy workers │──▶ workers
+    writer (wake pipe)    │ 4 answer: acks, events, queries, waits  │──▶ clients, subscribers, readers
+                          │ 5 dispatch (runs.Runs → the backend)    │──▶ executors
                           │ 6 publish counters to shared memory     │──▶ shm
                           └─────────────────────────────────────────┘
 
-Every decision about a task is the ``Lifecycle``'s (plain code, no I/O); this
-module feeds it inputs (requests, results, worker deaths, the clocks) and
-carries out its effects (commits, replies, cancel signals to workers). It owns
-the poll set, the clients, the workers and their timers (timeouts, kill grace,
-respawns; ``workforce``), commits and answers (``answers``), the writer and
-reader threads, and shutdown.
+Every decision about a task is the core's (``core/``: plain code, no I/O);
+this module feeds it inputs (requests, what the backend reports, the clocks)
+and carries out the effects it records in its outbox (commits, replies,
+events, cancel signals). It owns the poll set, the clients and subscribers,
+the calls, the cold tail's reads and shutdown, and composes the parts that do
+the rest: ``runs.Runs`` (dispatch and run timers, the backend's host),
+``replies.Replies`` (commits, acknowledgements, waits), ``fanout.Fanout``
+(subscribers), ``control.Control`` (what calls may do), the writer and reader
+threads.
 
 Invariants: a submission is answered only after the commit that stored it
 (the loop dispatches meanwhile);
@@ -25,7 +28,7 @@ history row). Nothing a client or a task sends can end the loop: requests are
 decoded and checked in ``wire``, results are checked by the lifecycle before
 they are stored. Timers, deadlines and durations read the monotonic clock
 only; the wall clock gives the timestamps stored for users. Blocks only in one
-``poll``. Imports the store, the worker pool and leaves; never the host API.
+``poll``. Imports the core, the store, the backend seam and leaves; never the host API.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Runs queued on busy workers, driven through the lifecycle by hypothesis (no processes).
 
-The loop (``workforce.py``) queues runs behind each busy worker's run with
+The local backend (``backends/local.py``) queues runs behind each busy worker's run with
 ``Lifecycle.queue_next`` (several in one message behind short runs), starts the
 first when the run before it ends (the rest stay queued behind it), puts them
 back with ``unqueue`` when the worker dies first, and takes every queued run back
