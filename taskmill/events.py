@@ -273,33 +273,43 @@ def _dt(ts: float | None) -> datetime | None:
 # records as their constructors at 2-3x the speed (the frozen ``__init__`` pays an
 # ``object.__setattr__`` per field).
 _new = object.__new__
-_H_SET = tuple(getattr(TaskEventHeader, f).__set__ for f in (
-    "task_id", "task_type", "domain", "key", "label", "tags", "base_priority", "effective_priority"))
+_S_ID, _S_TYPE, _S_DOMAIN, _S_KEY, _S_LABEL, _S_TAGS, _S_BASE, _S_EFF = (
+    getattr(TaskEventHeader, f).__set__ for f in (
+        "task_id", "task_type", "domain", "key", "label", "tags", "base_priority", "effective_priority"))
 
 
 def header(t: tuple) -> TaskEventHeader:
     """A header from its wire tuple ``(id, type, domain, key, label, tags JSON, priority, effective)``."""
     h = _new(TaskEventHeader)
-    s0, s1, s2, s3, s4, s5, s6, s7 = _H_SET
-    s0(h, t[0])
-    s1(h, t[1])
-    s2(h, t[2])
-    s3(h, t[3])
-    s4(h, t[4])
-    s5(h, json.loads(t[5]) if t[5] else {})
-    s6(h, t[6])
-    s7(h, t[7])
+    _S_ID(h, t[0])
+    _S_TYPE(h, t[1])
+    _S_DOMAIN(h, t[2])
+    _S_KEY(h, t[3])
+    _S_LABEL(h, t[4])
+    _S_TAGS(h, json.loads(t[5]) if t[5] else {})
+    _S_BASE(h, t[6])
+    _S_EFF(h, t[7])
     return h
 
 
-def _with_header(cls: type[TaskEvent], *more: str) -> Callable[[tuple], Event]:
-    """A decoder of a task event whose fields are its header (``t[3]``) and then ``more`` (``t[4:]``)."""
+Build = Callable[[tuple, TaskEventHeader], Event]
+
+
+def _with_header(cls: type[TaskEvent], *more: str) -> Build:
+    """A builder of a task event from its wire tuple and its decoded header: ``more`` are the fields
+    after the header (``t[4:]``)."""
     set_header = getattr(cls, "header").__set__
+    if not more:
+        def bare(t: tuple, h: TaskEventHeader) -> Event:
+            obj = _new(cls)
+            set_header(obj, h)
+            return obj
+        return bare
     setters = tuple(getattr(cls, name).__set__ for name in more)
 
-    def build(t: tuple) -> Event:
+    def build(t: tuple, h: TaskEventHeader) -> Event:
         obj = _new(cls)
-        set_header(obj, header(t[3]))
+        set_header(obj, h)
         for i, setter in enumerate(setters, 4):
             setter(obj, t[i])
         return obj
@@ -313,7 +323,7 @@ def history_record(r: tuple) -> TaskHistoryRecord:
     return records.history_record(r, _dt)
 
 
-_FAST: dict[str, Callable[[tuple], Event]] = {
+_FAST: dict[str, Build] = {
     "Dispatched": _with_header(Dispatched),
     "Completed": _with_header(Completed, "_row"),
     "Failed": _with_header(Failed, "error", "will_retry", "retry_after", "_row"),
@@ -346,4 +356,4 @@ KINDS = frozenset(_DECODERS) | frozenset(_FAST)
 def decode(t: tuple) -> Event:
     """An event from its wire tuple ``(kind, domain, task_type, fields…)``."""
     fast = _FAST.get(t[0])
-    return fast(t) if fast is not None else _DECODERS[t[0]](t[3:])
+    return fast(t, header(t[3])) if fast is not None else _DECODERS[t[0]](t[3:])

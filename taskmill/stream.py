@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pickle
 import socket
+import struct
 import threading
 from collections import deque
 from multiprocessing.connection import Connection
@@ -23,6 +24,8 @@ from typing import Any, Callable, Generic, Iterator, TypeVar
 from taskmill.errors import SchedulerBroken
 
 __all__ = ["EventStream"]
+
+_COUNT = struct.Struct("!I")  # each frame opens with the count of events in it (``coordinator/fanout.py``)
 
 T = TypeVar("T")
 
@@ -47,8 +50,9 @@ class EventStream(Generic[T]):
         self._conn = conn
         self._buffer = buffer
         self._decode = decode
-        self._items: deque[Any] = deque()  # filled by the reader thread, under ``_ready``
-        self._taken: deque[Any] = deque()  # taken from ``_items`` a frame at a time: read without the lock
+        self._frames: deque[tuple[bytes, int]] = deque()  # (frame, its event count), by the reader thread
+        self._held = 0  # events in ``_frames`` (under ``_ready``)
+        self._taken: deque[Any] = deque()  # the frame the program reads now, unpickled: read without the lock
         self._ready = threading.Condition()
         self._dropped = 0  # dropped here: the program did not keep up
         self._missed_upstream = 0  # dropped at the coordinator (told in the stream)
@@ -72,24 +76,27 @@ class EventStream(Generic[T]):
                     self._ended = True
                     self._ready.notify_all()
                 return
-            obj = pickle.loads(data)
+            (count,) = _COUNT.unpack_from(data)
+            control = pickle.loads(memoryview(data)[_COUNT.size:]) if count == 0 else 0
             with self._ready:
-                if obj is None:  # the scheduler shut down: the stream ends here
+                frames = self._frames
+                if control is None:  # the scheduler shut down: the stream ends here
                     self._ended = True
-                elif type(obj) is int:  # the coordinator dropped that many: what we hold is older than the gap
-                    self._missed_upstream += obj
-                    self._dropped += len(self._items)
-                    self._items.clear()  # (lost oldest first: what the program reads next has no gap)
-                else:
-                    items = self._items
-                    items.extend(obj)
-                    over = len(items) - self._buffer  # (what the reading side took already is its own)
-                    if over > 0:
-                        for _ in range(over):
-                            items.popleft()
-                        self._dropped += over
+                elif count == 0 and type(control) is int:  # the coordinator dropped that many: what we hold
+                    # is older than the gap
+                    self._missed_upstream += control
+                    self._dropped += self._held
+                    frames.clear()  # (lost oldest first: what the program reads next has no gap)
+                    self._held = 0
+                elif count:  # kept as it came (unpickled when read); the oldest go first past the buffer
+                    frames.append((data, count))
+                    self._held += count
+                    while self._held > self._buffer and len(frames) > 1:
+                        gone = frames.popleft()[1]
+                        self._held -= gone
+                        self._dropped += gone
                 self._ready.notify_all()
-            if obj is None:
+            if control is None:
                 return
 
     # ------------------------------------------------------------------ reading
@@ -105,14 +112,15 @@ class EventStream(Generic[T]):
         taken = self._taken
         if not taken:
             with self._ready:
-                if not self._items and not self._ended:
-                    self._ready.wait_for(lambda: self._items or self._ended, timeout)
-                if not self._items:
+                if not self._frames and not self._ended:
+                    self._ready.wait_for(lambda: self._frames or self._ended, timeout)
+                if not self._frames:
                     if self._broken is not None and not self._closed:
                         raise SchedulerBroken(self._broken)
                     return None
-                self._taken, self._items = self._items, taken  # everything that came, at once
-                taken = self._taken
+                data, count = self._frames.popleft()
+                self._held -= count
+            taken = self._taken = deque(pickle.loads(memoryview(data)[_COUNT.size:]))
         return self._decode(taken.popleft())
 
     def __iter__(self) -> Iterator[T]:

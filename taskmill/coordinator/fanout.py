@@ -10,11 +10,12 @@ frames are dropped and counted, and the subscriber is told how many it missed
 before its next events. A subscriber that goes away (its end closes, its
 process dies) is dropped at once. The loop never waits for one.
 
-Frames (``multiprocessing.connection`` framing: a 4-byte big-endian length):
-a pickled list of event tuples (``taskmill.events``), or of ``TaskProgress``
-records for progress subscribers; a pickled int (events missed); a pickled
-None (the scheduler shut down, the stream ends). Imports the core's snapshot
-helpers for progress ticks and leaves.
+Frames (``multiprocessing.connection`` framing: a 4-byte big-endian length),
+each a 4-byte count of the events in it and a pickle: a list of event tuples
+(``taskmill.events``), or of ``TaskProgress`` records for progress
+subscribers; with a count of 0, an int (events missed) or None (the scheduler
+shut down, the stream ends). The count lets the reading side keep and drop
+whole frames without unpickling them. Imports leaves only.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ MAX_QUEUED_BYTES = 64 * 1024 * 1024
 FRAME_EVENTS = 2048
 _GLOBAL = frozenset({"Paused", "Resumed"})  # domain streams see these too
 _HEADER = struct.Struct("!i")
+_COUNT = struct.Struct("!I")
 
 
 class Subscriber:
@@ -75,9 +77,10 @@ class Subscriber:
         return True
 
 
-def frame(obj: Any) -> bytes:
+def frame(obj: Any, count: int = 0) -> bytes:
+    """``obj`` (``count`` events, or a control value with 0) as one frame on the wire."""
     data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(data)) + data
+    return _HEADER.pack(len(data) + _COUNT.size) + _COUNT.pack(count) + data
 
 
 class Fanout:
@@ -122,13 +125,15 @@ class Fanout:
                 wanted = events if sub.domain is None and sub.task_type is None else [
                     ev for ev in events if sub.wants(ev)]
                 step = key[3]
-                mine = frames[key] = [(frame(wanted[i:i + step]), len(wanted[i:i + step]))
-                                      for i in range(0, len(wanted), step)]
+                mine = frames[key] = [(frame(part, len(part)), len(part))
+                                      for part in (wanted[i:i + step] for i in range(0, len(wanted), step))]
             self._enqueue(sub, mine)
 
     def publish_progress(self, domain: str | None, records: list[Any]) -> None:
         """One progress tick (``TaskProgress`` records of ``domain``, or of all) to its subscribers."""
-        frames = [(frame(records), len(records))]
+        if not records:
+            return  # nothing reports bytes now: no frame (a count of 0 is a control frame)
+        frames = [(frame(records, len(records)), len(records))]
         for sub in list(self.subscribers.values()):
             if sub.kind == "progress" and sub.domain == domain:
                 self._enqueue(sub, frames)
