@@ -25,6 +25,7 @@ __all__ = [
     "SamplerConfig",
     "ThrottlePolicy",
     "admission_settings",
+    "concurrency_warning",
     "fairness_settings",
     "preemption_settings",
     "usable_memory",
@@ -325,3 +326,16 @@ def admission_settings(capacity: Any, group_concurrency: Any, default_group_conc
     types = wire_rate_limits(rate_limits, "rate_limits")
     return {"cpus": cpus, "memory": memory, "group_caps": caps, "default_group_cap": default_cap,
             "rate_limits": types, "group_rate_limits": wire_rate_limits(group_rate_limits, "group_rate_limits")}
+
+
+def concurrency_warning(max_concurrency: int, cpus: float, lightest: float) -> str | None:
+    """Why ``max_concurrency`` cannot be reached on ``cpus`` cores when the lightest registered task
+    type claims ``lightest`` cores each (None: it can). Every task holds its ``cpus`` while it
+    runs, so at most ``cpus // lightest`` run at once whatever ``max_concurrency`` says."""
+    if lightest <= 0 or max_concurrency * lightest <= cpus + 1e-9:
+        return None
+    most = max(1, int(cpus / lightest + 1e-9))
+    return (f"max_concurrency={max_concurrency} cannot be reached: the CPU capacity is {cpus:g} cores and every "
+            f"task type claims at least {lightest:g} core(s) while it runs, so at most {most} task(s) run at once. "
+            f"For IO-bound work declare fewer cores on its task types (for example @domain.task(cpus=0.25)), "
+            f"or raise the capacity with capacity=Capacity(cpus={max_concurrency * lightest:g}).")

@@ -56,7 +56,10 @@ class SessionCalls:
 
 
 class GroupControls(SessionCalls):
-    """Group pauses and fair-share and rate settings of groups (every domain)."""
+    """Group pauses and fair-share and rate settings of groups (every domain).
+
+    A group pause is stored and survives a restart of the scheduler on the same store; the
+    settings (token buckets, weights, minimum slots) last until ``close``."""
 
     def pause_group(self, group: str) -> int:
         """Pause a group in every domain; its tasks (and new ones) wait as paused. Returns how many moved."""
@@ -101,7 +104,11 @@ class GroupControls(SessionCalls):
 
 
 class AdmissionControls(GroupControls):
-    """Runtime admission settings of a ``Scheduler``."""
+    """Runtime admission settings of a ``Scheduler``.
+
+    They last until ``close``: a restart on the same store starts from the ``Scheduler(...)``
+    arguments again (one place says how a job is configured). Pauses are different: they hold
+    work, are stored, and survive a restart (``pause_group_until`` keeps its time)."""
 
     max_concurrency: int
 

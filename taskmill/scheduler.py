@@ -9,6 +9,7 @@ client channel — never the coordinator or the store.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -26,6 +27,7 @@ from taskmill.admission import (
     SamplerConfig,
     ThrottlePolicy,
     admission_settings,
+    concurrency_warning,
     fairness_settings,
     preemption_settings,
 )
@@ -86,6 +88,8 @@ DEFAULT_STORE = "taskmill.duckdb"
 #: Seconds between progress-bar refreshes in ``wait_idle(progress=True)``.
 PROGRESS_REFRESH = 0.2
 
+log = logging.getLogger("taskmill")
+
 
 def _stop(monitor: ResourceMonitor | None, proc: CoordinatorProcess) -> None:
     if monitor is not None:
@@ -100,6 +104,10 @@ class Scheduler(AdmissionControls):
         store_path: DuckDB file of the store (created if missing), or ``":memory:"``.
         domains: The domains whose task types may be submitted.
         max_concurrency: Most tasks running at once (= worker processes); default CPU count.
+            Each running task also holds its type's ``cpus`` (default 1) of ``capacity``,
+            so on 2 cores at most 2 default tasks run whatever this says; ``start`` logs a
+            warning then (the fixes: ``cpus=`` below 1 on IO-bound task types, or a larger
+            ``capacity=Capacity(cpus=…)``).
         shutdown: ``Shutdown.hard()`` (default) or ``Shutdown.graceful(seconds)``.
         default_priority: Priority of tasks whose type and domain set none.
         default_retry: Retry policy of task types and domains that set none.
@@ -153,6 +161,12 @@ class Scheduler(AdmissionControls):
 
     Every argument is checked here, on the host: a bad one is a ``TypeError`` or
     ``ValueError`` naming it (``ConfigError`` for two domains of one name).
+
+    What survives a restart on the same store: the tasks, and every pause (global,
+    per domain, per group with its ``until``, of recurring schedules). Runtime changes
+    of admission settings (``set_max_concurrency``, ``set_group_limit``,
+    ``set_rate_limit``, group weights and minimum slots …) last until ``close``: the
+    next scheduler starts from its own arguments, which stay the one configuration.
 
     Example:
         >>> with Scheduler(store_path="tasks.duckdb", domains=[media]) as sched:   # doctest: +SKIP
@@ -217,6 +231,7 @@ class Scheduler(AdmissionControls):
             if d.name in names:
                 raise ConfigError(f"two domains are named {d.name!r}")
             names[d.name] = d
+        self._concurrency_given = max_concurrency is not None  # (a default is not worth a warning)
         if max_concurrency is None:
             max_concurrency = os.cpu_count() or 1
         max_concurrency = as_int(max_concurrency, "max_concurrency", lo=1, hi=INT32_MAX, wrong_type=ValueError)
@@ -287,6 +302,11 @@ class Scheduler(AdmissionControls):
         if unknown:
             raise ValueError(f"rate_limits names task types no domain registers: {unknown} "
                              f"(qualified names, such as 'media::thumbnail')")
+        if self._concurrency_given:
+            warning = concurrency_warning(self.max_concurrency, self._admission.cpus,
+                                          min((t.cpus for t in types), default=1.0))
+            if warning is not None:
+                log.warning(warning)
         finalizers = {t.qualified: t.finalizer for t in types if t.finalizer is not None}
         hooks = {t.qualified: t.cancel_hook for t in types if t.cancel_hook is not None}
         registry = cloudpickle.dumps({

@@ -157,12 +157,15 @@ class Runs:
                 self.backend.kill(e, "cancelled while suspended")
                 continue
             self.backend.cancel(e)
-            self.timers.cancel(self.deadlines.pop(e.id, None))  # a timeout gives way to the kill grace
+            timeout = self.deadlines.get(e.id)
+            if timeout is not None and timeout.alive and timeout.due <= now + CANCEL_GRACE:
+                continue  # its timeout comes first: that stops it
+            self.timers.cancel(self.deadlines.pop(e.id, None))
             self.deadlines[e.id] = self.timers.add(now + CANCEL_GRACE, "call", lambda e=e: self._grace_over(e))
 
     def _timed_out(self, e: Entry) -> None:
         self.deadlines.pop(e.id, None)
-        if e.worker is not None and not e.cancelled:
+        if e.worker is not None:  # also a cancelled run still stopping: the earlier of the two applies
             self.backend.kill(e, f"timed out after {e.timeout:g}s")
 
     def _grace_over(self, e: Entry) -> None:

@@ -90,6 +90,28 @@ def test_a_cancelled_run_is_told_then_killed_after_the_grace_period(tmp_path: An
         assert h.history(tid).status == HistoryStatus.CANCELLED  # the kill does not change the outcome
 
 
+@pytest.mark.parametrize("stop", ["cancel", "pause"])
+def test_a_stopped_run_whose_timeout_comes_before_the_grace_is_killed_at_its_timeout(
+        tmp_path: Any, stop: str) -> None:
+    with stub_coordinator(tmp_path, TASKS) as h:
+        h.backend.hold = True
+        (tid,) = h.submit(item("t::ok", {"n": 1}, timeout=1.0))
+        h.step_until(lambda: tid in h.backend.running(), what="the run to start")
+        h.advance(0.5)
+        if stop == "cancel":
+            assert h.call("cancel", tid) is True
+        else:
+            h.call("pause", "global", "")
+        h.step_until(lambda: tid in h.backend.cancelled, what="the stop signal")
+        h.advance(0.4)  # 0.9 s into its run: neither the timeout nor the grace yet
+        h.coord.step()
+        assert tid not in h.backend.killed
+        h.advance(0.2)
+        h.step_until(lambda: tid in h.backend.killed, what="the kill at the timeout")
+        assert h.backend.killed[tid] == "timed out after 1s"  # not at 0.5 + CANCEL_GRACE
+        h.step_until(lambda: not h.backend.running(), what="the executor to be free")
+
+
 def test_a_run_that_finishes_after_a_pause_keeps_its_result(tmp_path: Any) -> None:
     with stub_coordinator(tmp_path, TASKS) as h:
         h.backend.hold = True

@@ -326,8 +326,9 @@ def test_recurring_pause_resume_cancel_by_id(store_path: str, tmp_path: Path) ->
         assert other.pause_recurring(b.id) is False
         assert h.pause_recurring(b.id) is True
         assert s.pause_recurring(424242) is False
-        poll_until(lambda: all(s.task(t).status != tm.TaskStatus.RUNNING for t in (a.id, b.id)), DEADLINE,
-                   what="a run in progress to end")
+        # the occurrence already enqueued (or running) still runs; the next one rests, paused
+        poll_until(lambda: all(s.task(t).status == tm.TaskStatus.PAUSED for t in (a.id, b.id)), DEADLINE,
+                   what="the occurrences enqueued before the pause to run")
         counts = {a.id: len(lines(la)), b.id: len(lines(lb))}
         for tid in (a.id, b.id):
             info = schedule_of(s, tid)
@@ -369,7 +370,8 @@ def test_recurring_schedule_survives_a_restart(store_path: str, tmp_path: Path) 
         out = h.submit(tick.options(recurring=tm.Recurring(0.3, max_executions=5)), log=log)
         held = h.submit(tick.options(recurring=tm.Recurring(0.3)), log=plog)
         poll_until(lambda: lines(plog), DEADLINE, what="a first run of the schedule to pause")
-        assert h.pause_recurring(held.id) is True
+        assert h.pause_recurring(held.id) is True  # the occurrence already enqueued still runs; then it rests
+        poll_until(lambda: s.task(held.id).status == tm.TaskStatus.PAUSED, DEADLINE, what="the paused one at rest")
         poll_until(lambda: schedule_of(s, out.id).execution_count >= 2, DEADLINE, what="two executions")
         before = schedule_of(s, out.id).execution_count
     with sched(store_path) as s:

@@ -487,3 +487,23 @@ def test_named_priorities_have_their_values() -> None:
     assert repr(Priority.HIGH) == "Priority.HIGH"
     assert repr(Priority(7)) == "Priority(7)"
     assert Priority.REALTIME < Priority.HIGH < Priority.NORMAL < Priority.BACKGROUND < Priority.IDLE
+
+
+# --------------------------------------------------------------------------- max_concurrency above the CPU capacity
+
+
+@PROPS
+@given(n=st.integers(1, 256), cpus=st.sampled_from([0.5, 1.0, 2.0, 3.0, 8.0, 64.0]),
+       lightest=st.sampled_from([0.0, 0.1, 0.25, 0.5, 1.0, 2.0]))
+def test_the_concurrency_warning_comes_exactly_when_max_concurrency_cannot_be_reached(
+        n: int, cpus: float, lightest: float) -> None:
+    from taskmill.admission import concurrency_warning
+
+    said = concurrency_warning(n, cpus, lightest)
+    fits = lightest == 0 or n * lightest <= cpus + 1e-9  # n tasks of the lightest type fit on the cores
+    assert (said is None) == fits
+    if said is not None:
+        most = int(cpus / lightest + 1e-9)
+        assert f"max_concurrency={n} " in said and f"{cpus:g} cores" in said
+        assert f"at most {max(most, 1)} task(s)" in said and most < n
+        assert "cpus=" in said and f"capacity=Capacity(cpus={n * lightest:g})" in said

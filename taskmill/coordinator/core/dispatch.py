@@ -11,7 +11,9 @@ A ``Lifecycle`` mixin, plain code. ``pick`` offers ready tasks to the gate
 
 Either way a lane denied by its domain or group cap is passed over for the
 round, a machine-wide denial ends it, a rate-limited task waits for its token
-as a delayed task, and an admitted task past its TTL expires instead of running.
+as a delayed task (its ``run_after`` is the time the token comes, so records
+and SQL show it delayed; other lanes go on meanwhile), and an admitted task
+past its TTL expires instead of running.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ class Dispatch(TaskTable):
         """Seconds ``e`` has been waiting, paused time left out (what aging counts)."""
         paused = e.x.paused_for if e.x is not None else 0.0
         return max(0.0, wall - e.created_at - paused)
+
+    def _effective(self, e: Entry, wall: float) -> int:
+        """``e``'s effective priority at ``wall``: its own, aged by the time since it was submitted."""
+        return e.priority if self.aging is None else effective_priority(e.priority, self.waited(e, wall), self.aging)
 
     def paused_times(self) -> dict[int, float]:
         """Seconds paused of every task that ever was (aging leaves them out)."""
@@ -83,9 +89,11 @@ class Dispatch(TaskTable):
                     skip = set()
                 skip.add((e.domain, e.group))
                 continue
-            self.ready.take(e)  # rate-limited: back when its token is there
+            self.ready.take(e)  # rate-limited: back when its token is there, and its record says when
             self.counters["rate_limit_throttles"] += 1
             self._make_ready(e, float(verdict))
+            e.extra().run_after_wall = due_wall = wall + (float(verdict) - now)
+            self.fx.batch.update(e.id, run_after=due_wall)
 
     def _candidate(self, skip: Skip | None, wall: float) -> tuple[Entry | None, int | None, bool]:
         """The head fair share and aging put first, its effective priority, and whether it is a

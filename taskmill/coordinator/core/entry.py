@@ -28,7 +28,7 @@ class Ended(NamedTuple):
 class Schedule:
     """A recurring task's schedule: the same task id runs again every ``interval`` seconds."""
 
-    __slots__ = ("interval", "max_executions", "count", "initial_delay", "paused", "ended", "due_wall")
+    __slots__ = ("interval", "max_executions", "count", "initial_delay", "paused", "held", "ended", "due_wall")
 
     def __init__(self, interval: float, max_executions: int | None, count: int, initial_delay: float,
                  paused: bool) -> None:
@@ -36,7 +36,8 @@ class Schedule:
         self.max_executions = max_executions
         self.count = count  # completed executions
         self.initial_delay = initial_delay
-        self.paused = paused
+        self.paused = paused  # no new occurrence while paused (the one already enqueued still runs)
+        self.held = False  # an occurrence enqueued while paused waits (``paused``, reason "recurring")
         self.ended = False  # cancelled while running: no next occurrence
         self.due_wall: float | None = None  # wall-clock time of the current occurrence (the grid)
 

@@ -31,7 +31,7 @@ from taskmill.coordinator.core.entry import Entry, Schedule
 from taskmill.coordinator.core.fairness import Aging, FairShare
 from taskmill.coordinator.core.gate import Gate
 from taskmill.coordinator.core.outcomes import Outcomes
-from taskmill.coordinator.core.pauses import GROUP, Pauses, reason_names
+from taskmill.coordinator.core.pauses import GROUP, RECURRING, Pauses, reason_names
 from taskmill.coordinator.core.preemption import Preemption
 from taskmill.coordinator.core.rows import entry_from_row
 from taskmill.coordinator.core.schedules import SWEEP_INTERVAL
@@ -182,11 +182,11 @@ class Lifecycle(Outcomes, Pauses, ColdTails, Preemption, Settings, Dispatch):
         parent = self.tasks.get(parent_id) if parent_id is not None else None
         expires_at: float | None = None
         if parent is not None:  # inherits the more urgent priority, the parent's tags under its own, its TTL
-            e.priority = priority = min(priority, parent.priority)
+            e.priority = priority = min(priority, self._effective(parent, wall))
             if parent.tags:
                 tags = json.dumps({**json.loads(parent.tags), **(json.loads(tags) if tags else {})}, sort_keys=True)
-            if parent.x is not None and parent.x.expires_at is not None:
-                expires_at = parent.x.expires_at
+            if parent.x is not None and parent.x.expires_at is not None and parent.x.expires_at > wall:
+                expires_at = parent.x.expires_at  # what is left of it (a lapsed one is not passed on)
         e.tags = tags
         e.parent_id = parent_id
         if io_read or io_write or io_rx or io_tx:
@@ -197,14 +197,16 @@ class Lifecycle(Outcomes, Pauses, ColdTails, Preemption, Settings, Dispatch):
             x.ttl_seconds, x.ttl_from, x.on_dep_failure, x.fail_fast = ttl, ttl_from, on_dep, fail_fast
             if ttl is not None and ttl_from == "submission":
                 expires_at = wall + ttl if expires_at is None else min(expires_at, wall + ttl)
-        due_wall = run_after if run_after is not None and run_after > wall else None
+        shown = run_after  # stored and on the record even when already passed (then due at once)
         if recurring is not None:
             interval, most, delay = recurring
             schedule = Schedule(interval, most, 0, delay, False)
             e.extra().schedule = schedule
-            due_wall = self._first_occurrence(e, schedule, run_after, wall)
+            shown = self._first_occurrence(e, schedule, run_after, wall)
+        due_wall = shown if shown is not None and shown > wall else None
+        if shown is not None:
+            e.extra().run_after_wall = shown
         if due_wall is not None:
-            e.extra().run_after_wall = due_wall
             e.run_after = now + (due_wall - wall)
         if expires_at is not None:
             self._expire_at(e, expires_at, now, wall)
@@ -220,7 +222,7 @@ class Lifecycle(Outcomes, Pauses, ColdTails, Preemption, Settings, Dispatch):
             self.payload_bytes += len(payload)
         self.fx.batch.inserts.append((
             tid, task_type, domain, key, label, priority, e.status, payload, tags, group, created,
-            None if due_wall is None else utc(due_wall), None, 0, max_retries, retry, None, timeout, cpus, memory,
+            None if shown is None else utc(shown), None, 0, max_retries, retry, None, timeout, cpus, memory,
             io_read, io_write, io_rx, io_tx, False, None, parent_id,
             ttl, ttl_from, None if expires_at is None else utc(expires_at), on_dep, fail_fast,
             *((recurring[0], recurring[1], 0, recurring[2]) if recurring else (None, None, 0, None)), False,
@@ -363,6 +365,10 @@ class Lifecycle(Outcomes, Pauses, ColdTails, Preemption, Settings, Dispatch):
                 assert p in self.tasks and tid in self.dependents[p], (tid, p)
             if e.status == _WAITING:
                 assert self._active_children(tid), f"waiting task {tid} has no active child"
+            sched = e.x.schedule if e.x is not None else None
+            if sched is not None:  # only an occurrence enqueued while paused is held by the pause
+                assert not sched.held or sched.paused, tid
+                assert not (e.paused & RECURRING) or sched.held or e.status == _RUNNING, tid
             if e.parent_id is not None and e.parent_id in self.tasks:
                 assert tid in self.children.get(e.parent_id, ()), (tid, e.parent_id)
         for p, deps in self.dependents.items():

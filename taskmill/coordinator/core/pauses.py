@@ -50,7 +50,7 @@ class Pauses(TaskTable):
             bits |= DOMAIN
         if e.group is not None and e.group in self.paused_groups:
             bits |= GROUP
-        if e.x is not None and e.x.schedule is not None and e.x.schedule.paused:
+        if e.x is not None and e.x.schedule is not None and e.x.schedule.held:
             bits |= RECURRING
         if e.id in self.victims:
             bits |= PREEMPTED

@@ -97,6 +97,7 @@ def entry_from_row(row: tuple, now: float, wall: float) -> Entry:
         x.memo, x.phase = memo, phase or "execute"
         if interval is not None:
             x.schedule = Schedule(interval, most, count or 0, delay or 0.0, bool(rec_paused))
+            x.schedule.held = bool(rec_paused) and "recurring" in (reasons or ())
             x.schedule.due_wall = run_after if run_after is not None else wall
         if run_after is not None:
             x.run_after_wall = run_after

@@ -79,14 +79,16 @@ class Schedules(TaskTable):
     # ------------------------------------------------------------------ recurring
 
     def _first_occurrence(self, e: Entry, schedule: Schedule, run_after: float | None, wall: float) -> float | None:
-        """Wall-clock time of the first run (None: at once)."""
+        """Wall-clock time of the first run as asked for (``run_after``/``run_at``, also one already
+        passed, or the initial delay); None: at once, no time asked for."""
         if run_after is not None:
             schedule.due_wall = run_after
         elif schedule.initial_delay > 0:
             schedule.due_wall = wall + schedule.initial_delay
         else:
             schedule.due_wall = wall
-        return schedule.due_wall if schedule.due_wall > wall else None
+            return None
+        return schedule.due_wall
 
     def _recurs(self, e: Entry) -> bool:
         """After this run, does ``e`` have another occurrence?"""
@@ -123,10 +125,15 @@ class Schedules(TaskTable):
         e.retry_count = 0
         self.fx.batch.update(e.id, run_after=due, retry_count=0, recurring_execution_count=s.count, last_error=None,
                           started_at=None)
+        s.held = s.paused  # a paused schedule enqueues no new occurrence until it is resumed
         self._settle(e, now)
 
     def set_recurring_paused(self, task_id: int, paused: bool, now: float) -> bool:
-        """Pause or resume a recurring schedule by task id; False if there is no such schedule."""
+        """Pause or resume a recurring schedule by task id; False if there is no such schedule.
+
+        A pause stops new occurrences: the one already enqueued (pending, or running) still
+        runs; the next is not enqueued (it waits as ``paused``, reason ``recurring``) until the
+        resume, which goes on where the schedule left off (count, ``max_executions``)."""
         e = self.tasks.get(task_id)
         s = e.x.schedule if e is not None and e.x is not None else None
         if e is None or s is None or s.ended:
@@ -136,10 +143,11 @@ class Schedules(TaskTable):
         s.paused = paused
         self.fx.batch.update(e.id, recurring_paused=paused)
         self.fx.touch(now)
-        if e.status in (TaskStatus.PENDING.value, TaskStatus.PAUSED.value):
-            if not paused and s.due_wall is not None:
+        if not paused and s.held:
+            s.held = False
+            if e.status in (TaskStatus.PENDING.value, TaskStatus.PAUSED.value):
                 e.run_after = e.run_after if e.run_after is not None and e.run_after > now else None
-            self._settle(e, now)
+                self._settle(e, now)
         return True
 
     def cancel_recurring(self, task_id: int, now: float, wall: float) -> bool:
