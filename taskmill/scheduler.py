@@ -31,6 +31,7 @@ from taskmill.admission import (
     fairness_settings,
     preemption_settings,
 )
+from taskmill.channel import Channel
 from taskmill.client import CoordinatorProcess
 from taskmill.config import (
     CANCEL_HOOK_TIMEOUT,
@@ -91,7 +92,7 @@ PROGRESS_REFRESH = 0.2
 log = logging.getLogger("taskmill")
 
 
-def _stop(monitor: ResourceMonitor | None, proc: CoordinatorProcess) -> None:
+def _stop(monitor: ResourceMonitor | None, proc: Channel) -> None:
     if monitor is not None:
         monitor.stop()
     proc.stop()
@@ -361,11 +362,11 @@ class Scheduler(AdmissionControls):
         self.close()
 
     @property
-    def _process(self) -> CoordinatorProcess | None:
+    def _process(self) -> Channel | None:
         """The running coordinator's channel (None before start and after close)."""
         return self._session.process
 
-    def _proc(self) -> CoordinatorProcess:
+    def _proc(self) -> Channel:
         return self._session.proc()
 
     @property

@@ -4,7 +4,7 @@ The channel to the coordinator (once started), whether it is open, and the
 host-side settings every submission is resolved with. ``DomainHandle`` and
 ``TaskStore`` hold the session, not the ``Scheduler``, so neither needs the
 other's private members and the host API has no import circle. Imports leaves,
-``domain`` and the client channel only.
+``domain`` and the channel only.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from taskmill import events, protocol
-from taskmill.client import CoordinatorProcess
+from taskmill.channel import Channel
 from taskmill.config import EVENT_BUFFER, MAX_EVENT_BUFFER
 from taskmill.domain import Defaults
 from taskmill.errors import ConfigError, SchedulerClosed
@@ -32,10 +32,10 @@ class Session:
         self.event_buffer = event_buffer
         self.progress_interval = progress_interval
         self.registered: frozenset[str] = frozenset()  # qualified task types known to the coordinator
-        self.process: CoordinatorProcess | None = None
+        self.process: Channel | None = None
         self.closed = False  # close() was called: calls say "closed", not "not started"
 
-    def proc(self) -> CoordinatorProcess:
+    def proc(self) -> Channel:
         """The running coordinator; ``SchedulerClosed`` when there is none."""
         if self.process is None:
             if self.closed:

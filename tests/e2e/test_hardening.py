@@ -24,6 +24,7 @@ import pytest
 from polling import poll_until
 
 import taskmill as tm
+import taskmill.channel
 import taskmill.client
 
 DEADLINE = 60.0
@@ -302,7 +303,7 @@ def test_a_long_query_does_not_stall_submissions_or_dispatch(store_path: str) ->
 
 def test_a_stopped_coordinator_gives_bounded_calls_and_close_kills_it(store_path: str, no_leaks: Any,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(taskmill.client, "CALL_TIMEOUT", 2.0)
+    monkeypatch.setattr(taskmill.channel, "CALL_TIMEOUT", 2.0)
     monkeypatch.setattr(taskmill.client, "STOP_GRACE", 3.0)
     s = sched(store_path)
     s.start()
