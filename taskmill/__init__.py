@@ -10,10 +10,12 @@ from taskmill.admission import (
     SamplerConfig,
     ThrottlePolicy,
 )
+from taskmill.connect import Connected, connect
 from taskmill.context import TaskContext
 from taskmill.domain import Domain, Submission, TaskOptions, TaskType
 from taskmill.errors import (
     ConfigError,
+    ConnectError,
     InvalidPayload,
     InvalidSubmission,
     NotATaskmillStore,
@@ -83,6 +85,8 @@ __all__ = [
     "Capacity",
     "CapacityInfo",
     "ConfigError",
+    "ConnectError",
+    "Connected",
     "Domain",
     "DomainHandle",
     "Duplicate",
@@ -149,4 +153,5 @@ __all__ = [
     "WaitTimeout",
     "WorkerCrashed",
     "__version__",
+    "connect",
 ]

@@ -17,11 +17,10 @@ import socket
 import threading
 import time
 import weakref
-from multiprocessing import connection as mpc
 from multiprocessing.connection import Connection
 from typing import Any
 
-from taskmill import protocol
+from taskmill import auth, protocol
 from taskmill.errors import SchedulerBroken, SchedulerClosed, TaskmillError, WaitTimeout
 
 __all__ = ["CALL_TIMEOUT", "CONNECT_TIMEOUT", "Channel"]
@@ -105,21 +104,19 @@ class Channel:
             except BaseException:
                 s.close()
                 raise
-            conn = Connection(s.detach())
             try:
-                protocol.set_io_timeout(conn, left)
-                mpc.answer_challenge(conn, self.authkey)
-                mpc.deliver_challenge(conn, self.authkey)
-                protocol.set_io_timeout(conn, CALL_TIMEOUT)
-            except EOFError:  # refused before any challenge: try again while time is left
-                conn.close()
+                auth.client_handshake(s, self.authkey, deadline)
+            except EOFError:  # dropped before any challenge (too many peers at once): try again while time is left
+                s.close()
                 if time.monotonic() >= deadline:
                     raise TimeoutError("the coordinator kept refusing new connections") from None
                 time.sleep(0.05)
                 continue
             except BaseException:
-                conn.close()
+                s.close()
                 raise
+            conn = Connection(s.detach())
+            protocol.set_io_timeout(conn, CALL_TIMEOUT)
             with self._lock:
                 self._conns.add(conn)
             return conn

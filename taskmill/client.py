@@ -128,6 +128,16 @@ class CoordinatorProcess(Channel):
             self.closed = True
             self._cleanup()
 
+    def hurry(self) -> None:
+        """Make a shutdown under way (``stop`` in another thread) a hard one now: what still
+        runs is stopped and re-queued. A coordinator that does not take it is killed."""
+        if os.getpid() != self._owner_pid or not self.alive():
+            return
+        try:
+            self.request(protocol.Stop(hard=True), timeout=STOP_GRACE)
+        except Exception:  # noqa: BLE001 - not answering: killed (the store is crash-safe)
+            self._kill()
+
     def _kill(self) -> None:
         try:
             self.proc.kill()

@@ -129,3 +129,4 @@ class Launch:
     runtime_dir: str = ""
     host_pid: int | None = None
     log_level: int = 30  # logging.WARNING
+    log_format: str = "keyvalue"  # of the coordinator's log lines on stderr: "keyvalue", "console" or "json"

@@ -6,6 +6,7 @@ Leaf module: imports nothing from taskmill.
     ├── SchedulerClosed        you closed the scheduler (or never started it)
     ├── SchedulerBroken        the coordinator or its store died; cause chained
     ├── StartupError           the coordinator could not start (message says why)
+    ├── ConnectError           ``connect()`` found no coordinator it may attach to (says why)
     ├── ConfigError            (also ValueError) inconsistent domains / task types
     ├── UnknownDomain          (also LookupError) no domain of that name
     ├── UnknownTaskType        (also LookupError) task not registered in that domain
@@ -34,6 +35,7 @@ from datetime import timedelta
 
 __all__ = [
     "ConfigError",
+    "ConnectError",
     "InvalidPayload",
     "InvalidSubmission",
     "NotATaskmillStore",
@@ -72,6 +74,11 @@ class SchedulerBroken(TaskmillError):
 
 class StartupError(TaskmillError):
     """The coordinator could not start; the message carries its reason."""
+
+
+class ConnectError(TaskmillError):
+    """``taskmill.connect()`` found no coordinator it may attach to: none serves the store, the
+    store belongs to another user, or the key was refused. The message says which and what to do."""
 
 
 class ConfigError(TaskmillError, ValueError):

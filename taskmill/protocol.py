@@ -156,7 +156,10 @@ class WaitIdle:
 
 @dataclass(**_MSG)
 class Stop:
-    pass
+    """Shut down per the shutdown mode; ``hard``: now, whatever the mode (also when a graceful
+    shutdown is already under way)."""
+
+    hard: bool = False
 
 
 @dataclass(**_MSG)

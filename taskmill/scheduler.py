@@ -285,6 +285,7 @@ class Scheduler(AdmissionControls):
         self.resource_monitoring = self._monitoring.sampler is not None
         self._progress_interval = None if progress_interval is None else as_float(
             progress_interval, "progress_interval", lo=0.01, hi=3600.0, unit="seconds")
+        self._log_level, self._log_format = logging.WARNING, "keyvalue"  # (taskmill serve sets them)
         self._session = Session(self._defaults, as_int(event_buffer, "event_buffer", lo=1, hi=MAX_EVENT_BUFFER),
                                 self._progress_interval)
         self._handles: dict[str, DomainHandle] = {}
@@ -339,7 +340,8 @@ class Scheduler(AdmissionControls):
             progress_interval=self._progress_interval,
             event_buffer=self._session.event_buffer,
         )
-        launch = Launch(registry=registry, sys_path=tuple(sys.path), cwd=os.getcwd())
+        launch = Launch(registry=registry, sys_path=tuple(sys.path), cwd=os.getcwd(), log_level=self._log_level,
+                        log_format=self._log_format)
         self._session.process = proc = CoordinatorProcess(config, launch)
         self._monitor = self._monitoring.monitor(proc.call, proc.pid)
         # A scheduler that is never closed still stops its processes: when it is collected, or at

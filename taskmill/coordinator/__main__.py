@@ -17,10 +17,10 @@ import os
 import pickle
 import shutil
 import signal
+import socket
 import struct
 import sys
 import time
-from multiprocessing.connection import Listener
 from typing import Any
 
 import psutil
@@ -66,7 +66,8 @@ def _check_state_file(path: str | None) -> None:
     except (OSError, ValueError):
         return
     if pid and pid != os.getpid() and _is_coordinator(pid):
-        raise StoreLocked(f"a coordinator (pid {pid}) is already running on this store (state file {path})")
+        raise StoreLocked(f"a coordinator (pid {pid}) is already running on this store (state file {path}); "
+                          "to use it from this process, attach with taskmill.connect(store_path)")
 
 
 def _open_host_pidfd(host_pid: int | None) -> int | None:
@@ -97,10 +98,14 @@ def main() -> int:
     sys.path[:] = launch.sys_path
     os.chdir(launch.cwd)
     logging.basicConfig(level=launch.log_level, stream=sys.stderr,
-                        format="taskmill coordinator: %(message)s")
+                        format="%(message)s" if launch.log_format == "json" else "taskmill coordinator: %(message)s")
     # This process is ours, so it may configure structlog: key=value lines into stdlib logging (stderr).
+    renderer: Any = (structlog.processors.JSONRenderer() if launch.log_format == "json" else
+                     structlog.dev.ConsoleRenderer(colors=False) if launch.log_format == "console" else
+                     structlog.processors.KeyValueRenderer(key_order=["event"]))
     structlog.configure(
-        processors=[structlog.stdlib.add_log_level, structlog.processors.KeyValueRenderer(key_order=["event"])],
+        processors=[structlog.stdlib.add_log_level, structlog.processors.TimeStamper(fmt="iso"), renderer]
+        if launch.log_format != "keyvalue" else [structlog.stdlib.add_log_level, renderer],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
@@ -169,12 +174,17 @@ def main() -> int:
             raise StartupError(f"workers cannot start: {e}") from e
         recovered = coord.recover()
         # authenticated per peer in serve(); the default backlog (1) refuses bursts of new threads
-        listener = Listener(launch.socket_path, family="AF_UNIX", backlog=LISTEN_BACKLOG)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(launch.socket_path)  # (mode 0600: the umask above)
+        listener.listen(LISTEN_BACKLOG)
         if state_file:
             tmp = state_file + ".tmp"
-            with open(tmp, "w") as f:
+            with open(tmp, "w") as f:  # the owner's only (umask above): it holds the key
                 json.dump({"pid": os.getpid(), "socket": launch.socket_path, "shm": shm.name,
-                           "started_at": time.time()}, f)
+                           "started_at": time.time(), "authkey": launch.authkey.hex(),
+                           "registry": registry_path, "cwd": launch.cwd, "store": store_path,
+                           "progress_interval": config.progress_interval,
+                           "event_buffer": config.event_buffer}, f)
             os.replace(tmp, state_file)
             wrote_state = True
         coord.serve(listener, launch.authkey)

@@ -37,8 +37,9 @@ import math
 import os
 import queue
 import select
+import socket
 import time
-from multiprocessing.connection import Connection, Listener
+from multiprocessing.connection import Connection
 from typing import Any, Callable
 
 import structlog
@@ -230,9 +231,9 @@ class Coordinator:
         if self._fds.pop(fd, None) is not None:
             self._poller.unregister(fd)
 
-    def serve(self, listener: Listener, authkey: bytes) -> None:
-        """Accept and authenticate clients on helper threads (see ``acceptor``); the loop only
-        ever sees authenticated connections. ``listener`` must have no authkey of its own."""
+    def serve(self, listener: socket.socket, authkey: bytes) -> None:
+        """Accept and authenticate clients on the acceptor's thread (see ``acceptor``); the loop
+        only ever sees authenticated connections. ``listener`` is a listening Unix socket."""
         self.acceptor = Acceptor(listener, authkey, self._deliver)
         self.acceptor.start()
 
@@ -421,7 +422,7 @@ class Coordinator:
             deadline = None if req.timeout is None else self.mono() + req.timeout
             self.replies.wait_idle(conn, deadline)
         elif isinstance(req, protocol.Stop):
-            self._begin_shutdown(conn)
+            self._begin_shutdown(conn, hard=req.hard is True)
         elif isinstance(req, protocol.Subscribe):
             self._subscribe(conn, req)
         else:
@@ -604,9 +605,12 @@ class Coordinator:
 
     # ================================================================== shutdown (F11)
 
-    def _begin_shutdown(self, conn: Connection | None) -> None:
+    def _begin_shutdown(self, conn: Connection | None, hard: bool = False) -> None:
         if conn is not None:
             self.stop_waiters.append(conn)
+        if hard:  # now, whatever the mode: a graceful shutdown under way ends at the next step
+            self.shutdown_mode = "hard"
+            self.stop_deadline = self.mono()
         if self.stopping:
             return
         self.stopping = True

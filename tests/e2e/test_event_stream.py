@@ -79,13 +79,16 @@ def _subscriber_script(tmp_path: Path) -> Path:
     """A separate process that subscribes through the running scheduler's socket and key."""
     script = tmp_path / "subscriber.py"
     script.write_text(textwrap.dedent("""
-        import json, os, pickle, signal, sys
-        from multiprocessing.connection import Client
-        from taskmill import protocol
+        import json, os, pickle, signal, socket, sys, time
+        from multiprocessing.connection import Connection
+        from taskmill import auth, protocol
         from taskmill.stream import EventStream
         from taskmill import events
         address, key, buffer = sys.argv[1], bytes.fromhex(sys.argv[2]), int(sys.argv[3])
-        conn = Client(address, family="AF_UNIX", authkey=key)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(address)
+        auth.client_handshake(sock, key, time.monotonic() + 60)
+        conn = Connection(sock.detach())
         conn.send(protocol.Subscribe("events", None, None, buffer))
         assert isinstance(conn.recv(), protocol.Reply)
         stream = EventStream(conn, 10_000_000, events.decode, "sub")

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-from multiprocessing.connection import Client
 from pathlib import Path
 from typing import Any
 
@@ -209,8 +208,7 @@ class Color:
 
 
 def raw_client(s: tm.Scheduler) -> Any:
-    proc = s._process
-    return Client(proc.socket_path, family="AF_UNIX", authkey=proc.authkey)
+    return s._process._connect()  # an authenticated connection of its own, outside the per-thread pool
 
 
 def test_a_request_with_a_foreign_object_is_answered_with_an_error(store_path: str) -> None:

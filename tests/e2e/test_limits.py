@@ -136,7 +136,7 @@ def test_a_coordinator_out_of_descriptors_backs_off_and_recovers(store_path: str
 
 def test_silent_peers_are_dropped_and_hold_few_threads(store_path: str, tmp_path: Path, no_leaks: Any) -> None:
     info, _ = run_host(tmp_path, store_path, SILENT, no_leaks)
-    assert info["threads_during"] < 60, info  # handshakes are capped, not a thread per peer
+    assert info["threads_during"] < 20, info  # one thread runs every handshake, not a thread per peer
     assert info["honest_call_s"] < 10, info
     assert info["threads_after"] < 20, info
     assert info["last"] == 42
