@@ -121,6 +121,9 @@ class Launch:
     """How the coordinator process starts: what travels on its stdin beside the configuration."""
 
     registry: bytes  # cloudpickled task functions, hooks, state and defaults (the workers load it)
+    #: Pickled with the standard pickle, of taskmill's own types only, so any process can load it:
+    #: what ``connect()`` needs (domain names and caps, task type names, the defaults).
+    session: bytes = b""
     sys_path: tuple[str, ...]
     cwd: str
     embedded: bool = True  # the host's stdin and pid are the coordinator's lifelines

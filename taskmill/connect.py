@@ -2,10 +2,12 @@
 
 A running coordinator publishes, in the state file beside its store (mode
 0600, the owner's only), its pid, socket, shared-memory name and the key of
-its socket's HMAC challenge. ``connect`` reads it, loads the scheduler's
-domains and defaults from the registry the serving process wrote (in the
-coordinator's private runtime directory), and returns a ``Connected``
-scheduler: every call of ``Scheduler`` goes to that coordinator. Closing it
+its socket's handshake (``taskmill.auth``). ``connect`` reads it, loads the
+scheduler's domain names, task type names and defaults from the session file
+the serving process wrote (in the coordinator's private runtime directory;
+taskmill's own types only, so it loads anywhere), and returns a ``Connected``
+scheduler: every call of ``Scheduler`` goes to that coordinator. To submit, a
+process imports the task modules itself, as any producer does. Closing it
 closes this process's connections only; the coordinator goes on. Usually the
 coordinator was started by ``taskmill serve``; a script's own ``Scheduler``
 can be attached to the same way while it runs. Imports the host API.
@@ -15,11 +17,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+import pickle
 import weakref
 from typing import Any, Sequence
 
-import cloudpickle
 import psutil
 
 from taskmill.channel import Channel
@@ -33,7 +34,7 @@ from taskmill.session import Session
 from taskmill.taskstore import TaskStore
 from taskmill.validation import as_str
 
-__all__ = ["Attached", "Connected", "connect"]
+__all__ = ["Attached", "Connected", "connect", "read_state", "served_state"]
 
 #: What to run to serve a store, said in every "nothing serves it" error.
 SERVE_HINT = "start one with `taskmill serve MODULE:SCHEDULER --store {store}`"
@@ -47,6 +48,23 @@ def _store(path: Any) -> str:
     return os.path.abspath(path)
 
 
+def served_state(store: str) -> dict[str, Any] | None:
+    """The state file of the live coordinator that serves ``store`` (an absolute path), or None if
+    no coordinator serves it; ``ConnectError`` when there is one this process may not use."""
+    try:
+        return read_state(store)
+    except ConnectError as e:
+        if getattr(e, "nothing_serves", False):
+            return None
+        raise
+
+
+def _nothing_serves(message: str) -> ConnectError:
+    error = ConnectError(message)
+    error.nothing_serves = True  # type: ignore[attr-defined]
+    return error
+
+
 def read_state(store: str) -> dict[str, Any]:
     """The state file of ``store``'s coordinator, checked to name a live one; ``ConnectError`` if none."""
     path = state_file_for(store)
@@ -56,17 +74,17 @@ def read_state(store: str) -> dict[str, Any]:
         with open(path) as f:
             state = json.load(f)
     except FileNotFoundError:
-        raise ConnectError(f"no coordinator serves {store}: {hint}") from None
+        raise _nothing_serves(f"no coordinator serves {store}: {hint}") from None
     except PermissionError:
         raise ConnectError(f"the state file {path} is not readable by this user: only the store's owner "
                            "may connect to its coordinator") from None
     except (OSError, ValueError) as e:
         raise ConnectError(f"the state file {path} cannot be read ({e}): {hint}") from None
-    if not isinstance(state, dict) or not all(k in state for k in ("pid", "socket", "authkey", "registry")):
+    if not isinstance(state, dict) or not all(k in state for k in ("pid", "socket", "authkey", "session")):
         raise ConnectError(f"the state file {path} does not name a coordinator this taskmill can attach to; {hint}")
     if not _is_coordinator(state["pid"]):
-        raise ConnectError(f"no coordinator serves {store} (the state file names process {state['pid']}, which "
-                           f"is gone): {hint}")
+        raise _nothing_serves(f"no coordinator serves {store} (the state file names process {state['pid']}, "
+                              f"which is gone): {hint}")
     return state
 
 
@@ -104,24 +122,22 @@ class Attached(Channel):
         self.close_connections()
 
 
-def _load_registry(state: dict[str, Any]) -> dict[str, Any]:
-    """The serving process's registry (domains, defaults), with its directory as a last resort on sys.path."""
-    cwd = state.get("cwd")
-    if isinstance(cwd, str) and cwd not in sys.path:
-        sys.path.append(cwd)  # where `taskmill serve` ran: its task modules import from there
+def _load_session(state: dict[str, Any]) -> dict[str, Any]:
+    """What the serving scheduler tells a connecting process: domain names and caps, task type
+    names, defaults. Standard pickle of taskmill's own types: it loads in any directory."""
     try:
-        with open(state["registry"], "rb") as f:
-            registry = cloudpickle.load(f)
+        with open(state["session"], "rb") as f:
+            session = pickle.load(f)
     except PermissionError:
         raise ConnectError("the coordinator's runtime directory is not readable by this user: only the "
                            "store's owner may connect to its coordinator") from None
     except FileNotFoundError:
-        raise ConnectError("the coordinator is shutting down (its registry is gone); connect again once a "
-                           "coordinator serves the store") from None
-    except Exception as e:  # noqa: BLE001 - any unpickling failure: say what and how to fix it
-        raise ConnectError(f"the task types of the scheduler that serves this store cannot be loaded here "
-                           f"({type(e).__name__}: {e}); run where its modules import (it runs in {cwd})") from e
-    return registry
+        raise ConnectError("the coordinator is shutting down (its runtime directory is gone); connect again "
+                           "once a coordinator serves the store") from None
+    except Exception as e:  # noqa: BLE001 - a file of another taskmill version: say so
+        raise ConnectError(f"the coordinator's session file cannot be read ({type(e).__name__}: {e}); is it "
+                           "the same taskmill version as this process?") from e
+    return session
 
 
 class Connected(Scheduler):
@@ -136,8 +152,8 @@ class Connected(Scheduler):
                  domains: Sequence[Domain] | None = None) -> None:  # noqa: D107 - see taskmill.connect
         store = _store(store_path)
         state = read_state(store)
-        registry = _load_registry(state)
-        names: dict[str, Domain] = dict(registry["domains"])
+        about = _load_session(state)
+        names = {name: Domain(name, max_concurrency=cap) for name, cap in about["domains"].items()}
         for d in domains or ():
             if not isinstance(d, Domain):
                 raise TypeError(f"domains must be Domain objects, got {type(d).__name__}")
@@ -147,14 +163,14 @@ class Connected(Scheduler):
             names[d.name] = d  # the caller's own objects, for its handles
         channel = Attached(state, store)
         progress = state.get("progress_interval")
-        session = Session(registry["defaults"], int(state.get("event_buffer") or 1),
+        session = Session(about["defaults"], int(state.get("event_buffer") or 1),
                           None if progress is None else float(progress))
-        session.registered = frozenset(registry["tasks"])
+        session.registered = frozenset(about["tasks"])
         session.process = channel
         self._session = session
         self._domains = names
         self._handles: dict[str, DomainHandle] = {}
-        self._defaults = registry["defaults"]
+        self._defaults = about["defaults"]
         self._monitor = None
         self._progress_interval = session.progress_interval
         self.store_path = store
@@ -211,12 +227,12 @@ def connect(store_path: str | os.PathLike[str] = DEFAULT_STORE, *,
 
     Args:
         store_path: The store the coordinator serves (default ``./taskmill.duckdb``).
-        domains: Your own ``Domain`` objects for the handles (matched by name); by default the
-            serving process's are loaded from its registry.
+        domains: Your own ``Domain`` objects for the handles (matched by name); by default
+            each domain of the served scheduler is known by its name and cap.
 
     Raises:
         ConnectError: no coordinator serves the store (the message says how to start one), the
-            state file belongs to another user, or the task modules cannot be loaded here.
+            state file belongs to another user, or the coordinator refuses this process.
 
     Example:
         >>> with taskmill.connect("jobs.duckdb") as sched:                  # doctest: +SKIP

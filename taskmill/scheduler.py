@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import sys
 import time
 import weakref
@@ -340,8 +341,10 @@ class Scheduler(AdmissionControls):
             progress_interval=self._progress_interval,
             event_buffer=self._session.event_buffer,
         )
-        launch = Launch(registry=registry, sys_path=tuple(sys.path), cwd=os.getcwd(), log_level=self._log_level,
-                        log_format=self._log_format)
+        session = pickle.dumps({"domains": {d.name: d.max_concurrency for d in self._domains.values()},
+                                "tasks": sorted(tasks), "defaults": self._defaults})
+        launch = Launch(registry=registry, session=session, sys_path=tuple(sys.path), cwd=os.getcwd(),
+                        log_level=self._log_level, log_format=self._log_format)
         self._session.process = proc = CoordinatorProcess(config, launch)
         self._monitor = self._monitoring.monitor(proc.call, proc.pid)
         # A scheduler that is never closed still stops its processes: when it is collected, or at

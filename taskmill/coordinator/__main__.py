@@ -122,6 +122,7 @@ def main() -> int:
     shm = backend = store = listener = coord = None
     wrote_state = False
     registry_path = os.path.join(launch.runtime_dir, "registry.pkl")
+    session_path = os.path.join(launch.runtime_dir, "session.pkl")
 
     def cleanup() -> None:
         """Release everything this process made; each step runs even if another fails."""
@@ -159,6 +160,8 @@ def main() -> int:
         _check_state_file(state_file)
         with open(registry_path, "wb") as reg:
             reg.write(launch.registry)
+        with open(session_path, "wb") as ses:
+            ses.write(launch.session)
         host_pidfd = _open_host_pidfd(launch.host_pid)
         shm = SharedState(worker_slots(config.max_concurrency))
         backend = make_backend(config.backend, config, shm, registry_path)  # (forks start here, before DuckDB)
@@ -182,7 +185,7 @@ def main() -> int:
             with open(tmp, "w") as f:  # the owner's only (umask above): it holds the key
                 json.dump({"pid": os.getpid(), "socket": launch.socket_path, "shm": shm.name,
                            "started_at": time.time(), "authkey": launch.authkey.hex(),
-                           "registry": registry_path, "cwd": launch.cwd, "store": store_path,
+                           "session": session_path, "cwd": launch.cwd, "store": store_path,
                            "progress_interval": config.progress_interval,
                            "event_buffer": config.event_buffer}, f)
             os.replace(tmp, state_file)

@@ -8,7 +8,6 @@ coordinators are SIGKILLed or SIGSTOPped, peers of another user are forked.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import signal
@@ -16,12 +15,9 @@ import socket
 import stat
 import subprocess
 import sys
-import textwrap
 import time
-import uuid
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -32,131 +28,9 @@ from taskmill.connect import read_state
 from taskmill.coordinator.acceptor import HANDSHAKE_TIMEOUT
 from taskmill.protocol import state_file_for
 from tests.polling import DEADLINE, poll_until
+from tests.serving import Served, module_of, reap, run_script
 
 pytestmark = pytest.mark.timeout(300)
-
-JOBS = """
-import os, time
-import taskmill as tm
-
-media = tm.Domain("media")
-
-@media.task
-def double(ctx, n: int) -> int:
-    return n * 2
-
-@media.task
-def hold(ctx, flag: str) -> str:
-    while not os.path.exists(flag):
-        time.sleep(0.01)
-    return "released"
-
-def make():
-    return tm.Scheduler("jobs.duckdb", [media], max_concurrency=2)
-
-def graceful():
-    return tm.Scheduler("jobs.duckdb", [media], max_concurrency=2, shutdown=tm.Shutdown.graceful(120))
-
-not_a_scheduler = 42
-"""
-
-
-class Served:
-    """A ``taskmill serve`` process in the background, on ``jobs.duckdb`` in its directory."""
-
-    def __init__(self, directory: Path, module: str, no_leaks: Any, factory: str = "make") -> None:
-        self.dir, self.module, self.no_leaks, self.factory = directory, module, no_leaks, factory
-        self.store = str(directory / "jobs.duckdb")
-        self.log_path = directory / f"serve-{uuid.uuid4().hex[:6]}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.coordinator_pid = 0
-
-    def start(self) -> Served:
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "taskmill", "serve", f"{self.module}:{self.factory}", "--log-format", "json"],
-                cwd=self.dir, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
-        state = poll_until(self._state, what="the served coordinator's state file")
-        self.coordinator_pid = int(state["pid"])
-        self.no_leaks.note(self.coordinator_pid, state["shm"])
-        return self
-
-    def _state(self) -> dict[str, Any] | None:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"taskmill serve exited with {self.proc.returncode}: {self.log()}")
-        try:
-            return read_state(self.store)
-        except tm.ConnectError:
-            return None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def log_events(self) -> list[dict[str, Any]]:
-        return [json.loads(ln) for ln in self.log().splitlines() if ln.startswith("{")]
-
-    def signal(self, signum: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signum)
-
-    def wait(self, timeout: float = DEADLINE) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL of the whole session if it does not end in time."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(DEADLINE)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(DEADLINE)
-            raise
-
-
-@pytest.fixture
-def jobs_dir(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A directory with a task module of a unique name (this process imports it too)."""
-    module = f"jobs_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{module}.py").write_text(textwrap.dedent(JOBS))
-    yield tmp_path, module
-    sys.modules.pop(module, None)
-    while str(tmp_path) in sys.path:
-        sys.path.remove(str(tmp_path))
-
-
-@pytest.fixture
-def served(jobs_dir: tuple[Path, str], no_leaks: Any) -> Iterator[Served]:
-    s = Served(jobs_dir[0], jobs_dir[1], no_leaks).start()
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
-def module_of(served: Served) -> ModuleType:
-    return importlib.import_module(served.module)  # importable once connect() loaded the registry
-
-
-def run_script(directory: Path, body: str, *args: str, timeout: float = DEADLINE * 2) -> subprocess.Popen[str]:
-    script = directory / f"client-{uuid.uuid4().hex[:6]}.py"
-    script.write_text(textwrap.dedent(body))
-    return subprocess.Popen([sys.executable, str(script), *args], cwd=directory, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def reap(p: subprocess.Popen[str]) -> None:
-    """Kill ``p`` if it still runs, and close its pipes."""
-    if p.poll() is None:
-        p.kill()
-    p.wait(DEADLINE)
-    for pipe in (p.stdin, p.stdout, p.stderr):
-        if pipe is not None:
-            pipe.close()
-
 
 # --------------------------------------------------------------------------- the basics
 
@@ -204,7 +78,7 @@ def test_connect_says_what_to_run_when_nothing_serves_the_store(tmp_path: Path) 
     assert state_file is not None
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     Path(state_file).write_text(json.dumps({"pid": int(dead.stdout), "socket": "x", "authkey": "00",
-                                            "registry": "x"}))
+                                            "session": "x"}))
     with pytest.raises(tm.ConnectError, match="which is gone"):
         tm.connect(store)
     with pytest.raises(tm.ConnectError, match="in-memory"):

@@ -22,7 +22,7 @@ PACKAGE_DIR = Path(taskmill.__file__).resolve().parent
 ROOT = PACKAGE_DIR.parent
 
 LEAVES = {"taskmill.errors", "taskmill.records", "taskmill.outcomes", "taskmill.protocol", "taskmill.shm", "taskmill.validation",
-          "taskmill.options", "taskmill.metrics", "taskmill.batch", "taskmill.config"}
+          "taskmill.options", "taskmill.metrics", "taskmill.batch", "taskmill.config", "taskmill.auth"}
 
 
 def module_name(path: Path) -> str:
@@ -117,6 +117,7 @@ LEAF_ALLOWED = {
     "taskmill.options": {"taskmill.errors", "taskmill.records", "taskmill.outcomes", "taskmill.validation"},
     "taskmill.batch": set(),
     "taskmill.config": {"taskmill.records"},
+    "taskmill.auth": set(),
 }
 
 
@@ -138,8 +139,9 @@ def test_the_store_imports_only_errors_records_and_itself(mod: str) -> None:
 FORBIDDEN_FOR_HOST = ("taskmill.coordinator", "taskmill.store", "taskmill.workers")
 
 
-@pytest.mark.parametrize("mod", ["taskmill.scheduler", "taskmill.client", "taskmill.channel", "taskmill.domain", "taskmill.handles", "taskmill.session",
-                                 "taskmill.controls", "taskmill.monitor", "taskmill.admission"])
+@pytest.mark.parametrize("mod", ["taskmill.scheduler", "taskmill.client", "taskmill.channel", "taskmill.domain",
+                                 "taskmill.handles", "taskmill.session", "taskmill.controls", "taskmill.monitor",
+                                 "taskmill.admission", "taskmill.connect", "taskmill.serve"])
 def test_the_host_api_never_imports_the_coordinator_store_or_workers(mod: str) -> None:
     bad = {n for n in MODULES[mod] if n.startswith(FORBIDDEN_FOR_HOST)}
     assert not bad, f"{mod} imports {sorted(bad)}"
