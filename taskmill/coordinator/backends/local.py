@@ -66,6 +66,7 @@ class LocalProcessBackend:
         self.idle_workers: list[WorkerHandle] = []
         self.suspended: set[int] = set()  # slots whose worker is stopped with its run
         self._retired: set[int] = set()  # slots of workers stopped on purpose (trimmed): reused first
+        self._over = False  # more workers than wanted, none idle to stop when last trimmed
         self._to_spawn: list[int] = []
         self._respawn_pending = False
         self.stopping = False
@@ -134,6 +135,9 @@ class LocalProcessBackend:
             self._retired.add(w.index)
             self._send(w, protocol.Stop())
             extra -= 1
+        # Too few idle now (the new spare still starting, the preemptor still busy): try again
+        # whenever a worker falls idle or becomes ready, until the pool is back to size.
+        self._over = extra > 0
 
     def _spawn(self, index: int) -> WorkerHandle:
         self.shm.reset_slot(index)  # tickets start over with the new worker
@@ -344,6 +348,8 @@ class LocalProcessBackend:
                         w.ready = True
                         self.idle_workers.append(w)
                         self.pool.crashes.pop(w.index, None)
+                        if self._over:
+                            self._trim()
                 elif isinstance(msg, protocol.Goodbye):
                     w.stopping = True
                 if not all_pending or not conn.poll():
@@ -378,6 +384,8 @@ class LocalProcessBackend:
     def _back_to_idle(self, w: WorkerHandle) -> None:
         if w.ready and not w.stopping and w.kill_reason is None:
             self.idle_workers.append(w)
+            if self._over:
+                self._trim()
 
     def _spawned(self, w: WorkerHandle, msg: protocol.Spawn) -> None:
         """Submissions from inside a running task; answered on its pipe once durable."""
