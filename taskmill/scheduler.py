@@ -9,12 +9,15 @@ client channel — never the coordinator or the store.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
+import shutil
 import sys
 import time
 import weakref
+from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import cloudpickle
@@ -68,6 +71,7 @@ from taskmill.records import (
     TaskProgress,
     TaskRecord,
 )
+from taskmill.results import SQL_FORMATS, sql_result
 from taskmill.session import Session
 from taskmill.stream import EventStream
 from taskmill.taskstore import TaskStore
@@ -540,11 +544,12 @@ class Scheduler(AdmissionControls):
         """See ``TaskStore.lookup_typed``."""
         return self.store.lookup_typed(submission)
 
-    def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Run one read-only SQL statement on the store; rows as dicts by column name.
+    def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None, *,
+            format: str = "rows") -> Any:  # noqa: A002 - the API's name
+        """Run one read-only SQL statement on the store.
 
         Tables: ``tasks`` (active) and ``task_history`` (finished); payloads,
-        tags and results are JSON columns.
+        tags and results are JSON columns, decoded to Python values here.
 
         Args:
             query: One SELECT statement.
@@ -552,16 +557,55 @@ class Scheduler(AdmissionControls):
                 (``$name``) parameters; values are str, int, float, bool, None,
                 bytes, datetime/date/time/timedelta, Decimal, UUID, or lists and
                 dicts of them (subclasses are converted to the plain type).
+            format: ``"rows"`` (a list of dicts by column name), ``"pandas"`` (a
+                DataFrame; extra ``taskmill[pandas]``) or ``"arrow"`` (a pyarrow
+                Table; extra ``taskmill[arrow]``).
 
         Raises:
             QueryRefused: a write, or more than one statement.
             StoreError: malformed SQL or a failing query.
             TypeError: ``query`` is not a str, or a parameter of another type (named by index or key).
+            ValueError: an unknown ``format``; ImportError: its extra is not installed.
         """
         self._check_open()
         query, params = as_str(query, "query"), sql_params(params)
-        names, rows = self._proc().call("sql", query, params)
-        return [dict(zip(names, r)) for r in rows]
+        if format not in SQL_FORMATS:
+            raise ValueError(f"format must be one of {list(SQL_FORMATS)}, got {format!r}")
+        names, rows, json_columns = self._proc().call("sql", query, params)
+        return sql_result(names, rows, json_columns, format)
+
+    def export_history(self, path: str | os.PathLike[str], *, since: datetime | None = None) -> int:
+        """Write the task history (oldest first) to a Parquet file; the number of rows written.
+
+        The coordinator runs DuckDB's ``COPY … TO`` into its private directory and the file
+        is moved to ``path`` (mode 0600, as the store: payloads and results are in it); it
+        reads back with pandas, pyarrow or DuckDB, JSON columns as text.
+
+        Args:
+            path: The file to write (replaced if it exists); its directory must exist.
+            since: Only rows completed at or after this time (timezone-aware).
+
+        Raises:
+            ValueError: ``since`` is naive, or ``path``'s directory does not exist.
+            StoreError: the export failed.
+        """
+        self._check_open()
+        target = os.path.abspath(os.fspath(path))
+        if not os.path.isdir(os.path.dirname(target)):
+            raise ValueError(f"export_history: the directory of {target} does not exist")
+        if since is not None:
+            if not isinstance(since, datetime):
+                raise TypeError(f"since must be a datetime or None, got {type(since).__name__}")
+            if since.tzinfo is None:
+                raise ValueError("since must be a timezone-aware datetime, got a naive one")
+        made, rows = self._proc().call("export_history", since)
+        try:
+            shutil.move(made, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(made)
+            raise
+        return int(rows)
 
     # ------------------------------------------------------------------ waiting
 

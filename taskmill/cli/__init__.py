@@ -1,5 +1,5 @@
 """The ``taskmill`` command line (F30): serve, status, top, history, sql, cancel, pause, resume,
-dead-letter, prune, demo and version.
+dead-letter, prune, export, demo and version.
 
 Every command takes ``--store PATH`` (default ``./taskmill.duckdb``) and
 ``--json`` where its output is a table. Errors are one line naming the fix:
@@ -114,6 +114,12 @@ def _build_parser() -> argparse.ArgumentParser:
     keep.add_argument("--keep", type=int, metavar="N", help="keep the newest N rows")
     keep.add_argument("--older-than-days", type=float, metavar="D", help="delete rows older than D days")
     prune.add_argument("--json", action="store_true")
+
+    export = sub.add_parser("export", help="write the task history to a Parquet file")
+    _store(export)
+    export.add_argument("path", metavar="PATH.parquet")
+    export.add_argument("--since", help="only rows completed since an ISO time, or a span back from now (7d)")
+    export.add_argument("--json", action="store_true")
 
     demo = sub.add_parser("demo", help="run a real CPU + disk batch on the embedded default store")
     demo.add_argument("--store", default=None, help="store file (default: taskmill.duckdb in the current directory)")

@@ -1,10 +1,11 @@
 """The commands that read or steer a store: status, history, sql, cancel, pause, resume,
-dead-letter and prune. Each takes the parsed arguments and returns its exit code;
+dead-letter, prune and export. Each takes the parsed arguments and returns its exit code;
 ``CliError`` (or any ``TaskmillError``) becomes one line on stderr in ``taskmill.cli``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -12,8 +13,9 @@ from typing import Any
 from taskmill.cli.output import console, print_json, print_rows
 from taskmill.cli.reading import CliError, Reading, open_reading
 from taskmill.records import HistoryStatus
+from taskmill.store.queries import copy_history
 
-__all__ = ["cancel", "dead_letter", "future", "history", "moment", "pause", "prune", "resume", "sql", "status", "status_doc"]
+__all__ = ["cancel", "dead_letter", "export", "future", "history", "moment", "pause", "prune", "resume", "sql", "status", "status_doc"]
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -180,6 +182,26 @@ def dead_letter(args: argparse.Namespace) -> int:
     else:
         console().print(f"task {args.id} submitted again: {outcome.kind}"
                         f"{'' if outcome.id is None else f' (task {outcome.id})'}")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    path = os.path.abspath(args.path)
+    if not path.endswith(".parquet"):
+        raise CliError(f"export writes Parquet: the path must end in .parquet, got {args.path!r}")
+    if not os.path.isdir(os.path.dirname(path)):
+        raise CliError(f"the directory of {path} does not exist")
+    since = None if args.since is None else moment(args.since, "--since").replace(tzinfo=timezone.utc)
+    with open_reading(args.store) as r:
+        if r.served is not None:
+            n = r.served.export_history(path, since=since)
+        else:
+            assert r.offline is not None
+            n = copy_history(r.offline, path, since)
+    if args.json:
+        print_json({"path": path, "rows": n})
+    else:
+        console().print(f"{n} history row{'s' if n != 1 else ''} written to {path}")
     return 0
 
 

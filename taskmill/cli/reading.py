@@ -16,7 +16,9 @@ import duckdb
 
 from taskmill.connect import Connected, served_state
 from taskmill.errors import TaskmillError
+from taskmill.results import decode_json
 from taskmill.store.queries import select
+from taskmill.validation import sql_params
 
 __all__ = ["CliError", "Reading", "open_reading"]
 
@@ -33,20 +35,15 @@ class Reading:
         self.served = served
         self.offline = offline
 
-    def sql(self, query: str, params: Sequence[Any] | None = None) -> tuple[list[str], list[tuple]]:
-        """Column names and rows of one read-only SELECT."""
+    def sql(self, query: str, params: Sequence[Any] | None = None) -> tuple[list[str], list[list[Any]]]:
+        """Column names and rows (JSON decoded) of one read-only SELECT."""
         if self.served is not None:
-            rows = self.served.sql(query, params)
-            names = list(rows[0]) if rows else self._names(query, params)
-            return names, [tuple(r.values()) for r in rows]
-        assert self.offline is not None
-        return select(self.offline, query, params)
-
-    def _names(self, query: str, params: Sequence[Any] | None) -> list[str]:
-        """The column names of a query that returned no rows (``sql()`` rows are dicts)."""
-        assert self.served is not None
-        probe = self.served.sql(f"SELECT * FROM ({query}) AS q LIMIT 0", params)  # (no rows: names only)
-        return list(probe[0]) if probe else []
+            self.served._check_open()
+            names, rows, json_columns = self.served._proc().call("sql", query, sql_params(params))
+        else:
+            assert self.offline is not None
+            names, rows, json_columns = select(self.offline, query, params)
+        return names, decode_json(rows, json_columns)
 
     def need_served(self, command: str, why: str = "changes the scheduler's state") -> Connected:
         """The served scheduler, or a ``CliError`` naming ``taskmill serve``."""

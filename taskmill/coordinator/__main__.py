@@ -168,7 +168,9 @@ def main() -> int:
         # Everything this process creates from here on (the store, its WAL, the state file, the
         # socket) is the owner's only. Workers keep the host's umask: the fork server already runs.
         os.umask(0o077)
-        store = Store(store_path)
+        export_dir = os.path.join(launch.runtime_dir, "export")  # export_history's files, moved out by the host
+        os.makedirs(export_dir, exist_ok=True)
+        store = Store(store_path, export_dir=export_dir)
         coord = Coordinator(config, store=store, shm=shm, backend=backend,
                             host_lifeline=sys.stdin.fileno() if launch.embedded else None, host_pidfd=host_pidfd)
         try:

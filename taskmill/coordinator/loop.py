@@ -544,13 +544,14 @@ class Coordinator:
         elif r.kind is Kind.CHANGE:
             self.replies.acks.append((conn, protocol.Reply(r.fn(self.control, *args))))
         elif r.kind is Kind.READ:
-            fn, aging = r.fn, self.lc.aging
+            fn, aging, export_dir = r.fn, self.lc.aging, self.store.export_dir
             if aging is None:
-                self.replies.queries.append((conn, lambda cur: fn(Queries(cur), *args), QUERY_TIME_LIMIT))
+                self.replies.queries.append((conn, lambda cur: fn(Queries(cur, export_dir), *args),
+                                             QUERY_TIME_LIMIT))
             else:  # records read from the store learn their aged priority from memory
                 wall, paused = self.clock(), self.lc.paused_times()
                 self.replies.queries.append((conn, lambda cur: snapshots.with_effective_priority(
-                    fn(Queries(cur), *args), aging, wall, paused), QUERY_TIME_LIMIT))
+                    fn(Queries(cur, export_dir), *args), aging, wall, paused), QUERY_TIME_LIMIT))
         else:
             self.replies.deferred.append((conn, lambda: r.fn(self.control, *args)))
 

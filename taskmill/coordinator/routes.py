@@ -22,6 +22,7 @@ import enum
 import json
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Callable
 
 from taskmill.coordinator.control import Control
@@ -60,6 +61,12 @@ def _task_lookup(q: Queries, task_type: str, key: str) -> Any:
 
 def _sql(q: Queries, query: str, params: Any) -> Any:
     return select(q.con, query, params)
+
+
+def _export_history(q: Queries, since: Any) -> Any:
+    if since is not None and type(since) is not datetime:
+        raise TypeError("export_history takes since as a datetime or None")
+    return q.export_history(since)
 
 
 def _str(v: Any, what: str) -> str:
@@ -258,6 +265,7 @@ ROUTES: dict[str, Route] = {
     "task_lookup": Route(Kind.READ, _task_lookup, 2, 2),
     "lookup_key": _read("task_lookup_by_dedup_key", 1),
     "sql": Route(Kind.READ, _sql, 2, 2),
+    "export_history": Route(Kind.READ, _export_history, 1, 1),
     # tags (domain first: None = every domain)
     "task_ids_by_tags": _read("task_ids_by_tags", 2, 3),
     "count_by_tag": _read("count_by_tag", 2, 3),

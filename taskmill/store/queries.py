@@ -9,7 +9,9 @@ methods return records, never cursors. Imports leaves only.
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import uuid
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
@@ -36,6 +38,7 @@ __all__ = [
     "TASK_COLUMNS",
     "TASK_INSERT_COLUMNS",
     "Queries",
+    "copy_history",
     "select",
 ]
 
@@ -93,8 +96,18 @@ class Queries:
     first, which is ``seq`` descending (the order rows were written).
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, export_dir: str | None = None) -> None:
         self.con = con
+        #: The one directory COPY may write to on this database (``export_history``), or None.
+        self.export_dir = export_dir
+
+    def export_history(self, since: datetime | None) -> tuple[str, int]:
+        """History (rows completed at or after ``since``) as a new Parquet file in the export
+        directory: its path and row count. The caller moves it where it belongs."""
+        if self.export_dir is None:
+            raise StoreError("this store has no export directory")
+        path = os.path.join(self.export_dir, f"history-{uuid.uuid4().hex}.parquet")
+        return path, copy_history(self.con, path, since)
 
     # ------------------------------------------------------------------ record mapping
 
@@ -445,8 +458,9 @@ def _tag_text(v: Any, what: str) -> str:
 
 
 def select(cur: duckdb.DuckDBPyConnection, query: str, params: Sequence[Any] | dict[str, Any] | None = None, *,
-           max_rows: int = SQL_MAX_ROWS, max_bytes: int = SQL_MAX_BYTES) -> tuple[list[str], list[tuple]]:
-    """Run one SELECT statement on ``cur`` inside a read-only transaction; ``(column names, rows)``.
+           max_rows: int = SQL_MAX_ROWS, max_bytes: int = SQL_MAX_BYTES) -> tuple[list[str], list[tuple], list[int]]:
+    """Run one SELECT statement on ``cur`` inside a read-only transaction: ``(column names, rows,
+    the indexes of the JSON columns)`` (their values stay JSON text: the caller decodes them).
 
     Read-only is the engine's rule, not a parse of the text: the statement runs in
     ``BEGIN TRANSACTION READ ONLY``, so even a ``DELETE … RETURNING`` inside a CTE is
@@ -475,6 +489,7 @@ def select(cur: duckdb.DuckDBPyConnection, query: str, params: Sequence[Any] | d
         try:
             cur.execute(query, params if params is not None else None)
             names = [d[0] for d in cur.description or []]
+            json_columns = [i for i, d in enumerate(cur.description or []) if str(d[1]) == "JSON"]
             rows: list[tuple] = []
             size = 0
             while True:
@@ -497,7 +512,24 @@ def select(cur: duckdb.DuckDBPyConnection, query: str, params: Sequence[Any] | d
         raise
     except duckdb.Error as e:
         raise StoreError(f"query failed: {e}") from e
-    return names, rows
+    return names, rows, json_columns
+
+
+def copy_history(con: duckdb.DuckDBPyConnection, path: str, since: datetime | None) -> int:
+    """Write ``task_history`` (oldest first; from ``since``, a UTC time, on) to ``path`` as Parquet
+    with DuckDB's ``COPY``; the number of rows written."""
+    where = ""
+    if since is not None:
+        if since.tzinfo is not None:
+            since = since.astimezone(timezone.utc).replace(tzinfo=None)
+        where = f"WHERE completed_at >= TIMESTAMP '{since.isoformat(sep=' ')}'"  # (a datetime's own text)
+    target = path.replace("'", "''")
+    try:
+        row = con.execute(f"COPY (SELECT * FROM task_history {where} ORDER BY seq) TO '{target}' "
+                          "(FORMAT parquet)").fetchone()
+    except duckdb.Error as e:
+        raise StoreError(f"the history cannot be exported to {path}: {e}") from e
+    return int(row[0]) if row else 0
 
 
 def _limit(v: Any) -> int:

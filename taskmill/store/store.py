@@ -126,8 +126,9 @@ class Store(Queries):
         StoreLocked: another process holds the file.
     """
 
-    def __init__(self, path: str) -> None:  # noqa: D107 - Queries gets its connection below
+    def __init__(self, path: str, export_dir: str | None = None) -> None:  # noqa: D107 - see the class
         self.path = path
+        self.export_dir = export_dir
         _check_duckdb_file(path)
         config: dict[str, str | bool | int | float | list[str]] = {
             "threads": DUCKDB_THREADS,
@@ -135,15 +136,16 @@ class Store(Queries):
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": True,
             "TimeZone": "UTC",
-            # User SQL runs on this database: no file or network access beyond the store itself
-            # (read_text('/etc/shadow'), glob, COPY … TO), and no setting can be changed later.
-            "enable_external_access": False,
-            "lock_configuration": True,
         }
         try:
             self.con = duckdb.connect(path, config=config)
         except duckdb.Error as e:
             raise _map_open_error(path, e) from e
+        try:
+            self._lock_down(export_dir)
+        except BaseException:
+            self.con.close()
+            raise
         try:
             self._migrate()
         except BaseException:
@@ -156,6 +158,16 @@ class Store(Queries):
         #: (~10 ms a batch even on an empty table). Set before a commit that may add edges, cleared
         #: only after a commit that left none.
         self._edges = bool(self._scalar("SELECT count(*) FROM task_deps"))
+
+    def _lock_down(self, export_dir: str | None) -> None:
+        """User SQL runs on this database: no file or network access beyond the store itself
+        (read_text('/etc/shadow'), glob, COPY … TO) and the export directory, and no setting
+        can be changed later. (The allowed directory can only be set while access is open.)"""
+        if export_dir is not None:
+            quoted = os.path.join(export_dir, "").replace("'", "''")
+            self.con.execute(f"SET allowed_directories = ['{quoted}']")
+        self.con.execute("SET enable_external_access = false")
+        self.con.execute("SET lock_configuration = true")
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -426,7 +438,8 @@ class Store(Queries):
         """A new connection to the same database, for use by one other thread (a reader)."""
         return self.con.cursor()
 
-    def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+    def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None
+            ) -> tuple[list[str], list[tuple], list[int]]:
         """Run one SELECT on a fresh cursor; see :func:`select`."""
         cur = self.con.cursor()
         try:

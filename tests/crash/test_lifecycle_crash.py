@@ -12,7 +12,6 @@ children, no delayed task before its time.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
@@ -140,7 +139,6 @@ def test_sigkill_during_a_lifecycle_workload_ends_every_task_as_without_it(
         assert s2.sql("SELECT count(*) AS n FROM task_deps") == [{"n": 0}]
     by_id: dict[int, list[dict]] = {}
     for r in rows:
-        r["result"] = json.loads(r["result"]) if r["result"] is not None else None
         by_id.setdefault(r["id"], []).append(r)
     assert all(r["status"] == "completed" for r in rows), [r for r in rows if r["status"] != "completed"]
     evs = events(log)

@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 import taskmill as tm
@@ -94,6 +95,10 @@ def test_the_commands_read_and_steer_a_served_scheduler(served: Served, tmp_path
         for i in held:
             assert c.wait(i, timeout=DEADLINE).result == "released"
         before = c.sql("SELECT count(*) AS n FROM task_history")[0]["n"]
+        exported = js(served, "export", str(elsewhere / "h.parquet"), "--since", "1h", cwd=elsewhere)
+        assert exported["rows"] == before
+        assert pd.read_parquet(exported["path"])["id"].tolist() == \
+            [r["id"] for r in c.sql("SELECT id FROM task_history ORDER BY seq")]
         assert js(served, "prune", "--keep", "2", cwd=elsewhere) == {"pruned": before - 2}
         assert c.sql("SELECT count(*) AS n FROM task_history")[0]["n"] == 2
 
@@ -113,6 +118,8 @@ def test_a_store_nobody_serves_is_read_and_changes_are_refused(served: Served,
     assert [r["id"] for r in js(served, "history", cwd=elsewhere)] == ids[::-1]
     assert js(served, "sql", "SELECT sum(CAST(result AS INTEGER)) AS s FROM task_history", cwd=elsewhere) == [{"s": 20}]
     assert "(no coordinator serves it" in ok(served, "status", cwd=elsewhere)
+    assert js(served, "export", "h.parquet", cwd=elsewhere)["rows"] == 5  # the offline store, read-only
+    assert sorted(pd.read_parquet(elsewhere / "h.parquet")["id"]) == ids
     for args in (["cancel", "1"], ["pause"], ["resume", "--domain", "media"], ["dead-letter", "retry", "1"],
                  ["prune", "--keep", "1"]):
         done = taskmill_cli(*args, "--store", served.store, cwd=elsewhere)
@@ -130,6 +137,8 @@ MISTAKES = [
     (["pause", "--domain", "nope"], 1, "nope"),
     (["prune"], 2, "one of the arguments --keep --older-than-days is required"),
     (["nonsense"], 2, "invalid choice"),
+    (["export", "h.csv"], 1, "must end in .parquet"),
+    (["export", "nowhere/h.parquet"], 1, "does not exist"),
 ]
 
 

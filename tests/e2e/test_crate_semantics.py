@@ -145,7 +145,7 @@ def test_parent_option_child_inherits_remaining_ttl_tags_and_effective_priority(
         # the same in the store (SQL), written with the insert
         rows = {r["id"]: r for r in s.sql("SELECT id, priority, tags FROM tasks WHERE parent_id = ?", [parent.id])}
         assert rows[plain.id]["priority"] == recs["plain"].priority
-        assert json.loads(rows[plain.id]["tags"]) == {"team": "a", "shared": "child"}
+        assert rows[plain.id]["tags"] == {"team": "a", "shared": "child"}
         Path(flag).touch()
         assert s.wait(parent.id, timeout=DEADLINE).status == tm.HistoryStatus.COMPLETED
         hist = {o.id: s.wait(o.id, timeout=DEADLINE) for o in (plain, urgent, longer, shorter)}

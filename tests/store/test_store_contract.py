@@ -798,7 +798,7 @@ def test_pruning_leaves_active_tasks_alone(store: Store) -> None:
 
 def test_sql_returns_column_names_and_rows(store: Store) -> None:
     _history_fixture(store)
-    names, rows = store.sql(
+    names, rows, _json = store.sql(
         "SELECT status, count(*) AS n FROM task_history GROUP BY status ORDER BY status")
     assert names == ["status", "n"]
     assert rows == [("cancelled", 1), ("completed", 3), ("dead_letter", 2), ("failed", 1)]
@@ -806,13 +806,13 @@ def test_sql_returns_column_names_and_rows(store: Store) -> None:
 
 def test_sql_takes_parameters_and_reaches_inside_json(store: Store) -> None:
     store.apply(WriteBatch(inserts=[task_row(1, payload={"path": "/x.jpg"}), task_row(2, payload={"path": "/y"})]))
-    names, rows = store.sql("SELECT id, payload->>'path' AS path FROM tasks WHERE id = ?", [2])
+    names, rows, _json = store.sql("SELECT id, payload->>'path' AS path FROM tasks WHERE id = ?", [2])
     assert names == ["id", "path"]
     assert rows == [(2, "/y")]
 
 
 def test_sql_accepts_with_queries_and_a_trailing_semicolon(store: Store) -> None:
-    assert store.sql("WITH x AS (SELECT 41 AS v) SELECT v + 1 AS answer FROM x;") == (["answer"], [(42,)])
+    assert store.sql("WITH x AS (SELECT 41 AS v) SELECT v + 1 AS answer FROM x;") == (["answer"], [(42,)], [])
 
 
 def test_sql_refuses_explain_because_explain_analyze_executes_its_statement(store: Store) -> None:
@@ -860,7 +860,7 @@ def test_sql_raises_store_error_for_a_failing_query(store: Store, query: str) ->
     assert isinstance(info.value.__cause__, duckdb.Error)
     assert snapshot(store) == before
     # the store keeps working afterwards
-    assert store.sql("SELECT count(*) FROM task_history") == (["count_star()"], [(7,)])
+    assert store.sql("SELECT count(*) FROM task_history") == (["count_star()"], [(7,)], [])
     store.apply(WriteBatch(inserts=[task_row(50)]))
     assert store.task_by_id(50) is not None
 
