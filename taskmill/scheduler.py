@@ -9,20 +9,16 @@ client channel — never the coordinator or the store.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import pickle
-import shutil
 import sys
-import time
 import weakref
-from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import cloudpickle
 
-from taskmill import events, protocol
+from taskmill import events
 from taskmill.admission import (
     AgingConfig,
     Capacity,
@@ -54,7 +50,7 @@ from taskmill.config import (
 )
 from taskmill.controls import AdmissionControls
 from taskmill.domain import Defaults, Domain, Submission, check_timeout
-from taskmill.errors import ConfigError, UnknownDomain, WaitTimeout
+from taskmill.errors import ConfigError, UnknownDomain
 from taskmill.handles import DomainHandle
 from taskmill.metrics import MetricsSnapshot
 from taskmill.monitor import ResourceMonitor, monitoring_settings
@@ -66,12 +62,11 @@ from taskmill.records import (
     RetryPolicy,
     SchedulerSnapshot,
     Shutdown,
-    TaskHistoryRecord,
     TaskLookup,
     TaskProgress,
     TaskRecord,
 )
-from taskmill.results import SQL_FORMATS, sql_result
+from taskmill.retrieval import Retrieval
 from taskmill.session import Session
 from taskmill.stream import EventStream
 from taskmill.taskstore import TaskStore
@@ -82,17 +77,13 @@ from taskmill.validation import (
     as_int,
     as_seconds,
     as_str,
-    as_wait_timeout,
     describe,
-    sql_params,
 )
 
 __all__ = ["DEFAULT_STORE", "DomainHandle", "Scheduler", "TaskStore"]
 
 #: The embedded default store: a DuckDB file in the current directory.
 DEFAULT_STORE = "taskmill.duckdb"
-#: Seconds between progress-bar refreshes in ``wait_idle(progress=True)``.
-PROGRESS_REFRESH = 0.2
 
 log = logging.getLogger("taskmill")
 
@@ -103,7 +94,7 @@ def _stop(monitor: ResourceMonitor | None, proc: Channel) -> None:
     proc.stop()
 
 
-class Scheduler(AdmissionControls):
+class Scheduler(Retrieval, AdmissionControls):
     """A persistent scheduler: starts a coordinator process that owns the store.
 
     Args:
@@ -543,138 +534,3 @@ class Scheduler(AdmissionControls):
     def lookup_typed(self, submission: Submission) -> TaskLookup:
         """See ``TaskStore.lookup_typed``."""
         return self.store.lookup_typed(submission)
-
-    def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None, *,
-            format: str = "rows") -> Any:  # noqa: A002 - the API's name
-        """Run one read-only SQL statement on the store.
-
-        Tables: ``tasks`` (active) and ``task_history`` (finished); payloads,
-        tags and results are JSON columns, decoded to Python values here.
-
-        Args:
-            query: One SELECT statement.
-            params: None, a list/tuple for positional (``?``) or a dict for named
-                (``$name``) parameters; values are str, int, float, bool, None,
-                bytes, datetime/date/time/timedelta, Decimal, UUID, or lists and
-                dicts of them (subclasses are converted to the plain type).
-            format: ``"rows"`` (a list of dicts by column name), ``"pandas"`` (a
-                DataFrame; extra ``taskmill[pandas]``) or ``"arrow"`` (a pyarrow
-                Table; extra ``taskmill[arrow]``).
-
-        Raises:
-            QueryRefused: a write, or more than one statement.
-            StoreError: malformed SQL or a failing query.
-            TypeError: ``query`` is not a str, or a parameter of another type (named by index or key).
-            ValueError: an unknown ``format``; ImportError: its extra is not installed.
-        """
-        self._check_open()
-        query, params = as_str(query, "query"), sql_params(params)
-        if format not in SQL_FORMATS:
-            raise ValueError(f"format must be one of {list(SQL_FORMATS)}, got {format!r}")
-        names, rows, json_columns = self._proc().call("sql", query, params)
-        return sql_result(names, rows, json_columns, format)
-
-    def export_history(self, path: str | os.PathLike[str], *, since: datetime | None = None) -> int:
-        """Write the task history (oldest first) to a Parquet file; the number of rows written.
-
-        The coordinator runs DuckDB's ``COPY … TO`` into its private directory and the file
-        is moved to ``path`` (mode 0600, as the store: payloads and results are in it); it
-        reads back with pandas, pyarrow or DuckDB, JSON columns as text.
-
-        Args:
-            path: The file to write (replaced if it exists); its directory must exist.
-            since: Only rows completed at or after this time (timezone-aware).
-
-        Raises:
-            ValueError: ``since`` is naive, or ``path``'s directory does not exist.
-            StoreError: the export failed.
-        """
-        self._check_open()
-        target = os.path.abspath(os.fspath(path))
-        if not os.path.isdir(os.path.dirname(target)):
-            raise ValueError(f"export_history: the directory of {target} does not exist")
-        if since is not None:
-            if not isinstance(since, datetime):
-                raise TypeError(f"since must be a datetime or None, got {type(since).__name__}")
-            if since.tzinfo is None:
-                raise ValueError("since must be a timezone-aware datetime, got a naive one")
-        made, rows = self._proc().call("export_history", since)
-        try:
-            shutil.move(made, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(made)
-            raise
-        return int(rows)
-
-    # ------------------------------------------------------------------ waiting
-
-    def wait(self, task_id: int, timeout: float | None = None) -> TaskHistoryRecord:
-        """Block until a task is finished; returns its history record.
-
-        Raises:
-            WaitTimeout: not finished within ``timeout`` seconds.
-            TaskNotFound: no task with that id, active or finished.
-            TypeError, ValueError: a bad ``task_id`` or ``timeout`` (None or finite seconds >= 0).
-        """
-        self._check_open()
-        task_id, timeout = as_int(task_id, "task_id"), as_wait_timeout(timeout)
-        return self._proc().request(protocol.Wait(task_id, timeout))
-
-    def wait_idle(self, timeout: float | None = None, progress: bool = False) -> None:
-        """Block until no task is active. With ``progress=True``, draw a progress bar.
-
-        Raises:
-            WaitTimeout: still busy after ``timeout`` seconds.
-            TypeError, ValueError: a bad ``timeout`` (None or finite seconds >= 0) or ``progress``.
-        """
-        self._check_open()
-        timeout = as_wait_timeout(timeout)
-        if not isinstance(progress, bool):
-            raise TypeError(f"progress must be a bool, got {describe(progress)}")
-        if not progress:
-            self._proc().request(protocol.WaitIdle(timeout))
-            return
-        self._wait_idle_with_bar(timeout)
-
-    def _wait_idle_with_bar(self, timeout: float | None) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        from taskmill.shm import SegmentReader
-
-        deadline = None if timeout is None else time.monotonic() + timeout
-        reader = SegmentReader(self.shm_name)  # mapped once for the whole bar
-        try:
-            first = self.snapshot()
-            start_done = _finished_count(reader)
-            total = first.pending_count + first.running_count
-            with Progress(TextColumn("[bold]tasks"), BarColumn(), MofNCompleteColumn(),
-                          TextColumn("{task.description}"), TimeElapsedColumn(), transient=False) as bar:
-                tid = bar.add_task("", total=max(total, 1))
-                while True:
-                    step = PROGRESS_REFRESH
-                    if deadline is not None:
-                        step = min(step, max(deadline - time.monotonic(), 0.0))
-                    try:
-                        self._proc().request(protocol.WaitIdle(step))
-                        done = True
-                    except WaitTimeout:
-                        done = False
-                    snap = self.snapshot()
-                    finished = _finished_count(reader) - start_done
-                    total = max(total, finished + snap.pending_count + snap.running_count)
-                    bar.update(tid, total=max(total, 1), completed=finished,
-                               description=f"running {snap.running_count}, pending {snap.pending_count}")
-                    if done:
-                        bar.update(tid, completed=max(total, 1), total=max(total, 1), description="done")
-                        return
-                    if deadline is not None and time.monotonic() >= deadline:
-                        raise WaitTimeout("the scheduler did not become idle in time")
-        finally:
-            reader.close()
-
-
-def _finished_count(reader: Any) -> int:
-    """Tasks that reached a terminal state, from the shared-memory counters."""
-    c = reader.counters()
-    return c["completed"] + c["failed"] + c["dead_lettered"] + c["cancelled"] + c["superseded"]

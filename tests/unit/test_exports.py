@@ -141,7 +141,7 @@ FORBIDDEN_FOR_HOST = ("taskmill.coordinator", "taskmill.store", "taskmill.worker
 
 @pytest.mark.parametrize("mod", ["taskmill.scheduler", "taskmill.client", "taskmill.channel", "taskmill.domain",
                                  "taskmill.handles", "taskmill.session", "taskmill.controls", "taskmill.monitor",
-                                 "taskmill.admission", "taskmill.connect", "taskmill.serve"])
+                                 "taskmill.admission", "taskmill.connect", "taskmill.serve", "taskmill.retrieval"])
 def test_the_host_api_never_imports_the_coordinator_store_or_workers(mod: str) -> None:
     bad = {n for n in MODULES[mod] if n.startswith(FORBIDDEN_FOR_HOST)}
     assert not bad, f"{mod} imports {sorted(bad)}"
