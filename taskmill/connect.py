@@ -172,6 +172,7 @@ class Connected(Scheduler):
         self._handles: dict[str, DomainHandle] = {}
         self._defaults = about["defaults"]
         self._monitor = None
+        self._exporter = None  # (the serving process exports the metrics)
         self._progress_interval = session.progress_interval
         self.store_path = store
         self.store = TaskStore(session)

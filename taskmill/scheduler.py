@@ -9,6 +9,7 @@ client channel — never the coordinator or the store.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
@@ -55,6 +56,7 @@ from taskmill.handles import DomainHandle
 from taskmill.metrics import MetricsSnapshot
 from taskmill.monitor import ResourceMonitor, monitoring_settings
 from taskmill.outcomes import SubmitOutcome, outcomes_from_wire
+from taskmill.prometheus import Exporter, metrics_settings, read_metrics
 from taskmill.records import (
     MaxAgeDays,
     MaxCount,
@@ -88,7 +90,9 @@ DEFAULT_STORE = "taskmill.duckdb"
 log = logging.getLogger("taskmill")
 
 
-def _stop(monitor: ResourceMonitor | None, proc: Channel) -> None:
+def _stop(monitor: ResourceMonitor | None, proc: Channel, exporter: Exporter | None = None) -> None:
+    if exporter is not None:
+        exporter.close()  # (first: a scrape reads the segment the coordinator removes)
     if monitor is not None:
         monitor.stop()
     proc.stop()
@@ -155,6 +159,11 @@ class Scheduler(Retrieval, AdmissionControls):
         event_buffer: Events kept for each subscriber (``subscribe()`` …) that has
             not read them yet; beyond that the oldest are dropped and counted in
             ``EventStream.missed``. A subscriber never slows the scheduler down.
+        metrics_port: Serve ``metrics_snapshot()`` to Prometheus on this port of
+            127.0.0.1 while the scheduler runs (0: any free one, see ``metrics_port``
+            after start; extra ``taskmill[prometheus]``). None: no exporter.
+        metrics_prefix, metrics_labels: The exported names' prefix (``"taskmill"``)
+            and constant labels on every series ({} by default).
 
     Every argument is checked here, on the host: a bad one is a ``TypeError`` or
     ``ValueError`` naming it (``ConfigError`` for two domains of one name).
@@ -209,6 +218,9 @@ class Scheduler(Retrieval, AdmissionControls):
         preemption: str = PREEMPTION,
         progress_interval: float | None = None,
         event_buffer: int = EVENT_BUFFER,
+        metrics_port: int | None = None,
+        metrics_prefix: str = "taskmill",
+        metrics_labels: dict[str, str] | None = None,
     ) -> None:
         path = os.fspath(store_path) if isinstance(store_path, os.PathLike) else store_path
         if not isinstance(path, str):
@@ -286,6 +298,8 @@ class Scheduler(Retrieval, AdmissionControls):
                                 self._progress_interval)
         self._handles: dict[str, DomainHandle] = {}
         self.store = TaskStore(self._session)
+        self._metrics = metrics_settings(metrics_prefix, metrics_labels, metrics_port)
+        self._exporter: Exporter | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -342,9 +356,16 @@ class Scheduler(Retrieval, AdmissionControls):
                         log_level=self._log_level, log_format=self._log_format)
         self._session.process = proc = CoordinatorProcess(config, launch)
         self._monitor = self._monitoring.monitor(proc.call, proc.pid)
+        try:
+            self._exporter = None if self._metrics.port is None else \
+                Exporter(functools.partial(read_metrics, proc.info["shm"]), self._metrics)
+        except BaseException:
+            _stop(self._monitor, proc)
+            self._session.process = None
+            raise
         # A scheduler that is never closed still stops its processes: when it is collected, or at
         # interpreter exit (before module teardown, unlike __del__).
-        self._finalizer = weakref.finalize(self, _stop, self._monitor, proc)
+        self._finalizer = weakref.finalize(self, _stop, self._monitor, proc, self._exporter)
         self._session.registered = frozenset(tasks)
         return self
 
@@ -450,13 +471,12 @@ class Scheduler(Retrieval, AdmissionControls):
     def metrics_snapshot(self) -> MetricsSnapshot:
         """Counters and gauges from the shared-memory segment (no round trip to the coordinator):
         submissions, outcomes, gate denials by reason, the sampler's figures, capacity in use."""
-        from taskmill.shm import SegmentReader
+        return read_metrics(self.shm_name)
 
-        reader = SegmentReader(self.shm_name)
-        try:
-            return MetricsSnapshot.from_counters(reader.counters())
-        finally:
-            reader.close()
+    @property
+    def metrics_port(self) -> int | None:
+        """The port the Prometheus exporter listens on (127.0.0.1), None without one."""
+        return None if self._exporter is None else self._exporter.port
 
     def retry_dead_letter(self, task_id: int) -> SubmitOutcome:
         """Resubmit a dead-letter task (any domain) with a fresh retry budget."""

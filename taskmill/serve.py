@@ -99,7 +99,8 @@ def serve(sched: Scheduler, *, log_format: str = "console") -> int:
         assert isinstance(proc, CoordinatorProcess)
         log.info("serving", store=sched.store_path, coordinator_pid=proc.pid,
                  domains=sorted(sched._domains), max_concurrency=sched.max_concurrency,
-                 shutdown=sched.shutdown_mode.mode, connect=f"taskmill.connect({sched.store_path!r})")
+                 shutdown=sched.shutdown_mode.mode, connect=f"taskmill.connect({sched.store_path!r})",
+                 metrics=None if sched.metrics_port is None else f"http://127.0.0.1:{sched.metrics_port}/metrics")
         while not stop.wait(WATCH_INTERVAL):
             if not proc.alive():
                 log.error("the coordinator exited", exit_code=proc.exit_code())

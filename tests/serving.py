@@ -53,8 +53,10 @@ not_a_scheduler = 42
 class Served:
     """A ``taskmill serve`` process in the background, on ``jobs.duckdb`` in its directory."""
 
-    def __init__(self, directory: Path, module: str, no_leaks: Any, factory: str = "make") -> None:
+    def __init__(self, directory: Path, module: str, no_leaks: Any, factory: str = "make",
+                 extra: list[str] | None = None) -> None:
         self.dir, self.module, self.no_leaks, self.factory = directory, module, no_leaks, factory
+        self.extra = extra or []
         self.store = str(directory / "jobs.duckdb")
         self.log_path = directory / f"serve-{uuid.uuid4().hex[:6]}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -63,7 +65,8 @@ class Served:
     def start(self) -> Served:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "taskmill", "serve", f"{self.module}:{self.factory}", "--log-format", "json"],
+                [sys.executable, "-m", "taskmill", "serve", f"{self.module}:{self.factory}", "--log-format", "json",
+                 *self.extra],
                 cwd=self.dir, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
         state = poll_until(self._state, what="the served coordinator's state file")
         self.coordinator_pid = int(state["pid"])

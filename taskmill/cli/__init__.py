@@ -61,6 +61,9 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--store", default=None, metavar="PATH", help="serve this store instead of the scheduler's own")
     serve.add_argument("--log-format", choices=("console", "json"), default="console",
                        help="log lines on stderr: readable (default) or one JSON object a line")
+    serve.add_argument("--metrics-port", type=int, metavar="PORT",
+                       help="serve Prometheus metrics on this port of 127.0.0.1 (0: any free one; needs the "
+                            "prometheus extra)")
 
     status = sub.add_parser("status", help="one screen: running, waiting by domain/group, paused, pressure, "
                                            "capacity, last failures")
@@ -144,6 +147,14 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     if args.store is not None:
         sched.store_path = os.path.abspath(args.store)
+    if args.metrics_port is not None:
+        from taskmill.prometheus import metrics_settings
+
+        try:
+            sched._metrics = metrics_settings(sched._metrics.prefix, dict(sched._metrics.labels), args.metrics_port)
+        except (ImportError, ValueError) as e:
+            print(f"taskmill serve: {e}", file=sys.stderr)
+            return 2
     try:
         return serve(sched, log_format=args.log_format)
     except TaskmillError as e:
