@@ -179,9 +179,17 @@ class Channel:
         if self.closed:
             return SchedulerClosed("the scheduler is closed")
         code = self.exit_code()
+        if code is None and isinstance(cause, (EOFError, ConnectionError)):
+            # the connection closed as the coordinator died: give its exit a moment to show
+            deadline = time.monotonic() + 0.5
+            while code is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+                code = self.exit_code()
         state = (what or "is not answering") if code is None else \
             "has exited" if code == -1 else f"exited with code {code}"
-        return SchedulerBroken(f"the coordinator (pid {self.pid}) {state}: {cause}")
+        text = str(cause) if str(cause) else "it closed the connection" if isinstance(cause, EOFError) \
+            else type(cause).__name__
+        return SchedulerBroken(f"the coordinator (pid {self.pid}) {state}: {text}")
 
     def close_connections(self) -> None:
         """Close every connection this channel opened (streams included)."""

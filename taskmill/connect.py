@@ -204,6 +204,9 @@ class Connected(Scheduler):
     def __enter__(self) -> Connected:
         return self.start()
 
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close()  # (whatever happened here, the served job goes on)
+
     def try_domain(self, domain: Domain | str) -> DomainHandle | None:
         """The handle of the served scheduler's domain of that name (a ``Domain`` is matched by
         its name: the serving process has its own objects), None if it has none."""

@@ -126,19 +126,30 @@ class Retrieval(SessionCalls):
         self._wait_idle_with_bar(timeout)
 
     def _wait_idle_with_bar(self, timeout: float | None) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        """The bar counts every task this coordinator ended and every one still active, so its
+        total grows with tasks submitted meanwhile; it shows the rate, the ETA and the failures.
+        Its figures come from the shared-memory counters (no call to the coordinator)."""
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         from taskmill.shm import SegmentReader
 
         deadline = None if timeout is None else time.monotonic() + timeout
         reader = SegmentReader(self._session.proc().info["shm"])  # mapped once for the whole bar
+        t0 = time.monotonic()
         try:
-            first = self._session.call("snapshot")
-            start_done = _finished_count(reader)
-            total = first.pending_count + first.running_count
+            c = reader.counters()
+            first = _ended(c)
             with Progress(TextColumn("[bold]tasks"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(),
                           TextColumn("{task.description}"), TimeElapsedColumn(), transient=False) as bar:
-                tid = bar.add_task("", total=max(total, 1))
+                tid = bar.add_task("", total=max(first + _active(c), 1), completed=first, rate="")
                 while True:
                     step = PROGRESS_REFRESH
                     if deadline is not None:
@@ -148,13 +159,19 @@ class Retrieval(SessionCalls):
                         done = True
                     except WaitTimeout:
                         done = False
-                    snap = self._session.call("snapshot")
-                    finished = _finished_count(reader) - start_done
-                    total = max(total, finished + snap.pending_count + snap.running_count)
-                    bar.update(tid, total=max(total, 1), completed=finished,
-                               description=f"running {snap.running_count}, pending {snap.pending_count}")
+                    c = reader.counters()
+                    settle = time.monotonic() + 1.0
+                    while done and _active(c) and time.monotonic() < settle:  # the counters follow the
+                        time.sleep(0.01)                                      # idle answer closely
+                        c = reader.counters()
+                    ended, active = _ended(c), (0 if done else _active(c))
+                    failed = c["failed"] + c["dead_lettered"]
+                    per_s = (ended - first) / max(time.monotonic() - t0, 1e-6)
+                    bar.update(tid, total=max(ended + active, 1), completed=ended, rate=f"{per_s:,.1f}/s",
+                               description=(f"running {c['running']}, pending {c['pending']}"
+                                            + (f", [red]failed {failed}[/]" if failed else "")
+                                            + (", done" if done else "")))
                     if done:
-                        bar.update(tid, completed=max(total, 1), total=max(total, 1), description="done")
                         return
                     if deadline is not None and time.monotonic() >= deadline:
                         raise WaitTimeout("the scheduler did not become idle in time")
@@ -162,8 +179,10 @@ class Retrieval(SessionCalls):
             reader.close()
 
 
+def _ended(c: dict[str, int]) -> int:
+    """Tasks this coordinator ended, every way (``failed`` includes dependency failures)."""
+    return c["completed"] + c["failed"] + c["dead_lettered"] + c["cancelled"] + c["superseded"] + c["expired"]
 
-def _finished_count(reader: Any) -> int:
-    """Tasks that reached a terminal state, from the shared-memory counters."""
-    c = reader.counters()
-    return c["completed"] + c["failed"] + c["dead_lettered"] + c["cancelled"] + c["superseded"]
+
+def _active(c: dict[str, int]) -> int:
+    return c["pending"] + c["running"] + c["paused"] + c["blocked"] + c["waiting"]

@@ -98,6 +98,22 @@ def _stop(monitor: ResourceMonitor | None, proc: Channel, exporter: Exporter | N
     proc.stop()
 
 
+def quiet_interrupt() -> None:
+    """Let the KeyboardInterrupt on its way out end the program without its traceback (the
+    scheduler said what happened); the exit status stays the one of a Ctrl-C."""
+    previous = sys.excepthook
+    if getattr(previous, "taskmill_quiet", False):
+        return
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            return
+        previous(kind, value, tb)
+
+    hook.taskmill_quiet = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
+
+
 class Scheduler(Retrieval, AdmissionControls):
     """A persistent scheduler: starts a coordinator process that owns the store.
 
@@ -379,8 +395,23 @@ class Scheduler(Retrieval, AdmissionControls):
     def __enter__(self) -> Scheduler:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not KeyboardInterrupt or self._session.process is None:
+            self.close()
+            return
+        # Ctrl-C: say what stays and how to go on, instead of a traceback through multiprocessing
+        try:
+            m = self.metrics_snapshot()
+            queued: int | None = m.pending + m.running + m.paused + m.blocked + m.waiting
+        except Exception:  # noqa: BLE001 - the message goes without the count
+            queued = None
         self.close()
+        where = "in memory (lost with it)" if self.store_path == ":memory:" else f"in {self.store_path}"
+        said = ("no task is left" if queued == 0 else
+                f"{'some' if queued is None else queued} task{'' if queued == 1 else 's'} stay queued {where}"
+                + ("" if self.store_path == ":memory:" else "; running this again resumes them"))
+        print(f"\ntaskmill: interrupted; {said}", file=sys.stderr, flush=True)
+        quiet_interrupt()
 
     @property
     def _process(self) -> Channel | None:

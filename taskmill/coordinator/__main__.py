@@ -163,6 +163,7 @@ def main() -> int:
         with open(session_path, "wb") as ses:
             ses.write(launch.session)
         host_pidfd = _open_host_pidfd(launch.host_pid)
+        WorkerPool.start_resource_tracker()  # (before the segment: it registers there)
         shm = SharedState(worker_slots(config.max_concurrency))
         backend = make_backend(config.backend, config, shm, registry_path)  # (forks start here, before DuckDB)
         # Everything this process creates from here on (the store, its WAL, the state file, the

@@ -149,6 +149,21 @@ class WorkerPool:
             pass
 
     @staticmethod
+    def start_resource_tracker() -> None:
+        """Start multiprocessing's resource tracker now, its warnings off: if this process is
+        killed, the tracker removes the segment and semaphores left behind without a warning
+        about each (the next start's recovery is the report that matters)."""
+        saved = os.environ.get("PYTHONWARNINGS")
+        os.environ["PYTHONWARNINGS"] = "ignore"
+        try:
+            resource_tracker.ensure_running()
+        finally:
+            if saved is None:
+                del os.environ["PYTHONWARNINGS"]
+            else:
+                os.environ["PYTHONWARNINGS"] = saved
+
+    @staticmethod
     def stop_resource_tracker() -> None:
         try:
             resource_tracker._resource_tracker._stop()  # type: ignore[attr-defined]

@@ -1,0 +1,115 @@
+"""The feel of a long job run from a script: the bar, Ctrl-C, a coordinator that dies.
+
+Scripts run as real processes; Ctrl-C is a real keypress in a real terminal
+(tmux), as a user would press it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.polling import DEADLINE, poll_until
+
+pytestmark = pytest.mark.timeout(240)
+
+SCRIPT = """
+import os, sys, threading, time
+import taskmill as tm
+
+d = tm.Domain("d")
+
+@d.task(retry=tm.RetryPolicy.none())
+def work(ctx, i: int, pause: float) -> int:
+    time.sleep(pause)
+    if i % 10 == 9:
+        raise ValueError(f"task {{i}} fails")
+    return i
+
+if __name__ == "__main__":
+    pause = float(sys.argv[1])
+    with tm.Scheduler("job.duckdb", [d], max_concurrency=2) as s:
+        print("coordinator", s.coordinator_pid, flush=True)
+        h = s.domain(d)
+        if not s.store.pending_count():
+            out = h.submit_batch([work.call(i=i, pause=pause) for i in range({first})])
+            s.wait(out.outcomes[0].id, timeout=60)  # some end before the bar starts: they count too
+            later = [work.call(i=i, pause=pause) for i in range({first}, {first} + {more})]
+            if later:
+                threading.Timer(0.3, lambda: h.submit_batch(later)).start()  # while the bar runs
+        s.wait_idle(timeout=120, progress=True)
+        print("ended", s.sql("SELECT count(*) AS n FROM task_history")[0]["n"], flush=True)
+"""
+
+
+def script(tmp_path: Path, first: int = 40, more: int = 20) -> Path:
+    path = tmp_path / "job.py"
+    path.write_text(textwrap.dedent(SCRIPT.format(first=first, more=more)))
+    return path
+
+
+def test_the_bar_counts_every_task_of_the_run_with_rate_and_failures(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(script(tmp_path)), "0.05"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=DEADLINE * 2, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    bar = [ln for ln in done.stdout.splitlines() if ln.startswith("tasks")][-1]
+    assert "60/60" in bar, bar  # the 20 submitted while it ran are counted too
+    assert re.search(r"[\d,.]+/s", bar) and "failed 6" in bar and "done" in bar, bar
+    assert "ended 60" in done.stdout
+
+
+def _screen(tmux: list[str]) -> str:
+    return subprocess.run([*tmux, "capture-pane", "-p", "-t", "job"], capture_output=True, text=True,
+                          timeout=DEADLINE).stdout
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (.ci/run installs it)")
+def test_ctrl_c_says_what_stays_queued_and_a_rerun_resumes_it(tmp_path: Path, no_leaks: object) -> None:
+    path = script(tmp_path, first=30, more=0)
+    runner = tmp_path / "run.sh"
+    runner.write_text(f"trap true INT\n{sys.executable} {path} 0.3\necho EXITED $?\nsleep 60\n")
+    tmux = ["tmux", "-L", f"taskmill-test-{uuid.uuid4().hex[:8]}"]
+    subprocess.run([*tmux, "new-session", "-d", "-s", "job", "-x", "200", "-y", "50", f"bash {runner}"],
+                   cwd=tmp_path, check=True, timeout=DEADLINE)
+    try:
+        poll_until(lambda: re.search(r" [2-9]\d*/30 ", _screen(tmux)), what="some tasks done")
+        subprocess.run([*tmux, "send-keys", "-t", "job", "C-c"], check=True, timeout=DEADLINE)
+        screen = poll_until(lambda: (lambda s: s if "EXITED" in s else None)(_screen(tmux)), what="the script's end")
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=DEADLINE)
+    said = re.search(r"taskmill: interrupted; (\d+) tasks stay queued in (\S+); running this again resumes them",
+                     screen.replace("\n", ""))
+    assert said is not None, screen
+    assert said.group(2) == str(tmp_path / "job.duckdb") and 0 < int(said.group(1)) < 30
+    assert "Traceback" not in screen and "EXITED 130" in screen, screen
+    again = subprocess.run([sys.executable, str(path), "0.01"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=DEADLINE * 2)
+    assert again.returncode == 0 and "ended 30" in again.stdout, again.stderr  # every task, once
+
+
+def test_a_dead_coordinator_is_one_clear_error_and_nothing_else_speaks(tmp_path: Path, no_leaks: object) -> None:
+    proc = subprocess.Popen([sys.executable, str(script(tmp_path, first=40, more=0)), "0.5"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        coordinator = int(line.split()[1])
+        os.kill(coordinator, signal.SIGKILL)
+        _out, err = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 1
+    assert f"SchedulerBroken: the coordinator (pid {coordinator}) exited with code -9" in err, err
+    for noise in ("BrokenPipeError", "resource_tracker", "leaked", "Exception ignored"):
+        assert noise not in err, err
