@@ -8,13 +8,15 @@ worker's pipe. Imports only leaves.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, overload
 
 import structlog
 
 from taskmill.records import TaskRecord
 
 if TYPE_CHECKING:
+    from taskmill.domain import P, Submission, TaskOptions, TaskType
+    from taskmill.outcomes import SubmitOutcome
     from taskmill.shm import WorkerSlot
 
 __all__ = ["TaskContext"]
@@ -166,16 +168,31 @@ class TaskContext:
             raise RuntimeError("this context cannot submit tasks (it is not running in a worker)")
         return self._submit(kind, task, payload, domain)
 
-    def spawn_child(self, task: Any, /, **payload: Any) -> Any:
+    @overload
+    def spawn_child(self, task: TaskType[P, Any] | TaskOptions[P, Any], /, *args: P.args,
+                    **payload: P.kwargs) -> SubmitOutcome: ...
+
+    @overload
+    def spawn_child(self, task: Submission, /) -> SubmitOutcome: ...
+
+    def spawn_child(self, task: Any, /, *args: Any, **payload: Any) -> Any:
         """Submit a child of this task (any domain; returns its ``SubmitOutcome`` once durable).
 
         The child inherits this task's tags (its own win), the more urgent of the two
         priorities and what is left of this task's TTL. When this task returns while
         children are active it waits for them; its ``finalize`` step (if any) then runs.
         """
+        _keywords_only(args)
         return self._spawn("child", task, payload)
 
-    def spawn_sibling(self, task: Any, /, **payload: Any) -> Any:
+    @overload
+    def spawn_sibling(self, task: TaskType[P, Any] | TaskOptions[P, Any], /, *args: P.args,
+                      **payload: P.kwargs) -> SubmitOutcome: ...
+
+    @overload
+    def spawn_sibling(self, task: Submission, /) -> SubmitOutcome: ...
+
+    def spawn_sibling(self, task: Any, /, *args: Any, **payload: Any) -> Any:
         """Submit another child of this task's parent.
 
         Raises:
@@ -183,6 +200,7 @@ class TaskContext:
         """
         if self.record.parent_id is None:
             raise ValueError(f"task {self.record.id} has no parent, so it cannot spawn a sibling")
+        _keywords_only(args)
         return self._spawn("sibling", task, payload)
 
     def domain(self, domain: Any) -> _DomainSubmitter:
@@ -212,13 +230,26 @@ class _DomainSubmitter:
         self._ctx = ctx
         self.name = name
 
-    def submit(self, task: Any, /, **payload: Any) -> Any:
+    @overload
+    def submit(self, task: TaskType[P, Any] | TaskOptions[P, Any], /, *args: P.args,
+               **payload: P.kwargs) -> SubmitOutcome: ...
+
+    @overload
+    def submit(self, task: Submission, /) -> SubmitOutcome: ...
+
+    def submit(self, task: Any, /, *args: Any, **payload: Any) -> Any:
         """Submit one task of this domain; returns its ``SubmitOutcome`` once durable."""
+        _keywords_only(args)
         return self._ctx._spawn("plain", task, payload, self.name)
 
     def submit_batch(self, submissions: Any) -> Any:
         """Submit many tasks of this domain in one transaction; returns a ``BatchOutcome``."""
         return self._ctx._spawn("plain_batch", submissions, {}, self.name)
+
+
+def _keywords_only(args: tuple[Any, ...]) -> None:
+    if args:
+        raise TypeError(f"the payload is keyword arguments only (stored as JSON by name), got {len(args)} positional")
 
 
 def _nonneg(n: Any, what: str) -> int:

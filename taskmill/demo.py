@@ -103,14 +103,14 @@ def run_demo(store_path: str = tm.scheduler.DEFAULT_STORE, tasks: int = 300, wor
     subs = []
     for i in range(tasks):
         size = rng.choice((256, 512, 1024, 2048)) * 1024
-        common = dict(workdir=workdir, name=f"{run}-{i}.txt", size=size, seed=i)
+        name = f"{run}-{i}.txt"
         kind = i % 3
         if kind == 0:
-            subs.append(generate.call(**common))
+            subs.append(generate.call(workdir=workdir, name=name, size=size, seed=i))
         elif kind == 1:
-            subs.append(digest.call(**common))
+            subs.append(digest.call(workdir=workdir, name=name, size=size, seed=i))
         else:
-            subs.append(pack.call(**common, level=rng.choice((1, 6, 9))))
+            subs.append(pack.call(workdir=workdir, name=name, size=size, seed=i, level=rng.choice((1, 6, 9))))
     rng.shuffle(subs)
     console.print(f"[bold]taskmill demo[/]: {tasks} tasks (generate / digest / pack) "
                   f"on store [cyan]{os.path.abspath(store_path)}[/], files in {workdir}")

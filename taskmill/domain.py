@@ -10,16 +10,14 @@ only stores and schedules. Imports only leaves (errors, records, protocol, valid
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import json
-import json.encoder
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Concatenate, Generic, Mapping, ParamSpec, TypeVar, overload
 
 from taskmill.config import DEFAULT_PRIORITY
-from taskmill.errors import ConfigError, InvalidPayload
+from taskmill.errors import ConfigError
 from taskmill.options import LIFECYCLE_OPTIONS, check_ttl_from, lifecycle_fields
+from taskmill.payload import dedup_key, encode_payload, read_keywords
 from taskmill.protocol import SubmitItem
 from taskmill.records import DuplicateStrategy, IoBudget, Priority, RetryPolicy
 from taskmill.validation import (
@@ -31,16 +29,16 @@ from taskmill.validation import (
     as_opt_str,
     as_seconds,
     as_str,
-    check_json,
     describe,
-    did_you_mean,
     usable_cpus,
 )
 
+#: The payload keywords of a task function (its parameters after the context) and its result.
+P = ParamSpec("P")
+R = TypeVar("R")
+
 __all__ = ["Domain", "Submission", "TaskOptions", "TaskType", "as_submission", "dedup_key"]
 
-#: Largest accepted payload, as UTF-8 JSON bytes (SPEC F3).
-MAX_PAYLOAD_BYTES = 1024 * 1024
 #: Tag limits (SPEC F5).
 MAX_TAGS = 32
 MAX_TAG_KEY_BYTES = 64
@@ -50,72 +48,6 @@ _NOT_GIVEN: Any = object()
 _OVERRIDES = frozenset(
     {"priority", "key", "label", "tags", "group", "expected_io", "cpus", "memory", "retry", "timeout", "duplicate"}
 ) | LIFECYCLE_OPTIONS
-
-
-_STR = frozenset({str})
-#: The name reserved for the context argument, whatever the function calls its first parameter.
-CONTEXT_KEYWORD = "ctx"
-
-
-def canonical_json(payload: Mapping[str, Any]) -> str:
-    """Encode a payload as canonical JSON (sorted keys, no spaces, no NaN).
-
-    Raises:
-        InvalidPayload: a value JSON cannot carry faithfully, named by its place
-            (``payload['a'][2]['b']: float nan is not allowed …``): a non-JSON type,
-            nan/infinity, a non-str dict key, a circular reference, or nesting
-            deeper than ``MAX_PAYLOAD_DEPTH``.
-    """
-    if type(payload) is not dict:
-        if not isinstance(payload, Mapping):
-            raise InvalidPayload(f"payload must be a dict of keyword arguments, got {describe(payload)}")
-        payload = dict(payload)
-    if not _STR.issuperset(map(type, payload)):
-        check_json(payload)  # json.dumps would turn a non-str key into a string silently
-    return _encode_json(payload)
-
-
-def _json_default(value: Any) -> Any:
-    raise TypeError(f"{describe(value)} is not JSON-serializable")
-
-
-def _make_dumps() -> Callable[[Any], str]:
-    """``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)``, built once.
-
-    ``json.dumps`` with options constructs a new encoder on every call, two thirds of its
-    cost for a small payload; this is the very encoder it would build, made once.
-    """
-    c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
-    if c_make_encoder is None:  # no C accelerator: the pure-Python encoder, same output
-        return json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
-                                default=_json_default).encode
-    # markers=None skips the circular-reference bookkeeping: any payload with a container is walked by
-    # check_json (which finds cycles), and a cycle that reaches the encoder ends in a caught RecursionError.
-    encode = c_make_encoder(None, _json_default, json.encoder.encode_basestring, None, ":", ",", True, False, False)
-    return lambda value: "".join(encode(value, 0))
-
-
-_dumps = _make_dumps()
-
-
-def _encode_json(payload: dict[str, Any]) -> str:
-    """``canonical_json`` for a dict whose top-level keys are known to be str."""
-    try:
-        text = _dumps(payload)
-    except (TypeError, ValueError, RecursionError) as e:
-        check_json(payload)  # names the place (a nan, a Path, a cycle …)
-        raise InvalidPayload(f"payload is not JSON-serializable: {e}") from None
-    # A flat payload (the common case) encodes to text with no "[" and no "{" after the first character,
-    # and the encoder has checked all of it. Otherwise (nested containers, or brackets inside a string)
-    # walk it for what the encoder lets through: non-str keys in nested dicts, nesting depth.
-    if "[" in text or text.find("{", 1) != -1:
-        check_json(payload)
-    return text
-
-
-def dedup_key(task_type: str, key_material: str) -> str:
-    """SHA-256 hex of ``task_type + ":" + key_material`` (an explicit key or the canonical payload)."""
-    return hashlib.sha256(f"{task_type}:{key_material}".encode()).hexdigest()
 
 
 def _check_priority(value: Any, what: str) -> int:
@@ -195,76 +127,6 @@ def _check_task_name(name: Any) -> str:
     return name
 
 
-@dataclass(frozen=True, slots=True)
-class _Keywords:
-    """The payload keywords a task function takes, read once per task type with ``inspect.signature``."""
-
-    allowed: frozenset[str] | None  # None: it takes **kwargs, so any name but the reserved ones
-    required: frozenset[str]
-    reserved: frozenset[str]  # "ctx" and the name of the parameter that receives the context
-
-
-def _read_keywords(fn: Callable[..., Any], qualified: str) -> _Keywords:
-    """Inspect ``fn`` once: it must take the context as its first positional argument.
-
-    Raises:
-        ConfigError: no positional parameter for the context, a required
-            positional-only parameter after it, or a later parameter named ``ctx``.
-    """
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):  # some C callables have no signature: check only the reserved name
-        return _Keywords(allowed=None, required=frozenset(), reserved=frozenset({CONTEXT_KEYWORD}))
-    P = inspect.Parameter
-    params = list(sig.parameters.values())
-    first = params[0] if params else None
-    if first is None or first.kind not in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD, P.VAR_POSITIONAL):
-        raise ConfigError(f"{qualified}: the task function's first parameter receives the TaskContext, so it must "
-                          f"take one positional argument (def fn(ctx, **payload)); its signature is {sig}")
-    allowed: set[str] = set()
-    required: set[str] = set()
-    var_keyword = False
-    for p in params[1:]:
-        if p.kind is P.VAR_KEYWORD:
-            var_keyword = True
-        elif p.kind is P.POSITIONAL_ONLY:
-            if p.default is P.empty:
-                raise ConfigError(f"{qualified}: parameter {p.name!r} is positional-only and required, but payload "
-                                  f"values are passed as keywords; its signature is {sig}")
-        elif p.kind is not P.VAR_POSITIONAL:
-            if p.name == CONTEXT_KEYWORD:
-                raise ConfigError(f"{qualified}: only the first parameter may be named {CONTEXT_KEYWORD!r} (it "
-                                  f"receives the TaskContext); its signature is {sig}")
-            allowed.add(p.name)
-            if p.default is P.empty:
-                required.add(p.name)
-    reserved = {CONTEXT_KEYWORD} if first.kind is P.VAR_POSITIONAL else {CONTEXT_KEYWORD, first.name}
-    return _Keywords(allowed=None if var_keyword else frozenset(allowed), required=frozenset(required),
-                     reserved=frozenset(reserved))
-
-
-def _explain_keywords(t: TaskType, payload: dict[str, Any]) -> None:
-    """Raise the TypeError that calling ``t``'s function with ``payload`` would raise, on the host.
-
-    Returns only when the payload fits after all: the cheap check refuses str-subclass
-    keys for a ``**kwargs`` function, and those are fine (JSON writes them as plain str).
-    """
-    kw = t._keywords
-    for k in payload:
-        if not isinstance(k, str):
-            raise TypeError(f"{t.qualified}() keywords must be str, got {describe(k)} {k!r}")
-    for k in sorted(payload):
-        if k in kw.reserved:
-            raise TypeError(f"{t.qualified}() got the keyword {k!r}, which is reserved: the task function's first "
-                            f"argument receives the TaskContext")
-        if kw.allowed is not None and k not in kw.allowed:
-            raise TypeError(f"{t.qualified}() got an unexpected keyword {k!r}{did_you_mean(k, kw.allowed)}")
-    missing = sorted(kw.required - payload.keys())
-    if missing:
-        names = ", ".join(repr(m) for m in missing)
-        raise TypeError(f"{t.qualified}() missing required keyword{'s' if len(missing) > 1 else ''} {names}")
-
-
 class Domain:
     """A named group of task types with shared defaults (F1).
 
@@ -324,6 +186,46 @@ class Domain:
     def __repr__(self) -> str:
         return f"Domain({self.name!r}, tasks={sorted(self.tasks)})"
 
+    @overload
+    def task(
+        self,
+        fn: Callable[Concatenate[Any, P], R],
+        *,
+        name: str | None = None,
+        expected_io: IoBudget | None = None,
+        cpus: float = 1,
+        memory: int = 0,
+        priority: int | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        ttl: float | None = None,
+        ttl_from: str = "submission",
+        group: str | None = None,
+        key: str | Callable[..., str] | None = None,
+        duplicate: str | DuplicateStrategy = DuplicateStrategy.SKIP,
+        tags: Mapping[str, str] | None = None,
+    ) -> TaskType[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        *,
+        name: str | None = None,
+        expected_io: IoBudget | None = None,
+        cpus: float = 1,
+        memory: int = 0,
+        priority: int | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        ttl: float | None = None,
+        ttl_from: str = "submission",
+        group: str | None = None,
+        key: str | Callable[..., str] | None = None,
+        duplicate: str | DuplicateStrategy = DuplicateStrategy.SKIP,
+        tags: Mapping[str, str] | None = None,
+    ) -> Callable[[Callable[Concatenate[Any, P], R]], TaskType[P, R]]: ...
+
     def task(
         self,
         fn: Callable[..., Any] | None = None,
@@ -345,7 +247,9 @@ class Domain:
         """Register a function as a task type of this domain (F2).
 
         The function is called as ``fn(ctx, **payload)``. Usable bare
-        (``@domain.task``) or with options (``@domain.task(cpus=2)``).
+        (``@domain.task``) or with options (``@domain.task(cpus=2)``). The result is a
+        ``TaskType[P, R]``: type checkers check ``submit(task, ...)`` and
+        ``task.call(...)`` keywords against the function's own parameters.
 
         Raises:
             ConfigError: a task of the same name is already registered here, a
@@ -357,14 +261,14 @@ class Domain:
         if name is not None:
             name = _check_task_name(name)
 
-        def register(f: Callable[..., Any]) -> TaskType:
+        def register(f: Callable[..., Any]) -> TaskType[Any, Any]:
             tname = name or getattr(f, "__name__", None)
             if not tname or tname == "<lambda>":
                 raise ConfigError("a lambda task needs name=…")
             tname = _check_task_name(tname)
             if tname in self.tasks:
                 raise ConfigError(f"task {tname!r} is already registered in domain {self.name!r}")
-            tt = TaskType(
+            tt: TaskType[Any, Any] = TaskType(
                 domain=self,
                 name=tname,
                 fn=f,
@@ -387,7 +291,7 @@ class Domain:
         return register(fn) if fn is not None else register
 
 
-class TaskType:
+class TaskType(Generic[P, R]):
     """A registered task function with its per-type configuration (F2).
 
     Calling it runs the function directly (handy in tests); ``call(**payload)``
@@ -423,7 +327,7 @@ class TaskType:
         self.name = name
         self.qualified = f"{domain.name}::{name}"
         self.fn = fn
-        self._keywords = _read_keywords(fn, self.qualified)
+        self._keywords = read_keywords(fn, self.qualified)
         self.expected_io = expected_io
         self.cpus = _check_cpus(cpus, f"{self.qualified} cpus")
         self.memory = _check_memory(memory, f"{self.qualified} memory")
@@ -447,11 +351,12 @@ class TaskType:
     def __repr__(self) -> str:
         return f"<TaskType {self.qualified}>"
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.fn(*args, **kwargs)
+    def __call__(self, ctx: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(ctx, *args, **kwargs)
 
-    def call(self, **payload: Any) -> Submission:
+    def call(self, *args: P.args, **payload: P.kwargs) -> Submission:
         """Build a submission of this task with ``payload`` as keyword arguments."""
+        _keywords_only(self, args)
         return Submission(task=self, payload=payload, overrides={})
 
     def finalize(self, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -473,7 +378,7 @@ class TaskType:
         self.cancel_hook = fn
         return fn
 
-    def options(self, **overrides: Any) -> TaskOptions:
+    def options(self, **overrides: Any) -> TaskOptions[P, R]:
         """This task with per-submission overrides (F5): priority, key, label, tags, group,
         expected_io, cpus, memory, retry, timeout, duplicate, ttl, ttl_from, run_after, run_at,
         depends_on, on_dependency_failure, parent, fail_fast, recurring."""
@@ -487,25 +392,32 @@ class TaskType:
 
 
 @dataclass(frozen=True, slots=True)
-class TaskOptions:
+class TaskOptions(Generic[P, R]):
     """A task type with per-submission overrides; submit it or ``.call(...)`` it."""
 
-    task: TaskType
+    task: TaskType[P, R]
     overrides: dict[str, Any] = field(default_factory=dict)
 
-    def call(self, **payload: Any) -> Submission:
+    def call(self, *args: P.args, **payload: P.kwargs) -> Submission:
+        _keywords_only(self.task, args)
         return Submission(task=self.task, payload=payload, overrides=self.overrides)
 
-    def options(self, **more: Any) -> TaskOptions:
+    def options(self, **more: Any) -> TaskOptions[P, R]:
         merged = self.task.options(**{**self.overrides, **more})
         return merged
+
+
+def _keywords_only(t: TaskType[Any, Any], args: tuple[Any, ...]) -> None:
+    if args:
+        raise TypeError(f"{t.qualified}: the payload is keyword arguments only (its values are stored as "
+                        f"JSON by name), got {len(args)} positional")
 
 
 @dataclass(frozen=True, slots=True)
 class Submission:
     """One task to submit: the type, its payload and per-submission overrides."""
 
-    task: TaskType
+    task: TaskType[Any, Any]
     payload: dict[str, Any]
     overrides: dict[str, Any]
 
@@ -538,31 +450,6 @@ def as_submission(task: Any, payload: dict[str, Any], what: str = "submit()") ->
                     f"got {type(task).__name__}")
 
 
-def _encode_payload(t: TaskType, payload: Mapping[str, Any]) -> str:
-    if type(payload) is not dict:
-        if not isinstance(payload, Mapping):
-            raise InvalidPayload(f"payload of {t.qualified} must be a dict of keyword arguments, "
-                                 f"got {describe(payload)}")
-        payload = dict(payload)
-    # The payload fits the function (set operations on the signature read once per type).
-    kw = t._keywords
-    keys = payload.keys()
-    if kw.allowed is not None:
-        if not (keys <= kw.allowed and kw.required <= keys):
-            _explain_keywords(t, payload)
-    elif not (kw.reserved.isdisjoint(keys) and kw.required <= keys and _STR.issuperset(map(type, keys))):
-        _explain_keywords(t, payload)
-    text = _encode_json(payload)  # the keyword check made every top-level key a str
-    if not text.isascii():
-        try:
-            text.encode()
-        except UnicodeEncodeError as e:  # a lone surrogate: valid for json.dumps, not UTF-8 text
-            raise InvalidPayload(f"payload of {t.qualified} is not valid UTF-8 text: {e}") from None
-    if len(text) > MAX_PAYLOAD_BYTES // 4 and len(text.encode()) > MAX_PAYLOAD_BYTES:
-        raise InvalidPayload(f"payload of {t.qualified} is {len(text.encode())} bytes; the limit is {MAX_PAYLOAD_BYTES}")
-    return text
-
-
 def resolve(sub: Submission, defaults: Defaults) -> SubmitItem:
     """Apply the configuration order submission > type > domain > scheduler > built-in,
     validate, encode the payload and compute the dedup key.
@@ -582,9 +469,9 @@ def resolve(sub: Submission, defaults: Defaults) -> SubmitItem:
         if cached is None or cached[0] is not defaults:
             template = _resolve_options(t, {"label": t.qualified}, {}, "{}", defaults)
             cached = t._resolved = (defaults, template)
-        payload = _encode_payload(t, sub.payload)
+        payload = encode_payload(t, sub.payload)
         return cached[1]._replace(key=dedup_key(t.qualified, payload), payload=payload)
-    return _resolve_options(t, o, sub.payload, _encode_payload(t, sub.payload), defaults)
+    return _resolve_options(t, o, sub.payload, encode_payload(t, sub.payload), defaults)
 
 
 def _resolve_options(t: TaskType, o: Mapping[str, Any], raw_payload: Mapping[str, Any], payload: str,

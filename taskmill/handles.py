@@ -9,12 +9,12 @@ the session only.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, overload
 
 from taskmill import protocol
 from taskmill.admission import RateLimit
 from taskmill.controls import GroupControls, rate_wire, task_type_name
-from taskmill.domain import Domain, Submission, TaskOptions, TaskType, as_submission, resolve
+from taskmill.domain import Domain, P, Submission, TaskOptions, TaskType, as_submission, resolve
 from taskmill.errors import InvalidSubmission, UnknownTaskType
 from taskmill.events import Event
 from taskmill.outcomes import BatchOutcome, SubmitOutcome, outcomes_from_wire
@@ -68,8 +68,18 @@ class DomainHandle(GroupControls):
             raise UnknownTaskType(f"task {t.qualified} was not registered when the scheduler started")
         return sub
 
-    def submit(self, task: TaskType | TaskOptions | Submission, /, **payload: Any) -> SubmitOutcome:
+    @overload
+    def submit(self, task: TaskType[P, Any] | TaskOptions[P, Any], /, *args: P.args,
+               **payload: P.kwargs) -> SubmitOutcome: ...
+
+    @overload
+    def submit(self, task: Submission, /) -> SubmitOutcome: ...
+
+    def submit(self, task: Any, /, *args: Any, **payload: Any) -> SubmitOutcome:
         """Submit one task; returns once it is durable.
+
+        The payload is keyword arguments only; type checkers check them against the
+        task function's parameters (``TaskType[P, R]``).
 
         Example:
             >>> h.submit(thumbnail, path="/a.jpg", size=256)          # doctest: +SKIP
@@ -83,6 +93,9 @@ class DomainHandle(GroupControls):
             SchedulerClosed: the scheduler is closed or not started.
         """
         self._check_open()
+        if args:
+            raise TypeError("submit() takes the payload as keyword arguments (stored as JSON by name), got "
+                            f"{len(args)} positional")
         item = resolve(self._submission(task, payload), self._session.defaults)
         try:
             wire = self._session.proc().request(protocol.Submit([tuple(item)]))
@@ -92,7 +105,8 @@ class DomainHandle(GroupControls):
                                     index=e.index) from None
         return outcomes_from_wire(wire)[0]
 
-    def submit_batch(self, submissions: Iterable[Submission | TaskType | TaskOptions]) -> BatchOutcome:
+    def submit_batch(self, submissions: Iterable[Submission | TaskType[Any, Any] | TaskOptions[Any, Any]]
+                     ) -> BatchOutcome:
         """Submit many tasks in one transaction; dedup applies inside the batch too.
 
         A batch with one invalid item writes nothing; ``InvalidSubmission.index`` names it.

@@ -28,7 +28,7 @@ from typing import Any, Callable
 from taskmill.coordinator.control import Control
 from taskmill.coordinator.core.entry import Entry
 from taskmill.coordinator.core.settings import SETTINGS
-from taskmill.domain import dedup_key
+from taskmill.payload import dedup_key
 from taskmill.store import Queries, select
 
 __all__ = ["QUIET", "ROUTES", "Kind", "Route", "route"]

@@ -27,7 +27,7 @@ from taskmill.coordinator.backends.stub import StubBackend
 from taskmill.coordinator.loop import Coordinator
 from taskmill.coordinator.routes import Kind, route
 from taskmill.coordinator.wire import check_items
-from taskmill.domain import canonical_json, dedup_key
+from taskmill.payload import canonical_json, dedup_key
 from taskmill.records import RetryPolicy, TaskHistoryRecord
 from taskmill.shm import SharedState
 from taskmill.store import Store

@@ -21,8 +21,8 @@ import duckdb
 import pytest
 
 from taskmill.batch import utc
-from taskmill.domain import canonical_json, dedup_key
 from taskmill.errors import NotATaskmillStore, QueryRefused, SchemaTooNew, StoreError, StoreLocked
+from taskmill.payload import canonical_json, dedup_key
 from taskmill.records import HistoryStatus, IoBudget, TaskStatus, TypeStats
 from taskmill.store import LATEST_SCHEMA, TASK_INSERT_COLUMNS, FinishedRow, Recovered, Store, WriteBatch
 from taskmill.store import store as store_module

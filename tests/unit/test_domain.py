@@ -14,11 +14,10 @@ from taskmill.domain import (
     Defaults,
     Domain,
     TaskType,
-    canonical_json,
-    dedup_key,
     resolve,
 )
 from taskmill.errors import ConfigError
+from taskmill.payload import canonical_json, dedup_key
 from taskmill.records import DuplicateStrategy, IoBudget, Priority, RetryPolicy
 
 R_DOMAIN = RetryPolicy.constant(7, 2.0)

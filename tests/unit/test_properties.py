@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 
 from taskmill.coordinator.core.entry import Entry
 from taskmill.coordinator.core.queues import ReadyQueues
-from taskmill.domain import MAX_PAYLOAD_BYTES, Defaults, Domain, canonical_json, dedup_key, resolve
+from taskmill.domain import Defaults, Domain, resolve
 from taskmill.errors import InvalidPayload
+from taskmill.payload import MAX_PAYLOAD_BYTES, canonical_json, dedup_key
 from taskmill.records import BackoffKind, Priority, RetryPolicy
 
 PROPS = settings(max_examples=150, deadline=None)

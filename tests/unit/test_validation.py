@@ -25,8 +25,9 @@ from usertypes import Color, Level, Mode, MyDateTime, MyDecimal, MyFloat, MyInt,
 
 import taskmill as tm
 from taskmill import errors, validation
-from taskmill.domain import Defaults, Domain, canonical_json, check_timeout, resolve
+from taskmill.domain import Defaults, Domain, check_timeout, resolve
 from taskmill.errors import ConfigError, InvalidPayload
+from taskmill.payload import canonical_json
 from taskmill.records import IoBudget, Priority, RetryPolicy, Shutdown
 from taskmill.validation import (
     INT32_MAX,
