@@ -32,6 +32,7 @@ def double(ctx, n: int) -> int:
 
 @media.task
 def hold(ctx, flag: str, n: int = 0) -> str:  # (n tells otherwise equal tasks apart: no dedup)
+    ctx.progress(0.5, "holding")
     while not os.path.exists(flag):
         time.sleep(0.01)
     return "released"

@@ -1,5 +1,5 @@
 """The ``taskmill`` command line (F30): serve, status, top, history, sql, cancel, pause, resume,
-dead-letter, prune, export, demo and version.
+dead-letter, prune, export, dashboard, demo and version.
 
 Every command takes ``--store PATH`` (default ``./taskmill.duckdb``) and
 ``--json`` where its output is a table. Errors are one line naming the fix:
@@ -72,6 +72,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     top = sub.add_parser("top", help="a live screen of a served scheduler (q quits)")
     _store(top)
+
+    dash = sub.add_parser("dashboard", help="a live page in the browser for a served scheduler")
+    _store(dash)
+    dash.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
+    dash.add_argument("--open", action="store_true", help="open the page in the default browser")
 
     history = sub.add_parser("history", help="finished tasks, newest first")
     _store(history)
@@ -162,11 +167,28 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    from taskmill.cli.reading import open_reading
+    from taskmill.dashboard import run_dashboard
+
+    with open_reading(args.store) as r:
+        sched = r.need_served("dashboard", "shows a running scheduler live")
+
+        def announce(url: str) -> None:
+            print(f"taskmill dashboard of {r.store}: {url}", flush=True)
+            print("(Ctrl-C stops it; the scheduler goes on)", flush=True)
+
+        run_dashboard(sched, port=args.port, open_browser=args.open, announce=announce)
+    return 0
+
+
 def _command(name: str) -> Callable[[argparse.Namespace], int]:
     if name == "top":
         from taskmill.cli.top import top
 
         return top
+    if name == "dashboard":
+        return _dashboard
     from taskmill.cli import commands
 
     return getattr(commands, name.replace("-", "_"))
@@ -195,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return _command(args.command)(args)
-    except (TaskmillError, ValueError, TypeError) as e:
+    except (TaskmillError, ValueError, TypeError, ImportError) as e:
         print(f"taskmill {args.command}: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `taskmill history | head`: the reader left
