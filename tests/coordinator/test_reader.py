@@ -50,7 +50,7 @@ def test_a_query_past_its_limit_is_interrupted_and_the_reader_goes_on(store: Sto
         assert time.monotonic() - started < 10
         assert woke.wait(10) and runner.returned() == [(theirs, True)]  # the reply is sent just before the wake-up
         runner.run(theirs, lambda cur: select(cur, "SELECT 41 + 1 AS answer"), 5.0, time.monotonic())
-        assert drive(runner, ours) == protocol.Reply((["answer"], [(42,)]))
+        assert drive(runner, ours) == protocol.Reply((["answer"], [(42,)], []))
     finally:
         runner.close()
 
