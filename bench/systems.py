@@ -13,7 +13,6 @@ everything up on exit:
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
 import os
 import signal
 import subprocess
@@ -134,7 +133,7 @@ class TaskmillSystem(System):
         if len(completed) != self.submitted or len(rows) != self.submitted:
             raise AssertionError(f"taskmill recorded {len(completed)} completed of {len(rows)} history rows, "
                                  f"expected {self.submitted} completed")
-        return [json.loads(r) for r in completed]
+        return completed  # (sql() decodes the JSON column)
 
     def verify_queued(self) -> None:
         active = self.sched.store.pending_count() + self.sched.store.running_count()

@@ -1,8 +1,8 @@
 """``taskmill top``: a live screen of a served scheduler, until ``q``.
 
-The counters and the workers' slots come from the shared-memory segment (no
-round trip, read 4 times a second); running tasks with their progress, the
-queue by group and the pressure from a snapshot twice a second; the last
+The counters come from the shared-memory segment (no round trip, read twice
+a second, when the screen is redrawn); running tasks with their progress, the
+queue by group and the pressure from a snapshot once a second; the last
 failures from the store every 2 s. Rendered with rich in the terminal's
 alternate screen; the keyboard is read in cbreak mode, so ``q`` quits at once
 and the terminal is restored however the command ends.
@@ -35,8 +35,9 @@ from taskmill.shm import SegmentReader
 
 __all__ = ["top"]
 
-#: Seconds between two reads of the shared-memory segment, of a snapshot, of the last failures.
-SHM_EVERY, SNAPSHOT_EVERY, FAILURES_EVERY = 0.25, 0.5, 2.0
+#: Seconds between two redraws (from the shared-memory segment), two snapshots, two reads of the
+#: last failures: the screen changes twice a second at little cost to the scheduler it watches.
+SHM_EVERY, SNAPSHOT_EVERY, FAILURES_EVERY = 0.5, 1.0, 2.0
 _FAILURES = ("SELECT id, task_type, completed_at, last_error FROM task_history "
              "WHERE status IN ('failed', 'dead_letter') ORDER BY seq DESC LIMIT 5")
 

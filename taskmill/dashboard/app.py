@@ -32,6 +32,10 @@ __all__ = ["Throughput", "make_app", "state"]
 
 #: Seconds of throughput history kept and shown.
 HISTORY_SECONDS = 300
+#: Seconds the query-backed parts (queue, paused scopes, failures, dead letters, per-type history)
+#: are reused between polls: they cost the coordinator a reader query each, while the snapshot and
+#: the counters (running tasks, progress, counts) are fresh on every poll.
+QUERIES_EVERY = 3.0
 
 _QUEUE = ("SELECT domain, coalesce(group_key, '') AS \"group\", priority, status, count(*) AS tasks FROM tasks "
           "WHERE status <> 'running' GROUP BY ALL ORDER BY domain, \"group\", priority, status")
@@ -46,10 +50,13 @@ _TYPES = ("SELECT task_type, count(*) AS count, round(avg(duration_ms) FILTER (W
 
 
 class Throughput:
-    """Completions and failures per second, sampled from the shared-memory counters once a second."""
+    """Completions and failures per second, sampled from the shared-memory counters once a second;
+    and the query-backed parts of the state, refreshed at most every ``QUERIES_EVERY`` seconds."""
 
     def __init__(self, sched: Connected) -> None:
         self._sched = sched
+        self._queries: tuple[float, dict[str, Any]] = (0.0, {})
+        self._lock = threading.Lock()
         self._samples: collections.deque[tuple[float, int, int]] = collections.deque(maxlen=HISTORY_SECONDS + 1)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="taskmill-dashboard-sampler")
@@ -75,6 +82,22 @@ class Throughput:
         s = list(self._samples)
         return [{"t": b[0], "completed": (b[1] - a[1]) / max(b[0] - a[0], 1e-3),
                  "failed": (b[2] - a[2]) / max(b[0] - a[0], 1e-3)} for a, b in zip(s, s[1:])]
+
+    def queries(self) -> dict[str, Any]:
+        """The queue, paused scopes, failures, dead letters and per-type history (cached briefly)."""
+        with self._lock:
+            at, parts = self._queries
+            if time.monotonic() - at >= QUERIES_EVERY:
+                parts = {name: _rows(self._sched, q) for name, q in
+                         (("queue", _QUEUE), ("paused", _PAUSED), ("failures", _FAILURES), ("dead_letters", _DEAD),
+                          ("types", _TYPES))}
+                self._queries = (time.monotonic(), parts)
+            return parts
+
+    def refresh(self) -> None:
+        """Make the next ``queries()`` read the store (after a button changed something)."""
+        with self._lock:
+            self._queries = (0.0, self._queries[1])
 
     def close(self) -> None:
         self._stop.set()
@@ -108,8 +131,7 @@ def state(sched: Connected, throughput: Throughput) -> dict[str, Any]:
         "is_paused": snap.is_paused,
         "domains": sorted(sched._domains),
         "running": running,
-        "queue": _rows(sched, _QUEUE),
-        "paused": _rows(sched, _PAUSED),
+        **throughput.queries(),
         "pressure": snap.pressure,
         "pressure_breakdown": dict(snap.pressure_breakdown),
         "capacity": None if cap is None else {"cpus_in_use": cap.cpus_in_use, "cpus_total": cap.cpus_total,
@@ -118,9 +140,6 @@ def state(sched: Connected, throughput: Throughput) -> dict[str, Any]:
         "workers": snap.workers,
         "denials": metrics.gate_denials_by_reason,
         "throughput": throughput.series(),
-        "failures": _rows(sched, _FAILURES),
-        "dead_letters": _rows(sched, _DEAD),
-        "types": _rows(sched, _TYPES),
     }
 
 
@@ -192,7 +211,9 @@ def make_app(sched: Connected, token: str, port: int, throughput: Throughput) ->
         try:
             from starlette.concurrency import run_in_threadpool
 
-            return JSONResponse(_plain(await run_in_threadpool(_act, sched, body)))
+            done = await run_in_threadpool(_act, sched, body)
+            throughput.refresh()
+            return JSONResponse(_plain(done))
         except (TaskmillError, ValueError, TypeError) as e:
             return JSONResponse({"error": f"{type(e).__name__}: {e}"}, status_code=400)
 

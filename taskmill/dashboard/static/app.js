@@ -13,7 +13,16 @@
   const firstLine = (text) => esc(String(text || "").split("\n")[0]);
   const button = (label, action, attrs) => `<button data-action="${action}" ${attrs}>${label}</button>`;
 
+  const drawn = new Map();  // what each part was drawn from: unchanged parts are not redrawn
+  function changed(key, value) {
+    const text = JSON.stringify(value);
+    if (drawn.get(key) === text) return false;
+    drawn.set(key, text);
+    return true;
+  }
+
   function rows(table, items, render, columns) {
+    if (!changed(table, items)) return;
     const body = $(table + " tbody");
     body.innerHTML = items.length ? items.map(render).join("") :
       `<tr class="empty"><td colspan="${columns}">none</td></tr>`;
@@ -54,14 +63,16 @@
       `<i style="width:${Math.round((r.percent || 0) * 100)}%"></i></div> ${r.percent === null ? "" : Math.round(r.percent * 100) + "%"}</td>` +
       `<td>${secs(r.elapsed_s)}</td><td>${secs(r.eta_s)}</td><td>${button("Cancel", "cancel", `data-id="${r.id}"`)}</td></tr>`, 8);
     const pausedGroups = new Set(s.paused.filter((p) => p.kind === "group").map((p) => p.scope));
-    rows("#queue", s.queue, (q) => `<tr><td>${esc(q.domain)}</td><td>${esc(q.group)}</td><td>${q.priority}</td>` +
-      `<td>${esc(q.status)}</td><td>${q.tasks}</td><td>${!q.group ? "" : pausedGroups.has(q.group)
+    const queue = s.queue.map((q) => ({ ...q, held: pausedGroups.has(q.group) }));
+    rows("#queue", queue, (q) => `<tr><td>${esc(q.domain)}</td><td>${esc(q.group)}</td><td>${q.priority}</td>` +
+      `<td>${esc(q.status)}</td><td>${q.tasks}</td><td>${!q.group ? "" : q.held
         ? button("Resume group", "resume", `data-scope="group" data-name="${esc(q.group)}"`)
         : button("Pause group", "pause", `data-scope="group" data-name="${esc(q.group)}"`)}</td></tr>`, 6);
     const pausedDomains = new Set(s.paused.filter((p) => p.kind === "domain").map((p) => p.scope));
-    rows("#domains", s.domains, (d) => `<tr><td>${esc(d)}</td><td>${pausedDomains.has(d) ? "paused" : "running"}</td><td>` +
-      (pausedDomains.has(d) ? button("Resume", "resume", `data-scope="domain" data-name="${esc(d)}"`)
-        : button("Pause", "pause", `data-scope="domain" data-name="${esc(d)}"`)) + `</td></tr>`, 3);
+    const domains = s.domains.map((name) => ({ name, held: pausedDomains.has(name) }));
+    rows("#domains", domains, (d) => `<tr><td>${esc(d.name)}</td><td>${d.held ? "paused" : "running"}</td><td>` +
+      (d.held ? button("Resume", "resume", `data-scope="domain" data-name="${esc(d.name)}"`)
+        : button("Pause", "pause", `data-scope="domain" data-name="${esc(d.name)}"`)) + `</td></tr>`, 3);
     rows("#paused", s.paused, (p) => `<tr><td>${esc(p.kind)}</td><td>${esc(p.scope || "everything")}</td>` +
       `<td>${when(p.paused_at)}</td><td>${when(p.resume_at)}</td><td>` +
       button("Resume", "resume", `data-scope="${p.kind === "global" ? "all" : esc(p.kind)}" data-name="${esc(p.scope)}"`) + `</td></tr>`, 5);
