@@ -27,6 +27,7 @@ from taskmill import protocol
 from taskmill.channel import Channel
 from taskmill.config import CoordinatorConfig, Launch
 from taskmill.errors import StartupError
+from taskmill.relay import OutputRelay
 
 __all__ = ["CoordinatorProcess"]
 
@@ -52,13 +53,16 @@ class CoordinatorProcess(Channel):
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "taskmill.coordinator", "--handshake-fd", str(hs_w)],
-                stdin=subprocess.PIPE, pass_fds=(hs_w,), start_new_session=True, close_fds=True)
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(hs_w,),
+                start_new_session=True, close_fds=True)
         except BaseException:
             os.close(hs_r)
             os.close(hs_w)
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
             raise
         os.close(hs_w)
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self.relay = OutputRelay(self.proc.stdout, self.proc.stderr)  # (see taskmill.relay)
         self.pid = self.proc.pid
         try:
             blob = pickle.dumps((config, launch))
@@ -165,6 +169,8 @@ class CoordinatorProcess(Channel):
 
     def _cleanup(self) -> None:
         self.close_connections()
+        if self.proc.poll() is not None:
+            self.relay.join(2.0)  # the last lines it and its workers wrote
         if self.proc.stdin is not None:
             try:
                 self.proc.stdin.close()

@@ -17,6 +17,7 @@ import json
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -200,6 +201,9 @@ def _die_with_parent() -> None:
 def worker_main(conn: Any, lifeline: Any, slot_index: int, shm_name: str, claim_lock: Any) -> None:
     """Entry point of a worker process (target of the fork-server Process)."""
     faulthandler.enable()
+    for stream in (sys.stdout, sys.stderr):  # a pipe to the host (taskmill.relay): each line goes at once
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
     os.setpgid(0, 0)  # own process group: killing the worker also kills what its task started
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when we stop

@@ -113,3 +113,45 @@ def test_a_dead_coordinator_is_one_clear_error_and_nothing_else_speaks(tmp_path:
     assert f"SchedulerBroken: the coordinator (pid {coordinator}) exited with code -9" in err, err
     for noise in ("BrokenPipeError", "resource_tracker", "leaked", "Exception ignored"):
         assert noise not in err, err
+
+
+CHATTY = """
+import time
+import taskmill as tm
+
+d = tm.Domain("chat")
+
+@d.task
+def chatty(ctx, i: int) -> int:
+    for k in range(3):
+        print(f"task {i} says line {k}")
+        time.sleep(0.05)
+    ctx.log.info("task log line", i=i)
+    return i
+
+if __name__ == "__main__":
+    with tm.Scheduler("chat.duckdb", [d], max_concurrency=2) as s:
+        s.domain(d).submit_batch([chatty.call(i=i) for i in range(12)])
+        s.wait_idle(timeout=120, progress=True)
+"""
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (.ci/run installs it)")
+def test_task_output_goes_above_the_bar_and_never_tears_it(tmp_path: Path, no_leaks: object) -> None:
+    (tmp_path / "chat.py").write_text(textwrap.dedent(CHATTY))
+    runner = tmp_path / "run.sh"
+    runner.write_text(f"{sys.executable} {tmp_path / 'chat.py'}\necho EXITED $?\nsleep 60\n")
+    tmux = ["tmux", "-L", f"taskmill-test-{uuid.uuid4().hex[:8]}"]
+    subprocess.run([*tmux, "new-session", "-d", "-s", "job", "-x", "160", "-y", "80", f"bash {runner}"],
+                   cwd=tmp_path, check=True, timeout=DEADLINE)
+    try:
+        screen = poll_until(lambda: (lambda s: s if "EXITED" in s else None)(_screen(tmux)), what="the script's end")
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=DEADLINE)
+    lines = [ln.rstrip() for ln in screen.splitlines() if ln.strip()]
+    said = [ln for ln in lines if "says line" in ln]
+    assert sorted(said) == sorted(f"task {i} says line {k}" for i in range(12) for k in range(3)), lines
+    assert sum("task log line" in ln for ln in lines) == 12, lines
+    bars = [ln for ln in lines if "━" in ln]
+    assert len(bars) == 1 and "12/12" in bars[0] and bars[0].startswith("tasks"), lines  # drawn once, whole
+    assert lines.index(bars[0]) == len(lines) - 2 and lines[-1] == "EXITED 0", lines  # and below them all
