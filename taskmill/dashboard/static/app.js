@@ -85,8 +85,12 @@
     const most = Math.max(1, ...Object.values(s.denials));
     $("#denials").innerHTML = Object.entries(s.denials).map(([k, v]) =>
       `<div class="row" data-reason="${esc(k)}"><span>${esc(k)}</span><i style="width:${Math.round(v / most * 200)}px"></i> ${v}</div>`).join("");
-    rows("#types", s.types, (t) => `<tr><td>${esc(t.task_type)}</td><td>${t.count}</td>` +
-      `<td>${t.avg_ms === null ? "" : t.avg_ms + " ms"}</td><td>${(t.failure_rate * 100).toFixed(1)}%</td></tr>`, 4);
+    const biggest = (key) => Math.max(1e-9, ...s.types.map((t) => t[key] || 0));
+    const maxCount = biggest("count"), maxMs = biggest("avg_ms");
+    const chart = (v, top, cls) => `<span class="hbar ${cls}"><i style="width:${Math.round((v || 0) / top * 120)}px"></i></span>`;
+    rows("#types", s.types, (t) => `<tr><td>${esc(t.task_type)}</td><td>${chart(t.count, maxCount, "count")} ${t.count}</td>` +
+      `<td>${t.avg_ms === null ? "" : chart(t.avg_ms, maxMs, "ms") + " " + t.avg_ms + " ms"}</td>` +
+      `<td>${chart(t.failure_rate, 1, "fail")} ${(t.failure_rate * 100).toFixed(1)}%</td></tr>`, 4);
     rows("#failures", s.failures, (f) => `<tr><td>${f.id}</td><td>${esc(f.task_type)}</td><td>${esc(f.status)}</td>` +
       `<td>${when(f.completed_at)}</td><td class="err" title="${esc(f.error)}">${firstLine(f.error)}</td></tr>`, 5);
     rows("#dead-letters", s.dead_letters, (d) => `<tr data-id="${d.id}"><td>${d.id}</td><td>${esc(d.task_type)}</td>` +
