@@ -382,8 +382,10 @@ class Coordinator:
     def _drop_client(self, conn: Connection) -> None:
         if conn in self.clients:
             self.clients.remove(conn)
-        self._unwatch(conn.fileno())
         self.replies.drop(conn)
+        if conn.closed:
+            return  # dropped already (an answer meant for it found it gone)
+        self._unwatch(conn.fileno())
         try:
             conn.close()
         except OSError:

@@ -88,12 +88,16 @@ class Replies:
         return soonest
 
     def drop(self, conn: Connection) -> None:
-        """A client is gone: forget its waits."""
+        """A client is gone: forget its waits, and the answers it would have had (its changes
+        still commit: a client killed after its request arrived gets all of it, unanswered)."""
         for lst in self.waiters.values():
             while conn in lst:
                 lst.remove(conn)
         self.idle_waiters = [(c, d) for c, d in self.idle_waiters if c is not conn]
         self.wait_deadlines = [w for w in self.wait_deadlines if w[2] is not conn]
+        self.acks = [a for a in self.acks if a[0] is not conn]
+        self.saving = [a for a in self.saving if a[0] is not conn]
+        self.queries = [q for q in self.queries if q[0] is not conn]
 
     # ------------------------------------------------------------------ wait deadlines
 

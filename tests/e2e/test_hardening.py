@@ -454,3 +454,22 @@ def test_a_run_leaves_nothing_in_the_temp_dir(store_path: str, tmp_path: Path) -
                           timeout=120, env={**os.environ, "TMPDIR": str(private)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(os.listdir(private)) == []  # no pymp-* dir, no runtime dir
+
+
+def test_a_client_that_leaves_before_its_answer_costs_the_coordinator_nothing(store_path: str) -> None:
+    """A change whose answer finds its client gone (the connection dropped on EOF first): the change
+    stands, the answer is dropped, the loop goes on (it once died sending to the closed handle)."""
+    from taskmill import protocol
+    from taskmill.domain import Defaults, resolve
+
+    with sched(store_path, start_paused=True) as s:
+        defaults = Defaults()
+        for i in range(60):
+            conn = raw_client(s)
+            conn.send(protocol.Submit([tuple(resolve(ok.call(x=i), defaults))]))
+            conn.close()  # gone before the commit that would answer it
+            if i % 20 == 19:
+                assert s.snapshot().paused_count >= 0  # the coordinator still answers
+        poll_until(lambda: s.store.paused_count() + s.store.pending_count() == 60, what="every change standing")
+        s.resume_all()
+        still_works(s)
