@@ -12,10 +12,7 @@ import io
 import json
 import re
 import shlex
-import shutil
-import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +22,7 @@ import pytest
 import taskmill as tm
 from tests.polling import DEADLINE, poll_until
 from tests.serving import Served, module_of, taskmill_cli
+from tests.terminal import Terminal, needs_tmux
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -159,38 +157,27 @@ def _showing(screen: str, *texts: str, times: int = 1) -> str | None:
     return screen if all(t in screen for t in texts) and screen.count(texts[-1]) >= times else None
 
 
-def _screen(tmux: list[str]) -> str:
-    return subprocess.run([*tmux, "capture-pane", "-p", "-t", "top"], capture_output=True, text=True,
-                          timeout=DEADLINE).stdout
-
-
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (.ci/run installs it)")
+@needs_tmux
 def test_top_shows_the_scheduler_live_in_a_terminal_and_quits_on_q(served: Served, tmp_path: Path) -> None:
     flag = served.dir / "release"
-    tmux = ["tmux", "-L", f"taskmill-test-{uuid.uuid4().hex[:8]}"]  # a server of its own, with this environment
     with tm.connect(served.store) as c:
         jobs = module_of(served)
         held = [c.domain("media").submit(jobs.hold, flag=str(flag), n=i).id for i in range(2)]
-        command = f"{shlex.quote(sys.executable)} -m taskmill top --store {shlex.quote(served.store)}; echo EXITED $?; sleep 60"
-        subprocess.run([*tmux, "new-session", "-d", "-s", "top", "-x", "160", "-y", "45", command], cwd=tmp_path,
-                       check=True, timeout=DEADLINE)
-        try:
-            shown = poll_until(lambda: _showing(_screen(tmux), "running 2", "media::hold", times=2),
+        command = f"{shlex.quote(sys.executable)} -m taskmill top --store {shlex.quote(served.store)}"
+        with Terminal(command, tmp_path, height=45) as term:
+            shown = poll_until(lambda: _showing(term.screen(), "running 2", "media::hold", times=2),
                                what="top showing the two running tasks")
             assert f"pid {served.coordinator_pid}" in shown and "q quits" in shown
             clock = re.search(r"\d\d:\d\d:\d\d", shown)
             assert clock is not None
-            poll_until(lambda: _showing(_screen(tmux), "q quits") and clock.group(0) not in _screen(tmux),
+            poll_until(lambda: _showing(term.screen(), "q quits") and clock.group(0) not in term.screen(),
                        what="the clock on the screen moving")
             flag.touch()
             for i in held:
                 c.wait(i, timeout=DEADLINE)
-            poll_until(lambda: "completed 2" in _screen(tmux) and "running 0" in _screen(tmux),
-                       what="top showing the two tasks completed")
-            subprocess.run([*tmux, "send-keys", "-t", "top", "q"], check=True, timeout=DEADLINE)
-            poll_until(lambda: "EXITED 0" in _screen(tmux), what="top quitting on q")
-        finally:
-            subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=DEADLINE)
+            term.when("completed 2", "running 0", what="top showing the two tasks completed")
+            term.keys("q")
+            term.when("EXITED 0", what="top quitting on q")
 
 
 def test_top_outside_a_terminal_points_to_status(served: Served, tmp_path: Path) -> None:

