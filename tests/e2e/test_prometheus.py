@@ -50,7 +50,8 @@ def test_an_embedded_scheduler_exports_every_counter_and_gauge(tmp_path: Path) -
         for i in range(3):
             s.wait(h.submit(ok, n=i).id, timeout=DEADLINE)
         s.wait(h.submit(bad, n=1).id, timeout=DEADLINE)
-        poll_until(lambda: scrape(port)["jobs_completed_total"][0][1] == 3, what="three completions scraped")
+        poll_until(lambda: (lambda m: m["jobs_completed_total"][0][1] == 3 and m["jobs_failed_total"][0][1] == 1)(
+            scrape(port)), what="three completions and the failure scraped")
         got, snap = scrape(port), s.metrics_snapshot()  # (nothing runs now: the figures stand still)
         for name in COUNTERS:
             assert got[f"jobs_{name}_total"] == [({"site": "a"}, getattr(snap, name))], name
