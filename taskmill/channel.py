@@ -80,13 +80,14 @@ class Channel:
 
     # ------------------------------------------------------------------ connections
 
-    def _connect(self) -> Connection:
-        """A new authenticated connection, within ``CONNECT_TIMEOUT`` (and the call timeout).
+    def _connect(self, within: float | None = None) -> Connection:
+        """A new authenticated connection, within ``CONNECT_TIMEOUT`` (and the call timeout, and
+        ``within``: what is left of the call that needs it).
 
         A full listen backlog, or a coordinator that closes the connection before its
         challenge (too many handshakes in flight), is retried until the deadline.
         """
-        limit = min(CONNECT_TIMEOUT, CALL_TIMEOUT)
+        limit = min(CONNECT_TIMEOUT, CALL_TIMEOUT, CONNECT_TIMEOUT if within is None else within)
         deadline = time.monotonic() + limit
         while True:
             left = max(deadline - time.monotonic(), 0.001)
@@ -121,7 +122,7 @@ class Channel:
                 self._conns.add(conn)
             return conn
 
-    def _conn(self) -> tuple[Connection, _Lease]:
+    def _conn(self, within: float | None = None, is_wait: bool = False) -> tuple[Connection, _Lease]:
         lease: _Lease | None = getattr(self._local, "lease", None)
         if lease is not None and lease.box[1] == os.getpid() and lease.box[0] is not None:
             return lease.box[0], lease
@@ -136,10 +137,15 @@ class Channel:
                     break
         if conn is None:
             try:
-                conn = self._connect()
+                conn = self._connect(within)
             except (BlockingIOError, TimeoutError) as e:  # it accepted nothing, or never answered the challenge
-                self.unresponsive = self.alive()
                 limit = min(CONNECT_TIMEOUT, CALL_TIMEOUT)
+                if is_wait and within is not None and within <= limit:  # the wait's own deadline came first
+                    raise WaitTimeout(f"no answer within {within:g}s (the coordinator did not even take the "
+                                      "connection)") from e
+                if within is not None and within < limit:
+                    raise self._broken(e, f"did not answer within {within:g}s while connecting") from e
+                self.unresponsive = self.alive()
                 raise self._broken(e, f"did not answer within {limit:g}s while connecting (out of file "
                                       f"descriptors, stopped or stuck?){self.unresponsive_hint}") from e
             except (OSError, EOFError) as e:
@@ -225,8 +231,8 @@ class Channel:
         limit, is_wait = self._deadline_of(msg)
         if timeout is not None:
             limit, is_wait = timeout, False
-        conn, lease = self._conn()
         deadline = None if limit is None else time.monotonic() + limit
+        conn, lease = self._conn(limit, is_wait)  # (connecting counts against the call's deadline)
         try:
             reply = self._converse(conn, msg, limit, deadline, is_wait)
         except TaskmillError:  # WaitTimeout is an OSError too (TimeoutError): not a broken channel

@@ -473,3 +473,36 @@ def test_a_client_that_leaves_before_its_answer_costs_the_coordinator_nothing(st
         poll_until(lambda: s.store.paused_count() + s.store.pending_count() == 60, what="every change standing")
         s.resume_all()
         still_works(s)
+
+
+def test_a_stopped_coordinator_holds_no_call_past_its_own_deadline(store_path: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deadlines are the caller's: from a new thread (which must first connect), wait(timeout=2)
+    ends in WaitTimeout near 2 s and a query near CALL_TIMEOUT, not after CONNECT_TIMEOUT on top."""
+    monkeypatch.setattr(taskmill.channel, "CALL_TIMEOUT", 3.0)
+    monkeypatch.setattr(taskmill.channel, "CONNECT_TIMEOUT", 30.0)
+    with sched(store_path) as s:
+        tid = s.domain(hard).submit(ok, x=1).id
+        s.wait(tid, timeout=DEADLINE)
+        os.kill(s.coordinator_pid, signal.SIGSTOP)
+        try:
+            took: dict[str, tuple[float, str]] = {}
+
+            def timed(name: str, call: Any) -> None:
+                t0 = time.monotonic()
+                try:
+                    call()
+                    took[name] = (time.monotonic() - t0, "returned")
+                except Exception as e:  # noqa: BLE001 - the kind is what the test checks
+                    took[name] = (time.monotonic() - t0, type(e).__name__)
+
+            threads = [threading.Thread(target=timed, args=("wait", lambda: s.wait(tid + 1000, timeout=2))),
+                       threading.Thread(target=timed, args=("query", lambda: s.store.pending_count()))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(DEADLINE)
+        finally:
+            os.kill(s.coordinator_pid, signal.SIGCONT)
+        assert took["wait"][1] == "WaitTimeout" and took["wait"][0] < 2 + 1 + 2, took
+        assert took["query"][1] == "SchedulerBroken" and took["query"][0] < 3 + 2, took
