@@ -12,10 +12,12 @@ from typing import Any
 
 from taskmill.cli.output import console, print_json, print_rows
 from taskmill.cli.reading import CliError, Reading, open_reading
+from taskmill.connect import Connected
 from taskmill.records import HistoryStatus
 from taskmill.store.queries import copy_history
 
-__all__ = ["cancel", "dead_letter", "export", "future", "history", "moment", "pause", "prune", "resume", "sql", "status", "status_doc"]
+__all__ = ["LAST_FAILURES", "PAUSED_SCOPES", "cancel", "dead_letter", "export", "future", "history", "moment",
+           "pause", "pause_or_resume", "prune", "resume", "sql", "status", "status_doc"]
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -51,14 +53,29 @@ def future(text: str, what: str) -> datetime:
     return when if when.tzinfo is not None else when.astimezone()
 
 
+def _report(args: argparse.Namespace, doc: dict[str, Any], line: str) -> int:
+    """What a command that acts says: one JSON document with ``--json``, else one line for people."""
+    if args.json:
+        print_json(doc)
+    else:
+        console().print(line)
+    return 0
+
+
+def _tasks(n: int, noun: str = "task") -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _fmt(args: argparse.Namespace) -> str:
     return "json" if getattr(args, "json", False) else "csv" if getattr(args, "csv", False) else "table"
 
 
 # ---------------------------------------------------------------------- status
 
-_FAILURES = ("SELECT id, task_type, completed_at, last_error AS error FROM task_history "
-             "WHERE status IN ('failed', 'dead_letter') ORDER BY seq DESC LIMIT 5")
+#: The last failures and the paused scopes, as ``status``, ``top`` and the dashboard show them.
+LAST_FAILURES = ("SELECT id, task_type, completed_at, last_error AS error FROM task_history "
+                 "WHERE status IN ('failed', 'dead_letter') ORDER BY seq DESC LIMIT 5")
+PAUSED_SCOPES = "SELECT kind, scope, paused_at, resume_at FROM paused_scopes ORDER BY kind, scope"
 _BY_SCOPE = ("SELECT domain, coalesce(group_key, '') AS \"group\", status, count(*) AS tasks FROM tasks "
              "WHERE status <> 'running' GROUP BY ALL ORDER BY ALL")
 
@@ -67,9 +84,9 @@ def status_doc(r: Reading) -> dict[str, Any]:
     """Everything ``taskmill status`` shows, as plain values."""
     names, rows = r.sql(_BY_SCOPE)
     queued = [dict(zip(names, row)) for row in rows]
-    names, rows = r.sql("SELECT kind, scope, paused_at, resume_at FROM paused_scopes ORDER BY kind, scope")
+    names, rows = r.sql(PAUSED_SCOPES)
     paused = [dict(zip(names, row)) for row in rows]
-    names, rows = r.sql(_FAILURES)
+    names, rows = r.sql(LAST_FAILURES)
     failures = [dict(zip(names, row)) for row in rows]
     doc: dict[str, Any] = {"store": r.store, "served": r.served is not None, "queued": queued, "paused": paused,
                            "failures": failures}
@@ -177,12 +194,9 @@ def dead_letter(args: argparse.Namespace) -> int:
         if args.id is None:
             raise CliError("dead-letter retry takes the id of a dead-lettered task (see `taskmill dead-letter list`)")
         outcome = r.need_served("dead-letter retry").retry_dead_letter(args.id)
-    if args.json:
-        print_json({"outcome": outcome.kind, "id": outcome.id})
-    else:
-        console().print(f"task {args.id} submitted again: {outcome.kind}"
-                        f"{'' if outcome.id is None else f' (task {outcome.id})'}")
-    return 0
+    return _report(args, {"outcome": outcome.kind, "id": outcome.id},
+                   f"task {args.id} submitted again: {outcome.kind}"
+                   f"{'' if outcome.id is None else f' (task {outcome.id})'}")
 
 
 def export(args: argparse.Namespace) -> int:
@@ -198,11 +212,7 @@ def export(args: argparse.Namespace) -> int:
         else:
             assert r.offline is not None
             n = copy_history(r.offline, path, since)
-    if args.json:
-        print_json({"path": path, "rows": n})
-    else:
-        console().print(f"{n} history row{'s' if n != 1 else ''} written to {path}")
-    return 0
+    return _report(args, {"path": path, "rows": n}, f"{_tasks(n, 'history row')} written to {path}")
 
 
 # ---------------------------------------------------------------------- steering
@@ -225,12 +235,8 @@ def cancel(args: argparse.Namespace) -> int:
             ids = s.cancel_type(args.type)
         else:
             ids = s.cancel_group(args.group)
-    if args.json:
-        print_json({"cancelled": ids})
-    else:
-        console().print(f"cancelled {len(ids)} task{'s' if len(ids) != 1 else ''}"
-                        f"{': ' + ', '.join(map(str, ids[:20])) + (' …' if len(ids) > 20 else '') if ids else ''}")
-    return 0
+    listed = ": " + ", ".join(map(str, ids[:20])) + (" …" if len(ids) > 20 else "") if ids else ""
+    return _report(args, {"cancelled": ids}, f"cancelled {_tasks(len(ids))}{listed}")
 
 
 def _scope(args: argparse.Namespace) -> str:
@@ -239,44 +245,36 @@ def _scope(args: argparse.Namespace) -> str:
     return f"domain {args.domain}" if args.domain else f"group {args.group}" if args.group else "everything"
 
 
+def pause_or_resume(sched: Connected, action: str, *, domain: str | None = None, group: str | None = None,
+                    until: datetime | None = None) -> int:
+    """What ``pause``/``resume`` (and the dashboard's buttons) do to everything, a domain or a group
+    (a group's pause until a time, if given); how many tasks it moved."""
+    pausing = action == "pause"
+    if domain is not None:
+        h = sched.domain(domain)
+        return h.pause() if pausing else h.resume()
+    if group is not None:
+        if not pausing:
+            return sched.resume_group(group)
+        return sched.pause_group(group) if until is None else sched.pause_group_until(group, until)
+    return sched.pause_all() if pausing else sched.resume_all()
+
+
 def pause(args: argparse.Namespace) -> int:
     scope = _scope(args)
     if args.until and not args.group:
         raise CliError("--until works with --group (a timed pause is a group's)")
+    until = future(args.until, "--until") if args.until else None
     with open_reading(args.store) as r:
-        s = r.need_served("pause")
-        if args.domain:
-            moved = s.domain(args.domain).pause()
-        elif args.group:
-            moved = s.pause_group_until(args.group, future(args.until, "--until")) if args.until else \
-                s.pause_group(args.group)
-        else:
-            s.pause_all()
-            moved = s.snapshot().paused_count
-    if args.json:
-        print_json({"paused": scope, "tasks": moved})
-    else:
-        console().print(f"paused {scope}: {moved} task{'s' if moved != 1 else ''} held")
-    return 0
+        moved = pause_or_resume(r.need_served("pause"), "pause", domain=args.domain, group=args.group, until=until)
+    return _report(args, {"paused": scope, "tasks": moved}, f"paused {scope}: {_tasks(moved)} held")
 
 
 def resume(args: argparse.Namespace) -> int:
     scope = _scope(args)
     with open_reading(args.store) as r:
-        s = r.need_served("resume")
-        if args.domain:
-            moved = s.domain(args.domain).resume()
-        elif args.group:
-            moved = s.resume_group(args.group)
-        else:
-            s.resume_all()
-            moved = None
-    if args.json:
-        print_json({"resumed": scope, "tasks": moved})
-    else:
-        console().print(f"resumed {scope}" + ("" if moved is None else
-                                               f": {moved} task{'s' if moved != 1 else ''} released"))
-    return 0
+        moved = pause_or_resume(r.need_served("resume"), "resume", domain=args.domain, group=args.group)
+    return _report(args, {"resumed": scope, "tasks": moved}, f"resumed {scope}: {_tasks(moved)} released")
 
 
 def prune(args: argparse.Namespace) -> int:
@@ -286,9 +284,5 @@ def prune(args: argparse.Namespace) -> int:
         s = r.need_served("prune")
         n = s.store.prune_history_by_count(args.keep) if args.keep is not None else \
             s.store.prune_history_by_age(args.older_than_days)
-    if args.json:
-        print_json({"pruned": n})
-    else:
-        console().print(f"pruned {n} history row{'s' if n != 1 else ''}")
-    return 0
+    return _report(args, {"pruned": n}, f"pruned {_tasks(n, 'history row')}")
 

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["cell", "console", "print_json", "print_rows"]
+__all__ = ["cell", "console", "plain", "print_json", "print_rows"]
 
 
 def console() -> Console:
@@ -20,7 +20,10 @@ def console() -> Console:
     return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
-def _plain(v: Any) -> Any:
+def plain(v: Any) -> Any:
+    """``v`` as JSON can carry it: times as ISO text, bytes as hex, NaN as null, containers walked."""
+    if isinstance(v, float) and v != v:
+        return None
     if isinstance(v, datetime):
         return v.isoformat()
     if isinstance(v, timedelta):
@@ -28,9 +31,9 @@ def _plain(v: Any) -> Any:
     if isinstance(v, (bytes, bytearray, memoryview)):
         return bytes(v).hex()
     if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
+        return [plain(x) for x in v]
     if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
+        return {str(k): plain(x) for k, x in v.items()}
     if isinstance(v, (str, int, float, bool)) or v is None:
         return v
     return str(v)
@@ -38,7 +41,7 @@ def _plain(v: Any) -> Any:
 
 def print_json(doc: Any) -> None:
     """One JSON document on standard output."""
-    json.dump(_plain(doc), sys.stdout, indent=None)
+    json.dump(plain(doc), sys.stdout, indent=None)
     sys.stdout.write("\n")
 
 
@@ -51,7 +54,7 @@ def cell(v: Any, width: int = 60) -> str:
     elif isinstance(v, datetime):
         text = v.strftime("%Y-%m-%d %H:%M:%S")
     elif isinstance(v, (dict, list)):
-        text = json.dumps(_plain(v))
+        text = json.dumps(plain(v))
     else:
         text = str(v)
     first, newline, _rest = text.strip().partition("\n")  # an error's first line says what it was
@@ -67,7 +70,7 @@ def print_rows(names: Sequence[str], rows: Sequence[Sequence[Any]], *, fmt: str 
         w = csv.writer(sys.stdout)
         w.writerow(names)
         for r in rows:
-            w.writerow(["" if v is None else (json.dumps(_plain(v)) if isinstance(v, (dict, list)) else _plain(v))
+            w.writerow(["" if v is None else (json.dumps(plain(v)) if isinstance(v, (dict, list)) else plain(v))
                         for v in r])
     else:
         table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)

@@ -28,6 +28,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from taskmill.cli.commands import LAST_FAILURES
 from taskmill.cli.output import cell
 from taskmill.cli.reading import CliError, open_reading
 from taskmill.connect import Connected
@@ -38,8 +39,6 @@ __all__ = ["top"]
 #: Seconds between two redraws (from the shared-memory segment), two snapshots, two reads of the
 #: last failures: the screen changes twice a second at little cost to the scheduler it watches.
 SHM_EVERY, SNAPSHOT_EVERY, FAILURES_EVERY = 0.5, 1.0, 2.0
-_FAILURES = ("SELECT id, task_type, completed_at, last_error FROM task_history "
-             "WHERE status IN ('failed', 'dead_letter') ORDER BY seq DESC LIMIT 5")
 
 
 @contextlib.contextmanager
@@ -93,7 +92,7 @@ class Screen:
             self.snapshot = self.sched.snapshot()
         if now - self._last["failures"] >= FAILURES_EVERY:
             self._last["failures"] = now
-            self.failures = [tuple(r.values()) for r in self.sched.sql(_FAILURES)]
+            self.failures = [tuple(r.values()) for r in self.sched.sql(LAST_FAILURES)]
 
     def render(self) -> Group:
         c, snap = self.counters, self.snapshot

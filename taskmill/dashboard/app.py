@@ -24,9 +24,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from taskmill.cli.commands import PAUSED_SCOPES, pause_or_resume
+from taskmill.cli.output import plain
 from taskmill.connect import Connected
 from taskmill.errors import TaskmillError
-from taskmill.results import decode_json
 
 __all__ = ["Throughput", "make_app", "state"]
 
@@ -39,7 +40,6 @@ QUERIES_EVERY = 3.0
 
 _QUEUE = ("SELECT domain, coalesce(group_key, '') AS \"group\", priority, status, count(*) AS tasks FROM tasks "
           "WHERE status <> 'running' GROUP BY ALL ORDER BY domain, \"group\", priority, status")
-_PAUSED = "SELECT kind, scope, paused_at, resume_at FROM paused_scopes ORDER BY kind, scope"
 _FAILURES = ("SELECT id, task_type, status, completed_at, last_error AS error FROM task_history "
              "WHERE status IN ('failed', 'dead_letter') ORDER BY seq DESC LIMIT 10")
 _DEAD = ("SELECT id, task_type, completed_at, last_error AS error FROM task_history WHERE status = 'dead_letter' "
@@ -88,9 +88,9 @@ class Throughput:
         with self._lock:
             at, parts = self._queries
             if time.monotonic() - at >= QUERIES_EVERY:
-                parts = {name: _rows(self._sched, q) for name, q in
-                         (("queue", _QUEUE), ("paused", _PAUSED), ("failures", _FAILURES), ("dead_letters", _DEAD),
-                          ("types", _TYPES))}
+                parts = {name: self._sched.sql(q) for name, q in
+                         (("queue", _QUEUE), ("paused", PAUSED_SCOPES), ("failures", _FAILURES),
+                          ("dead_letters", _DEAD), ("types", _TYPES))}
                 self._queries = (time.monotonic(), parts)
             return parts
 
@@ -102,11 +102,6 @@ class Throughput:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2.0)
-
-
-def _rows(sched: Connected, query: str) -> list[dict[str, Any]]:
-    names, rows, json_columns = sched._session.call("sql", query, None)
-    return [dict(zip(names, r)) for r in decode_json(rows, json_columns)]
 
 
 def state(sched: Connected, throughput: Throughput) -> dict[str, Any]:
@@ -147,15 +142,10 @@ def _act(sched: Connected, body: dict[str, Any]) -> dict[str, Any]:
     """Do what a button asks: pause/resume (all, a domain or a group), cancel a task, retry a dead letter."""
     action, scope, name = body.get("action"), body.get("scope", "all"), body.get("name")
     if action in ("pause", "resume"):
-        if scope == "all":
-            n = sched.pause_all() if action == "pause" else sched.resume_all()
-        elif scope == "domain" and isinstance(name, str):
-            h = sched.domain(name)
-            n = h.pause() if action == "pause" else h.resume()
-        elif scope == "group" and isinstance(name, str):
-            n = sched.pause_group(name) if action == "pause" else sched.resume_group(name)
-        else:
+        if scope != "all" and (scope not in ("domain", "group") or not isinstance(name, str)):
             raise ValueError(f"{action} takes scope all, domain or group (with a name)")
+        n = pause_or_resume(sched, action, domain=name if scope == "domain" else None,
+                            group=name if scope == "group" else None)
         return {"done": f"{action}d {scope}{'' if name is None else ' ' + name}", "tasks": n}
     task_id = body.get("id")
     if not isinstance(task_id, int) or isinstance(task_id, bool):
@@ -195,7 +185,7 @@ def make_app(sched: Connected, token: str, port: int, throughput: Throughput) ->
         if not allowed(request):
             return refuse()
         try:
-            return JSONResponse(_plain(state(sched, throughput)))
+            return JSONResponse(plain(state(sched, throughput)))
         except TaskmillError as e:
             return JSONResponse({"error": f"{type(e).__name__}: {e}"}, status_code=503)
 
@@ -213,21 +203,9 @@ def make_app(sched: Connected, token: str, port: int, throughput: Throughput) ->
 
             done = await run_in_threadpool(_act, sched, body)
             throughput.refresh()
-            return JSONResponse(_plain(done))
+            return JSONResponse(plain(done))
         except (TaskmillError, ValueError, TypeError) as e:
             return JSONResponse({"error": f"{type(e).__name__}: {e}"}, status_code=400)
 
     return Starlette(routes=[Route("/", index), Route("/api/state", api_state),
                              Route("/api/action", api_action, methods=["POST"])])
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, datetime):
-        return v.isoformat()
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, float) and v != v:
-        return None
-    return v
