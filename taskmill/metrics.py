@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from taskmill.records import _RECORD, _ToDict
 
-__all__ = ["DENIAL_REASONS", "MetricsSnapshot"]
+__all__ = ["DENIAL_REASONS", "MetricsSnapshot", "active_count"]
 
 #: The admission checks, in the order the gate runs them (``coordinator/gate.py``).
 DENIAL_REASONS = ("concurrency", "domain_cap", "group_cap", "cpu", "memory", "io", "throttle", "rate_limit")
@@ -81,3 +81,8 @@ class MetricsSnapshot(_ToDict):
             net_tx_bytes_per_sec=float(c["net_tx_bps"]), cpus_total=c["cpus_total_milli"] / 1000,
             cpus_in_use=c["cpus_in_use_milli"] / 1000, memory_total=c["memory_total"],
             memory_in_use=c["memory_in_use"])
+
+
+def active_count(m: MetricsSnapshot) -> int:
+    """Tasks not ended yet, every way they wait or run (what stays in the store if the job stops now)."""
+    return m.pending + m.running + m.paused + m.blocked + m.waiting

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from taskmill import protocol
 from taskmill.controls import SessionCalls
 from taskmill.errors import WaitTimeout
+from taskmill.metrics import MetricsSnapshot, active_count
 from taskmill.records import TaskHistoryRecord
 from taskmill.results import SQL_FORMATS, sql_result
 from taskmill.validation import as_int, as_str, as_wait_timeout, describe, sql_params
@@ -185,4 +186,4 @@ def _ended(c: dict[str, int]) -> int:
 
 
 def _active(c: dict[str, int]) -> int:
-    return c["pending"] + c["running"] + c["paused"] + c["blocked"] + c["waiting"]
+    return active_count(MetricsSnapshot.from_counters(c))

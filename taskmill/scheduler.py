@@ -53,7 +53,7 @@ from taskmill.controls import AdmissionControls
 from taskmill.domain import Defaults, Domain, Submission, check_timeout
 from taskmill.errors import ConfigError, UnknownDomain
 from taskmill.handles import DomainHandle
-from taskmill.metrics import MetricsSnapshot
+from taskmill.metrics import MetricsSnapshot, active_count
 from taskmill.monitor import ResourceMonitor, monitoring_settings
 from taskmill.outcomes import SubmitOutcome, outcomes_from_wire
 from taskmill.prometheus import Exporter, metrics_settings, read_metrics
@@ -401,8 +401,7 @@ class Scheduler(Retrieval, AdmissionControls):
             return
         # Ctrl-C: say what stays and how to go on, instead of a traceback through multiprocessing
         try:
-            m = self.metrics_snapshot()
-            queued: int | None = m.pending + m.running + m.paused + m.blocked + m.waiting
+            queued: int | None = active_count(self.metrics_snapshot())
         except Exception:  # noqa: BLE001 - the message goes without the count
             queued = None
         self.close()

@@ -131,7 +131,7 @@ def serve(sched: Scheduler, *, log_format: str = "console") -> int:
 def _queued(sched: Scheduler) -> int | None:
     """Active tasks (they stay in the store), or None if the coordinator cannot tell now."""
     try:
-        snap = sched.snapshot()
+        snap = sched.snapshot()  # (not the shared-memory gauges: they follow the lifecycle a step later)
     except TaskmillError:
         return None
     return snap.running_count + snap.pending_count + snap.paused_count + snap.blocked_count + snap.waiting_count
