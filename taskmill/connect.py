@@ -27,7 +27,7 @@ from taskmill.channel import Channel
 from taskmill.domain import Domain
 from taskmill.errors import ConnectError, SchedulerBroken, SchedulerClosed
 from taskmill.handles import DomainHandle
-from taskmill.protocol import state_file_for
+from taskmill.protocol import is_coordinator, state_file_for
 from taskmill.records import Shutdown
 from taskmill.scheduler import DEFAULT_STORE, Scheduler, _stop
 from taskmill.session import Session
@@ -82,17 +82,10 @@ def read_state(store: str) -> dict[str, Any]:
         raise ConnectError(f"the state file {path} cannot be read ({e}): {hint}") from None
     if not isinstance(state, dict) or not all(k in state for k in ("pid", "socket", "authkey", "session")):
         raise ConnectError(f"the state file {path} does not name a coordinator this taskmill can attach to; {hint}")
-    if not _is_coordinator(state["pid"]):
+    if not is_coordinator(state["pid"], unreadable=False):  # (our state file: another user's pid is a reuse)
         raise _nothing_serves(f"no coordinator serves {store} (the state file names process {state['pid']}, "
                               f"which is gone): {hint}")
     return state
-
-
-def _is_coordinator(pid: Any) -> bool:
-    try:
-        return "taskmill.coordinator" in " ".join(psutil.Process(int(pid)).cmdline())
-    except (psutil.Error, ValueError, TypeError):
-        return False
 
 
 class Attached(Channel):

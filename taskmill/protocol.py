@@ -64,6 +64,7 @@ __all__ = [
     "Wait",
     "WaitIdle",
     "set_io_timeout",
+    "is_coordinator",
     "state_file_for",
 ]
 
@@ -88,6 +89,19 @@ def state_file_for(path: str) -> str | None:
     if path == ":memory:":
         return None
     return os.path.abspath(path) + ".taskmill.json"
+
+
+def is_coordinator(pid: Any, *, unreadable: bool) -> bool:
+    """Whether ``pid`` (as a state file names it) is a live taskmill coordinator, not merely a live
+    pid: pids get reused. ``unreadable`` is the answer for a process this user may not inspect."""
+    import psutil  # (here, not at the top: this module is a leaf that workers import too)
+
+    try:
+        return "taskmill.coordinator" in psutil.Process(int(pid)).cmdline()
+    except psutil.AccessDenied:
+        return unreadable
+    except (psutil.Error, ValueError, TypeError):
+        return False
 
 
 class SubmitItem(NamedTuple):

@@ -23,13 +23,12 @@ import sys
 import time
 from typing import Any
 
-import psutil
 import structlog
 
 from taskmill import protocol
 from taskmill.config import CoordinatorConfig, Launch
 from taskmill.errors import StartupError, StoreLocked, TaskmillError
-from taskmill.protocol import state_file_for
+from taskmill.protocol import is_coordinator, state_file_for
 
 #: Connections the kernel queues before the acceptor takes them (bursts of new host threads).
 LISTEN_BACKLOG = 128
@@ -46,17 +45,6 @@ def _read_config() -> tuple[CoordinatorConfig, Launch]:
     return config, launch
 
 
-def _is_coordinator(pid: int) -> bool:
-    """True if ``pid`` is a live taskmill coordinator (not merely a live pid: pids get reused)."""
-    try:
-        cmdline = psutil.Process(pid).cmdline()
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return False
-    except psutil.AccessDenied:
-        return True  # someone else's process we cannot inspect: be safe
-    return "taskmill.coordinator" in cmdline
-
-
 def _check_state_file(path: str | None) -> None:
     if path is None or not os.path.exists(path):
         return
@@ -65,7 +53,7 @@ def _check_state_file(path: str | None) -> None:
             pid = int(json.load(f).get("pid", 0))
     except (OSError, ValueError):
         return
-    if pid and pid != os.getpid() and _is_coordinator(pid):
+    if pid and pid != os.getpid() and is_coordinator(pid, unreadable=True):  # (unreadable: be safe)
         raise StoreLocked(f"a coordinator (pid {pid}) is already running on this store (state file {path}); "
                           "to use it from this process, attach with taskmill.connect(store_path)")
 
