@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, overload
 
 import structlog
 
+from taskmill.domain import keywords_only
 from taskmill.records import TaskRecord
 
 if TYPE_CHECKING:
@@ -182,7 +183,7 @@ class TaskContext:
         priorities and what is left of this task's TTL. When this task returns while
         children are active it waits for them; its ``finalize`` step (if any) then runs.
         """
-        _keywords_only(args)
+        keywords_only(args, "spawn_child()")
         return self._spawn("child", task, payload)
 
     @overload
@@ -200,7 +201,7 @@ class TaskContext:
         """
         if self.record.parent_id is None:
             raise ValueError(f"task {self.record.id} has no parent, so it cannot spawn a sibling")
-        _keywords_only(args)
+        keywords_only(args, "spawn_sibling()")
         return self._spawn("sibling", task, payload)
 
     def domain(self, domain: Any) -> _DomainSubmitter:
@@ -239,17 +240,12 @@ class _DomainSubmitter:
 
     def submit(self, task: Any, /, *args: Any, **payload: Any) -> Any:
         """Submit one task of this domain; returns its ``SubmitOutcome`` once durable."""
-        _keywords_only(args)
+        keywords_only(args, "submit()")
         return self._ctx._spawn("plain", task, payload, self.name)
 
     def submit_batch(self, submissions: Any) -> Any:
         """Submit many tasks of this domain in one transaction; returns a ``BatchOutcome``."""
         return self._ctx._spawn("plain_batch", submissions, {}, self.name)
-
-
-def _keywords_only(args: tuple[Any, ...]) -> None:
-    if args:
-        raise TypeError(f"the payload is keyword arguments only (stored as JSON by name), got {len(args)} positional")
 
 
 def _nonneg(n: Any, what: str) -> int:

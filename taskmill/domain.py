@@ -37,7 +37,7 @@ from taskmill.validation import (
 P = ParamSpec("P")
 R = TypeVar("R")
 
-__all__ = ["Domain", "Submission", "TaskOptions", "TaskType", "as_submission", "dedup_key"]
+__all__ = ["Domain", "Submission", "TaskOptions", "TaskType", "as_submission", "dedup_key", "keywords_only"]
 
 #: Tag limits (SPEC F5).
 MAX_TAGS = 32
@@ -356,7 +356,7 @@ class TaskType(Generic[P, R]):
 
     def call(self, *args: P.args, **payload: P.kwargs) -> Submission:
         """Build a submission of this task with ``payload`` as keyword arguments."""
-        _keywords_only(self, args)
+        keywords_only(args, f"{self.qualified}.call()")
         return Submission(task=self, payload=payload, overrides={})
 
     def finalize(self, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -399,7 +399,7 @@ class TaskOptions(Generic[P, R]):
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def call(self, *args: P.args, **payload: P.kwargs) -> Submission:
-        _keywords_only(self.task, args)
+        keywords_only(args, f"{self.task.qualified}.call()")
         return Submission(task=self.task, payload=payload, overrides=self.overrides)
 
     def options(self, **more: Any) -> TaskOptions[P, R]:
@@ -407,10 +407,11 @@ class TaskOptions(Generic[P, R]):
         return merged
 
 
-def _keywords_only(t: TaskType[Any, Any], args: tuple[Any, ...]) -> None:
+def keywords_only(args: tuple[Any, ...], what: str) -> None:
+    """Refuse a positional payload (``what`` names the call): its values are stored as JSON by name."""
     if args:
-        raise TypeError(f"{t.qualified}: the payload is keyword arguments only (its values are stored as "
-                        f"JSON by name), got {len(args)} positional")
+        raise TypeError(f"{what}: the payload is keyword arguments only (its values are stored as JSON by name), "
+                        f"got {len(args)} positional")
 
 
 @dataclass(frozen=True, slots=True)

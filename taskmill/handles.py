@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Mapping, overload
 from taskmill import protocol
 from taskmill.admission import RateLimit
 from taskmill.controls import GroupControls, rate_wire, task_type_name
-from taskmill.domain import Domain, P, Submission, TaskOptions, TaskType, as_submission, resolve
+from taskmill.domain import Domain, P, Submission, TaskOptions, TaskType, as_submission, keywords_only, resolve
 from taskmill.errors import InvalidSubmission, UnknownTaskType
 from taskmill.events import Event
 from taskmill.outcomes import BatchOutcome, SubmitOutcome, outcomes_from_wire
@@ -93,9 +93,7 @@ class DomainHandle(GroupControls):
             SchedulerClosed: the scheduler is closed or not started.
         """
         self._check_open()
-        if args:
-            raise TypeError("submit() takes the payload as keyword arguments (stored as JSON by name), got "
-                            f"{len(args)} positional")
+        keywords_only(args, "submit()")
         item = resolve(self._submission(task, payload), self._session.defaults)
         try:
             wire = self._session.proc().request(protocol.Submit([tuple(item)]))
