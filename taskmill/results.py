@@ -56,5 +56,5 @@ def sql_result(names: Sequence[str], rows: Sequence[Sequence[Any]], json_columns
             if i not in json_columns:
                 raise
             # JSON whose values do not share one type (an int here, a str there): keep its text
-            columns.append(pa.array([None if r[i] is None else r[i] for r in rows], type=pa.string()))
+            columns.append(pa.array([r[i] for r in rows], type=pa.string()))
     return pa.table(columns, names=list(names))
