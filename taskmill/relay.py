@@ -7,6 +7,9 @@ drawn here (rich redirects both while it is live) keeps task prints and log
 lines above it instead of being torn by them, and pytest's capture, a
 redirected ``sys.stderr`` or a notebook see them too. Text is decoded as UTF-8
 (bad bytes replaced) as it comes; partial lines go through as they are.
+Whoever swaps ``sys.stdout``/``sys.stderr`` (the bar, starting or stopping)
+holds :data:`SWAPPING`, so a copy never writes to a stream that was swapped
+out between looking it up and writing to it (that tore the bar's first line).
 Imports the standard library only.
 """
 
@@ -18,7 +21,11 @@ import sys
 import threading
 from typing import IO
 
-__all__ = ["OutputRelay"]
+__all__ = ["SWAPPING", "OutputRelay"]
+
+#: Held while a copy looks up its target stream and writes to it, and by the
+#: code that redirects ``sys.stdout``/``sys.stderr`` while it does.
+SWAPPING = threading.Lock()
 
 
 class OutputRelay:
@@ -42,13 +49,15 @@ class OutputRelay:
                 except OSError:
                     data = b""
                 text = decoder.decode(data, final=not data)
-                target = getattr(sys, name, None)
-                if text and target is not None:
-                    try:
-                        target.write(text)
-                        target.flush()
-                    except (OSError, ValueError):  # closed or broken: the output has nowhere to go
-                        pass
+                if text:
+                    with SWAPPING:
+                        target = getattr(sys, name, None)
+                        try:
+                            if target is not None:
+                                target.write(text)
+                                target.flush()
+                        except (OSError, ValueError):  # closed or broken: the output has nowhere to go
+                            pass
                 if not data:
                     return
         finally:

@@ -139,6 +139,7 @@ class Retrieval(SessionCalls):
             TimeRemainingColumn,
         )
 
+        from taskmill.relay import SWAPPING
         from taskmill.shm import SegmentReader
 
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -147,9 +148,12 @@ class Retrieval(SessionCalls):
         try:
             c = reader.counters()
             first = _ended(c)
-            with Progress(TextColumn("[bold]tasks"), BarColumn(), MofNCompleteColumn(),
-                          TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(),
-                          TextColumn("{task.description}"), TimeElapsedColumn(), transient=False) as bar:
+            bar = Progress(TextColumn("[bold]tasks"), BarColumn(), MofNCompleteColumn(),
+                           TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(),
+                           TextColumn("{task.description}"), TimeElapsedColumn(), transient=False)
+            with SWAPPING:  # it redirects sys.stdout/sys.stderr: not while task output is being copied
+                bar.start()
+            try:
                 tid = bar.add_task("", total=max(first + _active(c), 1), completed=first, rate="")
                 while True:
                     step = PROGRESS_REFRESH
@@ -176,6 +180,9 @@ class Retrieval(SessionCalls):
                         return
                     if deadline is not None and time.monotonic() >= deadline:
                         raise WaitTimeout("the scheduler did not become idle in time")
+            finally:
+                with SWAPPING:
+                    bar.stop()
         finally:
             reader.close()
 

@@ -201,9 +201,9 @@ def _die_with_parent() -> None:
 def worker_main(conn: Any, lifeline: Any, slot_index: int, shm_name: str, claim_lock: Any) -> None:
     """Entry point of a worker process (target of the fork-server Process)."""
     faulthandler.enable()
-    for stream in (sys.stdout, sys.stderr):  # a pipe to the host (taskmill.relay): each line goes at once
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(line_buffering=True)
+    for stream in (sys.stdout, sys.stderr):  # a pipe to the host (taskmill.relay): each line goes at once,
+        if hasattr(stream, "reconfigure"):  # whole (PYTHONUNBUFFERED's write-through sent print()'s text and
+            stream.reconfigure(line_buffering=True, write_through=False)  # its newline apart: lines tore)
     os.setpgid(0, 0)  # own process group: killing the worker also kills what its task started
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when we stop

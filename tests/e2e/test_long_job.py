@@ -126,7 +126,8 @@ if __name__ == "__main__":
 @needs_tmux
 def test_task_output_goes_above_the_bar_and_never_tears_it(tmp_path: Path, no_leaks: object) -> None:
     (tmp_path / "chat.py").write_text(textwrap.dedent(CHATTY))
-    with Terminal(f"{sys.executable} {tmp_path / 'chat.py'}", tmp_path, height=80) as term:
+    # unbuffered (as in CI): print()'s text and its newline are two writes, and lines of two tasks tore apart
+    with Terminal(f"PYTHONUNBUFFERED=1 {sys.executable} {tmp_path / 'chat.py'}", tmp_path, height=80) as term:
         screen = term.when("EXITED", what="the script's end")
     lines = [ln.rstrip() for ln in screen.splitlines() if ln.strip()]
     said = [ln for ln in lines if "says line" in ln]
