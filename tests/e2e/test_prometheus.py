@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -39,6 +40,17 @@ def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
         for s in family.samples:
             out.setdefault(s.name, []).append((dict(s.labels), s.value))
     return out
+
+
+def scrape_once_up(port: int) -> dict[str, list[tuple[dict[str, str], float]]] | None:
+    """A scrape, or None while nothing listens on the port yet (the served process starts its
+    exporter after its coordinator has written the state file the test waits for)."""
+    try:
+        return scrape(port)
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, ConnectionRefusedError):
+            return None
+        raise
 
 
 def test_an_embedded_scheduler_exports_every_counter_and_gauge(tmp_path: Path) -> None:
@@ -91,7 +103,7 @@ def test_taskmill_serve_exports_on_its_metrics_port(jobs_dir: tuple[Path, str], 
         port = probe.getsockname()[1]
     served = Served(jobs_dir[0], jobs_dir[1], no_leaks, extra=["--metrics-port", str(port)]).start()
     try:
-        got = poll_until(lambda: scrape(port), what="a scrape of the served scheduler")
+        got = poll_until(lambda: scrape_once_up(port), what="a scrape of the served scheduler")
         assert got["taskmill_max_concurrency"] == [({}, 2.0)]
         assert any(e.get("metrics") == f"http://127.0.0.1:{port}/metrics" for e in served.log_events())
     finally:
