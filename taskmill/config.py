@@ -65,6 +65,8 @@ THROTTLE_THRESHOLDS: tuple[tuple[int, float], ...] = ((int(Priority.BACKGROUND),
 PREEMPT_PRIORITY: int | None = int(Priority.REALTIME)
 #: How preempted work stops: "cancel" (ctx.cancelled, runs again later) or "suspend" (SIGSTOP/SIGCONT).
 PREEMPTION = "cancel"
+#: ``Scheduler(durability=…)``: how far a journaled change is written before it is answered.
+DURABILITY = ("fsync", "os")
 #: The fair-share weight of a group that has none of its own (and of ungrouped tasks).
 DEFAULT_GROUP_WEIGHT = 1.0
 
@@ -114,6 +116,7 @@ class CoordinatorConfig:
     progress_interval: float | None = None  # seconds between TaskProgress ticks (None: no ticker)
     event_buffer: int = EVENT_BUFFER
     backend: str = "local"  # where admitted runs execute (``coordinator/backends``)
+    durability: str = "fsync"  # the journal's records: "fsync" (fdatasync'd) or "os" (written only)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -38,6 +38,7 @@ from taskmill.config import (
     CANCEL_HOOK_TIMEOUT,
     DEFAULT_GROUP_WEIGHT,
     DEFAULT_PRIORITY,
+    DURABILITY,
     EVENT_BUFFER,
     EXPIRY_SWEEP_INTERVAL,
     MAX_EVENT_BUFFER,
@@ -180,6 +181,12 @@ class Scheduler(Retrieval, AdmissionControls):
             after start; extra ``taskmill[prometheus]``). None: no exporter.
         metrics_prefix, metrics_labels: The exported names' prefix (``"taskmill"``)
             and constant labels on every series ({} by default).
+        durability: ``"fsync"`` (default): a submission (any change) returns once it
+            is on the disk (journaled with ``fdatasync``), so it survives a kill of
+            any process and a crash of the machine. ``"os"``: once the operating
+            system holds it (journaled without ``fdatasync``): it survives a kill of
+            any process, not a power cut or kernel crash, and a single submit
+            costs less. DuckDB's own commits are unchanged.
 
     Every argument is checked here, on the host: a bad one is a ``TypeError`` or
     ``ValueError`` naming it (``ConfigError`` for two domains of one name).
@@ -237,6 +244,7 @@ class Scheduler(Retrieval, AdmissionControls):
         metrics_port: int | None = None,
         metrics_prefix: str = "taskmill",
         metrics_labels: dict[str, str] | None = None,
+        durability: str = "fsync",
     ) -> None:
         path = os.fspath(store_path) if isinstance(store_path, os.PathLike) else store_path
         if not isinstance(path, str):
@@ -282,6 +290,9 @@ class Scheduler(Retrieval, AdmissionControls):
         if not isinstance(start_paused, bool):
             raise TypeError(f"start_paused must be a bool, got {describe(start_paused)}")
         self._start_paused = start_paused
+        if durability not in DURABILITY:
+            raise ValueError(f"durability must be one of {', '.join(map(repr, DURABILITY))}, got {describe(durability)}")
+        self._durability = durability
         if retention is not None and not isinstance(retention, (MaxCount, MaxAgeDays)):
             raise TypeError(f"retention must be MaxCount(n), MaxAgeDays(d) or None, got {describe(retention)}")
         self._retention = (None if retention is None else ("count", retention.n) if isinstance(retention, MaxCount)
@@ -365,6 +376,7 @@ class Scheduler(Retrieval, AdmissionControls):
             admission=self._admission,
             progress_interval=self._progress_interval,
             event_buffer=self._session.event_buffer,
+            durability=self._durability,
         )
         session = pickle.dumps({"domains": {d.name: d.max_concurrency for d in self._domains.values()},
                                 "tasks": sorted(tasks), "defaults": self._defaults})

@@ -10,6 +10,7 @@ job ended; commands that change state say they need ``taskmill serve``.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Sequence
 
 import duckdb
@@ -17,6 +18,7 @@ import duckdb
 from taskmill.connect import Connected, served_state
 from taskmill.errors import TaskmillError
 from taskmill.results import decode_json
+from taskmill.store.journal import journal_path, pending
 from taskmill.store.queries import select
 from taskmill.validation import sql_params
 
@@ -78,4 +80,22 @@ def open_reading(store: str) -> Reading:
         raise CliError(f"{store} is open in another process that does not serve it ({e})") from None
     except duckdb.Error as e:
         raise CliError(f"{store} cannot be opened as a taskmill store: {e}") from None
+    unmerged = _unmerged(store, con)
+    if unmerged:
+        print(f"taskmill: {store}.journal holds {unmerged} acknowledged commits a crash left out of the "
+              "store; they are not shown here until a scheduler starts on the store (it applies them first)",
+              file=sys.stderr)
     return Reading(store, None, con)
+
+
+def _unmerged(store: str, con: duckdb.DuckDBPyConnection) -> int:
+    """Journal records the store does not hold yet (see ``taskmill.store.journal``)."""
+    path = journal_path(store)
+    if path is None or not os.path.exists(path) or os.path.getsize(path) == 0:
+        return 0
+    try:
+        row = con.execute("SELECT max(value::BIGINT) FROM meta WHERE key = 'journal_seq'").fetchone()
+    except duckdb.Error:  # not a taskmill store: the command says so
+        return 0
+    applied = int(row[0] or 0) if row else 0
+    return len(pending(path, applied))

@@ -124,6 +124,7 @@ def main() -> int:
         if coord is not None:
             quietly(coord.readers.close)
             quietly(coord.writer.close)
+            quietly(coord.close_journal)
             if coord.acceptor is not None:
                 quietly(coord.acceptor.close)
         if listener is not None:

@@ -67,6 +67,7 @@ from taskmill.coordinator.writer import Writer
 from taskmill.errors import SchedulerBroken, SchedulerClosed
 from taskmill.shm import SharedState
 from taskmill.store import Queries, Store
+from taskmill.store.journal import Journal, journal_path, replay
 
 __all__ = ["Coordinator"]
 
@@ -162,12 +163,18 @@ class Coordinator:
                 self._watch(fd, "host", fd)
         self._published = 0.0
         self._publish_pending = False
+        path = journal_path(store.path)
+        self.journal = Journal(path, sync=config.durability == "fsync") if path is not None else None
+        if self.journal is not None:  # what a crash left in the journal goes into the store first
+            replayed = replay(self.journal, store.apply_all, store.journal_seq)
+            if replayed:
+                log.info("journaled commits replayed into the store", commits=replayed)
         self.writer = Writer(store, self._wake_w)
         self.readers = QueryRunner(store, self._wake)
         self.fanout = Fanout(self._watch_subscriber, self._forget_subscriber)
         self.replies = Replies(self.lc, store, self.writer, self.readers, self.runs, reply=self._reply,
                                unwatch=self._unwatch, promote=self._promote, mono=self.mono,
-                               release=self.fanout.publish)
+                               release=self.fanout.publish, journal=self.journal)
         self._progress_tick: Timer | None = None
         self.prefetch: ColdPrefetch | None = None  # while a cold tail is left after recovery
 
@@ -293,9 +300,11 @@ class Coordinator:
         if replies.reads_next:
             replies.commit()  # the loop reads the store next
         elif (replies.changes_wait or self._batch_due(now)) and not self.writer.busy:
-            replies.commit(background=True)  # changes are answered once the writer has committed them
+            replies.commit(background=True)  # on the writer; what waits is journaled first when it can be
+        elif replies.changes_wait and replies.journals:
+            replies.journal_changes()  # the writer is busy: answered from the journal, applied later
         if lc.fx.events and not lc.fx.dirty:  # events with no write behind them (progress reports)
-            replies.unreleased += lc.fx.take_events()
+            replies.release_after(lc.fx.take_events())
         replies.answer()
         if not self.stopping:
             self.runs.dispatch(now)
@@ -322,6 +331,11 @@ class Coordinator:
     def commit(self) -> None:
         """Commit every buffered write here and now (the loop reads the store next)."""
         self.replies.commit()
+
+    def close_journal(self) -> None:
+        """Close the journal; remove it when the store holds every commit (a clean stop)."""
+        if self.journal is not None:
+            self.journal.close(remove=self.store.journal_seq >= self.replies.seq and not self.writer.busy)
 
     def _batch_due(self, now: float) -> bool:
         fx = self.lc.fx

@@ -1,19 +1,24 @@
 """Commits and answers: what the loop owes its clients and the tasks that submit, and when.
 
 A change (a submission, a cancel, a task's spawn) is answered only once the
-commit holding it is done: the batch goes to the writer thread and its
-acknowledgements wait in ``saving`` until the writer is idle again, while the
-loop keeps dispatching. The loop commits itself (after joining the writer)
-only when it reads the store next: a query, a deferred call, a waited-on task
-that finished, idle waiters. Events go with the commit that makes them true
-and are released when it is done (``Events``). A failed commit answers every
-change still waiting with the error. Waits (``wait``, ``wait_idle``) and
-their deadlines live here too. Imports the store's types, the protocol and
-leaves; the loop hands in how to reply and to stop watching a client.
+commit holding it is durable. Every commit has a number. A small one is
+appended to the journal (``taskmill.store.journal``: one ``fdatasync``) and is
+durable at once; a large one is durable once the writer thread has applied it
+to DuckDB; the writer applies journaled ones later, several in one
+transaction. Answers and events wait in ``saving``/``unreleased``, stamped with
+their commit, until it and every commit before it are durable, so nothing is
+answered out of order, and the loop keeps dispatching meanwhile. The loop
+commits itself (after joining the writer) only when it reads the store next: a
+query, a deferred call, a waited-on task that finished, idle waiters. A failed
+commit answers every change still waiting with the error. Waits (``wait``,
+``wait_idle``) and their deadlines live here too. Imports the store's types,
+the protocol and leaves; the loop hands in how to reply and to stop watching a
+client.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -28,12 +33,19 @@ if TYPE_CHECKING:
     from taskmill.coordinator.runs import Runs
     from taskmill.coordinator.writer import Writer
     from taskmill.store import Store
+    from taskmill.store.journal import Journal
 
 __all__ = ["Replies"]
 
 log = structlog.get_logger("taskmill.coordinator")
 
 To = Connection | Callable[[Any], None]  # a client, or a task's executor (its ``answer``)
+
+#: Largest commit (in changes) that goes through the journal; a larger one (a big batch of
+#: submissions) is answered once the writer has applied it: writing it twice costs more than waiting.
+JOURNAL_MAX_OPS = 2000
+#: The journal is emptied once it is this large and everything in it is in the store.
+JOURNAL_RESET_BYTES = 8 << 20
 
 
 class Replies:
@@ -42,7 +54,7 @@ class Replies:
     def __init__(self, lc: Lifecycle, store: Store, writer: Writer, readers: QueryRunner, runs: Runs, *,
                  reply: Callable[[Connection, Any], None], unwatch: Callable[[int], None],
                  promote: Callable[[list[int], list[str]], None], mono: Callable[[], float],
-                 release: Callable[[list[tuple]], None]) -> None:
+                 release: Callable[[list[tuple]], None], journal: Journal | None = None) -> None:
         self.lc = lc
         self.store = store
         self.writer = writer
@@ -53,10 +65,14 @@ class Replies:
         self.promote = promote
         self.mono = mono
         self.release = release  # events out to subscribers (``Fanout.publish``)
-        self.unreleased: list[tuple] = []  # events whose commit is handed out, not yet known done
+        self.journal = journal
+        lc.fx.journaling = journal is not None
+        self.seq = store.journal_seq  # the number of the last commit
+        self.direct: deque[int] = deque()  # commits handed to the writer unjournaled, not known applied
+        self.unreleased: list[tuple[int, list[tuple]]] = []  # (commit, events) not known durable yet
         self.commits = 0
         self.acks: list[tuple[Connection, Any]] = []  # replies to changes not yet handed to a commit
-        self.saving: list[tuple[To, Any]] = []  # ... whose commit is under way
+        self.saving: list[tuple[int, To, Any]] = []  # (commit, to, reply) whose commit is not durable yet
         self.deferred: list[tuple[Connection, Callable[[], Any]]] = []  # calls that read the store on the loop
         self.queries: list[tuple[Connection, Callable[[Any], Any], float]] = []  # (client, fn(cursor), limit)
         self.waiters: dict[int, list[Connection]] = {}
@@ -69,7 +85,7 @@ class Replies:
     def reads_next(self) -> bool:
         """Something must read the store after this step: commit here, not on the writer."""
         fx = self.lc.fx
-        return bool(self.deferred or self.queries or (self.idle_waiters and not self.lc.tasks)
+        return bool(self.deferred or self.queries or (self.idle_waiters and not self.lc.tasks) or self.journal_full
                     or (self.waiters and any(t in self.waiters for t in fx.finished)))
 
     @property
@@ -96,7 +112,7 @@ class Replies:
         self.idle_waiters = [(c, d) for c, d in self.idle_waiters if c is not conn]
         self.wait_deadlines = [w for w in self.wait_deadlines if w[2] is not conn]
         self.acks = [a for a in self.acks if a[0] is not conn]
-        self.saving = [a for a in self.saving if a[0] is not conn]
+        self.saving = [a for a in self.saving if a[1] is not conn]
         self.queries = [q for q in self.queries if q[0] is not conn]
 
     # ------------------------------------------------------------------ wait deadlines
@@ -123,48 +139,111 @@ class Replies:
     # ------------------------------------------------------------------ commit and answers
 
     def commit(self, background: bool = False) -> None:
-        """Write the buffered batch: on the writer thread, or here (after joining it) when
-        someone waits for durability or the loop is about to read the store."""
+        """Write every buffered change to the store: on the writer thread, or here (after joining
+        it) when the loop reads the store next. A batch whose changes are all journaled already
+        carries the last journal record's number and makes nobody wait; any other gets a number
+        of its own and is durable once applied (``durable_through``)."""
         fx = self.lc.fx
-        if background:
-            batch, events = fx.take_writes()
-            if len(batch):
-                self.writer.submit(batch)
-                self.commits += 1
-        else:
+        if not background:
             self.writer.join()  # also when there is nothing to write: the loop may read the store next
-            batch, events = fx.take_writes()
-            if len(batch):
+        elif fx.journaling and 0 < len(fx.delta) <= JOURNAL_MAX_OPS:
+            self.journal_changes()  # then the batch holds nothing the journal lacks
+        own = not fx.journaling or len(fx.delta) > 0
+        batch, events = fx.take_writes()
+        if len(batch):
+            if own:
+                self.seq += 1
+            if background:
+                if own:
+                    self.direct.append(self.seq)
+                self.writer.submit(batch, self.seq)
+            else:
                 try:
-                    self.store.apply(batch)
+                    self.store.apply(batch, self.seq)
                 except StoreError as e:
                     log.error("commit failed; coordinator stops", error=str(e))
                     self.fail_saving(e)
                     raise
-                self.commits += 1
+            self.commits += 1
+        if not background:
+            self.direct.clear()  # everything is in the store
+            if self.journal is not None and self.journal.size > JOURNAL_RESET_BYTES:
+                self.journal.reset()  # ... the journal's records too
+        self._stamp(events)
+
+    def journal_changes(self) -> None:
+        """Make the changes since the last journal record durable now: one record, one ``fdatasync``;
+        the changes waiting for it are answered as soon as every commit before it is durable too."""
+        assert self.journal is not None
+        delta, events = self.lc.fx.take_delta()
+        if len(delta):
+            self.seq += 1
+            try:
+                self.journal.append(self.seq, delta)
+            except OSError as e:
+                self.fail_saving(e)
+                raise StoreError(f"the commit journal {self.journal.path} failed: {e}") from e
+        self._stamp(events)
+
+    def _stamp(self, events: list[tuple]) -> None:
+        """What waits for the commit numbered ``seq``: these events, and every waiting answer."""
         if events:
-            self.unreleased += events
-        self.saving += self.acks
-        self.saving += self.runs.take_acks()
+            self.unreleased.append((self.seq, events))
+        self.saving += [(self.seq, to, reply) for to, reply in self.acks]
+        self.saving += [(self.seq, to, reply) for to, reply in self.runs.take_acks()]
         self.acks.clear()
 
+    @property
+    def journals(self) -> bool:
+        """Waiting changes can be made durable by the journal now (small enough to write twice)."""
+        return self.lc.fx.journaling and len(self.lc.fx.delta) <= JOURNAL_MAX_OPS
+
+    @property
+    def journal_full(self) -> bool:
+        """The journal should be emptied: the next commit is made here, with everything in it."""
+        return self.journal is not None and self.journal.size > JOURNAL_RESET_BYTES
+
+    def release_after(self, events: list[tuple]) -> None:
+        """Events with no write of their own: released after every commit before them."""
+        self.unreleased.append((self.seq, events))
+
+    def durable_through(self) -> int:
+        """The last commit number such that it and every one before it are durable."""
+        applied = self.writer.applied
+        direct = self.direct
+        while direct and direct[0] <= applied:
+            direct.popleft()
+        return direct[0] - 1 if direct else self.seq
+
     def send_saved(self) -> None:
-        """Answer the changes the last commit made durable, and release its events (none while the
-        writer still works: the commit in flight holds the newest of them)."""
-        if self.writer.busy:
-            return
+        """Answer the changes that are durable, and release their events (in commit order)."""
+        through = self.durable_through()
         if self.saving:
-            saving, self.saving = self.saving, []
-            for to, reply in saving:
-                self.answer_to(to, reply)
+            n = 0
+            for stamp, _, _ in self.saving:
+                if stamp > through:
+                    break
+                n += 1
+            if n:
+                saved, self.saving = self.saving[:n], self.saving[n:]
+                for _, to, reply in saved:
+                    self.answer_to(to, reply)
         if self.unreleased:
-            events, self.unreleased = self.unreleased, []
-            self.release(events)
+            n = 0
+            for stamp, _ in self.unreleased:
+                if stamp > through:
+                    break
+                n += 1
+            if n:
+                ready, self.unreleased = self.unreleased[:n], self.unreleased[n:]
+                self.release([e for _, events in ready for e in events])
 
     def fail_saving(self, e: BaseException) -> None:
         """The store failed: every change still waiting for its commit is answered with the error."""
         broken = protocol.ErrorReply.of(SchedulerBroken(f"the store failed: {e}"))
-        for to, _ in self.saving + self.acks + self.runs.take_acks():
+        for _, to, _ in self.saving:
+            self.answer_to(to, broken)
+        for to, _ in self.acks + self.runs.take_acks():
             self.answer_to(to, broken)
         self.saving, self.acks = [], []
 

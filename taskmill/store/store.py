@@ -158,6 +158,8 @@ class Store(Queries):
         #: (~10 ms a batch even on an empty table). Set before a commit that may add edges, cleared
         #: only after a commit that left none.
         self._edges = bool(self._scalar("SELECT count(*) FROM task_deps"))
+        #: The last record of the submission journal (``journal.py``) this store holds.
+        self.journal_seq = int(self._scalar("SELECT coalesce(max(value::BIGINT), 0) FROM meta WHERE key = 'journal_seq'"))
 
     def _lock_down(self, export_dir: str | None) -> None:
         """User SQL runs on this database: no file or network access beyond the store itself
@@ -327,79 +329,23 @@ class Store(Queries):
 
     # ------------------------------------------------------------------ the group commit
 
-    def apply(self, batch: WriteBatch) -> None:
-        """Apply one iteration's writes in one transaction (one fsync), in ``WriteBatch``'s order."""
-        seq = self._next_seq
-        if batch.deps or batch.dep_moves:
-            self._edges = True
-        edges_left = self._edges
+    def apply(self, batch: WriteBatch, journal_seq: int | None = None) -> None:
+        """Apply one iteration's writes in one transaction (one fsync), in ``WriteBatch``'s order;
+        with ``journal_seq``, record that the journal's records up to it are in the store."""
+        self.apply_all([batch], journal_seq)
+
+    def apply_all(self, batches: Sequence[WriteBatch], journal_seq: int | None = None) -> None:
+        """Apply batches one after the other in one transaction (one fsync): how the writer catches
+        up with several journaled iterations at once. ``journal_seq`` as in ``apply``."""
+        seq, edges = self._next_seq, self._edges
         with self.transaction() as con:
-            if batch.inserts:
-                app = con.appender("tasks")
-                app.append_rows(batch.inserts)
-                app.flush()
-            if batch.deps:
-                edges = list(dict.fromkeys(batch.deps))
-                con.execute(
-                    "INSERT INTO task_deps SELECT unnest($1::BIGINT[]), unnest($2::BIGINT[]) ON CONFLICT DO NOTHING",
-                    [[t for t, _ in edges], [d for _, d in edges]])
-            for old, new in batch.dep_moves:  # in order: a chain a -> b -> c ends at c
-                con.execute("INSERT INTO task_deps SELECT task_id, ? FROM task_deps WHERE depends_on = ? "
-                            "ON CONFLICT DO NOTHING", [new, old])
-                con.execute("DELETE FROM task_deps WHERE depends_on = ?", [old])
-            if batch.priorities:
-                ids, prios = zip(*batch.priorities.items())
-                con.execute(
-                    "UPDATE tasks SET priority = u.p FROM (SELECT unnest($1::BIGINT[]) AS id, unnest($2::SMALLINT[]) AS p) u "
-                    "WHERE tasks.id = u.id", [list(ids), list(prios)])
-            if batch.requeue_marks:
-                ids, prios = zip(*batch.requeue_marks.items())
-                con.execute(
-                    "UPDATE tasks SET requeue = true, requeue_priority = u.p FROM (SELECT unnest($1::BIGINT[]) AS id, "
-                    "unnest($2::SMALLINT[]) AS p) u WHERE tasks.id = u.id", [list(ids), list(prios)])
-            if batch.retries:
-                rids = list(batch.retries)
-                counts, afters, errs = zip(*batch.retries.values())
-                con.execute(
-                    "UPDATE tasks SET status = 'pending', started_at = NULL, retry_count = u.c, "
-                    "run_after = make_timestamp((u.a * 1e6)::BIGINT), last_error = u.e FROM (SELECT "
-                    "unnest($1::BIGINT[]) AS id, unnest($2::INTEGER[]) AS c, unnest($3::DOUBLE[]) AS a, "
-                    "unnest($4::VARCHAR[]) AS e) u WHERE tasks.id = u.id",
-                    [rids, list(counts), list(afters), list(errs)])
-            added = 0
-            if batch.finished:
-                added = _move_to_history(con, batch.finished, seq, edges=self._edges)
-            if batch.deps_released and self._edges:
-                con.execute("DELETE FROM task_deps WHERE depends_on IN (SELECT unnest($1::BIGINT[]))",
-                            [list(batch.deps_released)])
-            if self._edges and (batch.finished or batch.deps_released):
-                edges_left = bool(con.execute("SELECT count(*) FROM task_deps").fetchall()[0][0])
-            if batch.requeued_runs:
-                ids, prios = zip(*batch.requeued_runs.items())
-                con.execute(
-                    "UPDATE tasks SET status = 'pending', started_at = NULL, retry_count = 0, requeue = false, "
-                    "requeue_priority = NULL, priority = u.p FROM (SELECT unnest($1::BIGINT[]) AS id, "
-                    "unnest($2::SMALLINT[]) AS p) u WHERE tasks.id = u.id", [list(ids), list(prios)])
-            if batch.to_pending:
-                con.execute("UPDATE tasks SET status = 'pending', started_at = NULL WHERE id IN (SELECT unnest($1::BIGINT[]))",
-                            [list(batch.to_pending)])
-            if batch.updates:
-                _apply_updates(con, batch.updates)
-            if batch.running:
-                ids, starts = zip(*batch.running.items())
-                con.execute(
-                    "UPDATE tasks SET status = 'running', started_at = make_timestamp((u.s * 1e6)::BIGINT) FROM "
-                    "(SELECT unnest($1::BIGINT[]) AS id, unnest($2::DOUBLE[]) AS s) u WHERE tasks.id = u.id",
-                    [list(ids), list(starts)])
-            if batch.scopes:
-                _apply_scopes(con, batch.scopes)
-            if batch.next_id is not None:
-                con.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", [str(batch.next_id)])
-            if batch.prune is not None:
-                kind, value = batch.prune
-                _prune(con, kind, value)
-        self._next_seq = seq + added  # only once committed: a rolled-back batch leaves no hole
-        self._edges = edges_left
+            for batch in batches:
+                seq, edges = _write(con, batch, seq, edges)
+            if journal_seq is not None:
+                con.execute("INSERT OR REPLACE INTO meta VALUES ('journal_seq', ?)", [str(journal_seq)])
+        self._next_seq, self._edges = seq, edges  # only once committed: a rolled-back batch leaves no hole
+        if journal_seq is not None:
+            self.journal_seq = journal_seq
 
     def fetch_payloads(self, ids: Sequence[int]) -> dict[int, str]:
         rows = self.con.execute("SELECT id, payload FROM tasks WHERE id IN (SELECT unnest($1::BIGINT[]))",
@@ -458,6 +404,79 @@ _TYPE_STATS_SELECT = (
     "coalesce(sum(read_bytes) FILTER (WHERE status = 'completed'), 0), "
     "coalesce(sum(write_bytes) FILTER (WHERE status = 'completed'), 0) FROM task_history ")
 _STATS_COLUMNS = ("completed", "failed", "dead_letter", "total", "sum_duration_ms", "sum_read_bytes", "sum_write_bytes")
+
+
+def _write(con: duckdb.DuckDBPyConnection, batch: WriteBatch, seq: int, edges: bool) -> tuple[int, bool]:
+    """One batch's statements, in ``WriteBatch``'s order, inside the caller's transaction. ``seq`` is the
+    next history row's, ``edges`` whether task_deps may hold rows; returns both as they are after it."""
+    if batch.deps or batch.dep_moves:
+        edges = True
+    edges_left = edges
+    if batch.inserts:
+        app = con.appender("tasks")
+        app.append_rows(batch.inserts)
+        app.flush()
+    if batch.deps:
+        pairs = list(dict.fromkeys(batch.deps))
+        con.execute(
+            "INSERT INTO task_deps SELECT unnest($1::BIGINT[]), unnest($2::BIGINT[]) ON CONFLICT DO NOTHING",
+            [[t for t, _ in pairs], [d for _, d in pairs]])
+    for old, new in batch.dep_moves:  # in order: a chain a -> b -> c ends at c
+        con.execute("INSERT INTO task_deps SELECT task_id, ? FROM task_deps WHERE depends_on = ? "
+                    "ON CONFLICT DO NOTHING", [new, old])
+        con.execute("DELETE FROM task_deps WHERE depends_on = ?", [old])
+    if batch.priorities:
+        ids, prios = zip(*batch.priorities.items())
+        con.execute(
+            "UPDATE tasks SET priority = u.p FROM (SELECT unnest($1::BIGINT[]) AS id, unnest($2::SMALLINT[]) AS p) u "
+            "WHERE tasks.id = u.id", [list(ids), list(prios)])
+    if batch.requeue_marks:
+        ids, prios = zip(*batch.requeue_marks.items())
+        con.execute(
+            "UPDATE tasks SET requeue = true, requeue_priority = u.p FROM (SELECT unnest($1::BIGINT[]) AS id, "
+            "unnest($2::SMALLINT[]) AS p) u WHERE tasks.id = u.id", [list(ids), list(prios)])
+    if batch.retries:
+        rids = list(batch.retries)
+        counts, afters, errs = zip(*batch.retries.values())
+        con.execute(
+            "UPDATE tasks SET status = 'pending', started_at = NULL, retry_count = u.c, "
+            "run_after = make_timestamp((u.a * 1e6)::BIGINT), last_error = u.e FROM (SELECT "
+            "unnest($1::BIGINT[]) AS id, unnest($2::INTEGER[]) AS c, unnest($3::DOUBLE[]) AS a, "
+            "unnest($4::VARCHAR[]) AS e) u WHERE tasks.id = u.id",
+            [rids, list(counts), list(afters), list(errs)])
+    added = 0
+    if batch.finished:
+        added = _move_to_history(con, batch.finished, seq, edges=edges)
+    if batch.deps_released and edges:
+        con.execute("DELETE FROM task_deps WHERE depends_on IN (SELECT unnest($1::BIGINT[]))",
+                    [list(batch.deps_released)])
+    if edges and (batch.finished or batch.deps_released):
+        edges_left = bool(con.execute("SELECT count(*) FROM task_deps").fetchall()[0][0])
+    if batch.requeued_runs:
+        ids, prios = zip(*batch.requeued_runs.items())
+        con.execute(
+            "UPDATE tasks SET status = 'pending', started_at = NULL, retry_count = 0, requeue = false, "
+            "requeue_priority = NULL, priority = u.p FROM (SELECT unnest($1::BIGINT[]) AS id, "
+            "unnest($2::SMALLINT[]) AS p) u WHERE tasks.id = u.id", [list(ids), list(prios)])
+    if batch.to_pending:
+        con.execute("UPDATE tasks SET status = 'pending', started_at = NULL WHERE id IN (SELECT unnest($1::BIGINT[]))",
+                    [list(batch.to_pending)])
+    if batch.updates:
+        _apply_updates(con, batch.updates)
+    if batch.running:
+        ids, starts = zip(*batch.running.items())
+        con.execute(
+            "UPDATE tasks SET status = 'running', started_at = make_timestamp((u.s * 1e6)::BIGINT) FROM "
+            "(SELECT unnest($1::BIGINT[]) AS id, unnest($2::DOUBLE[]) AS s) u WHERE tasks.id = u.id",
+            [list(ids), list(starts)])
+    if batch.scopes:
+        _apply_scopes(con, batch.scopes)
+    if batch.next_id is not None:
+        con.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", [str(batch.next_id)])
+    if batch.prune is not None:
+        kind, value = batch.prune
+        _prune(con, kind, value)
+    return seq + added, edges_left
 
 
 def _move_to_history(con: duckdb.DuckDBPyConnection, rows: Sequence[FinishedRow], first_seq: int, *,

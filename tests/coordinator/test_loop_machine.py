@@ -8,8 +8,8 @@ time pass (retry backoff, timeouts) and step the loop. After every rule:
 
 - the lifecycle's own invariants hold (``Lifecycle.check``);
 - every event released to subscribers is a legal next step of its task's path,
-  and an event that ends a task is released only once its history row is in the
-  store (the loop commits before it releases);
+  and an event that ends a task is released only once its history row is durable
+  (committed in the store, or in the journal's records the loop counts as durable);
 - once the loop is idle, every task that left has exactly one history row per
   ending event, and the released events match the store row for row.
 """
@@ -73,12 +73,30 @@ class LoopMachine(RuleBasedStateMachine):
         return [r[0] for r in self.h.coord.store.con.execute(
             "SELECT status FROM task_history WHERE id = ? ORDER BY seq", [task_id]).fetchall()]
 
-    def check_released(self, events: list[tuple]) -> None:
-        """Each event a legal next step; events only once no commit is in flight, an ending one only with
-        its history row stored."""
+    def durable(self, task_id: int) -> list[str]:
+        """The task's history statuses as a crash now would leave them: the rows the store has
+        committed (read on a second connection, beside the writer thread) and the journal's
+        records after them, up to the last commit the loop counts as durable."""
         coord = self.h.coord
-        assert not coord.writer.busy, "events released while their commit may still be in flight"
-        store = coord.store
+        cur = coord.store.con.cursor()
+        try:
+            cur.execute("BEGIN TRANSACTION")
+            stored = [r[0] for r in cur.execute(
+                "SELECT status FROM task_history WHERE id = ? ORDER BY seq", [task_id]).fetchall()]
+            row = cur.execute("SELECT coalesce(max(value::BIGINT), 0) FROM meta WHERE key = 'journal_seq'").fetchone()
+            cur.execute("COMMIT")
+        finally:
+            cur.close()
+        applied, through = int(row[0]), coord.replies.durable_through()
+        assert coord.journal is not None
+        for seq, batch in coord.journal.records():
+            if applied < seq <= through:
+                stored += [r.status for r in batch.finished if r.id == task_id]
+        return stored
+
+    def check_released(self, events: list[tuple]) -> None:
+        """Each event a legal next step; an ending one only once its history row is durable (in the
+        store or in the journal)."""
         for ev in events:
             kind = ev[0]
             if kind in ("Paused", "Resumed", "BatchSubmitted"):
@@ -95,8 +113,7 @@ class LoopMachine(RuleBasedStateMachine):
             end = "failed" if kind == "FailedEnd" else ENDING.get(kind)
             if end is not None:
                 self.ends.setdefault(tid, []).append(end)
-                stored = [r[0] for r in store.con.execute(
-                    "SELECT status FROM task_history WHERE id = ? ORDER BY seq", [tid]).fetchall()]
+                stored = self.durable(tid)
                 assert stored[:len(self.ends[tid])] == self.ends[tid], \
                     f"{kind} of task {tid} released before its row was stored: {stored} vs {self.ends[tid]}"
 

@@ -128,6 +128,8 @@ def test_configuration_errors() -> None:
         tm.IoBudget.disk(-1, 0)
     with pytest.raises(ValueError):
         tm.Scheduler(store_path=":memory:", max_concurrency=0)
+    with pytest.raises(ValueError, match="durability must be one of 'fsync', 'os'"):
+        tm.Scheduler(store_path=":memory:", durability="none")
     with pytest.raises(ValueError):
         tm.RetryPolicy.constant(max_retries=-1)
 

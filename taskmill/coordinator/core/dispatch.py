@@ -93,7 +93,7 @@ class Dispatch(TaskTable):
             self.counters["rate_limit_throttles"] += 1
             self._make_ready(e, float(verdict))
             e.extra().run_after_wall = due_wall = wall + (float(verdict) - now)
-            self.fx.batch.update(e.id, run_after=due_wall)
+            self.fx.update(e.id, run_after=due_wall)
 
     def _candidate(self, skip: Skip | None, wall: float) -> tuple[Entry | None, int | None, bool]:
         """The head fair share and aging put first, its effective priority, and whether it is a
@@ -211,7 +211,7 @@ class Dispatch(TaskTable):
         e.worker = worker
         self.running[e.id] = e
         self.gate.take(e, now)
-        self.fx.batch.running[e.id] = wall
+        self.fx.mark_running(e.id, wall)
         self.fx.touch(now)
         self.counters["dispatched"] += 1
         if e.x is not None:

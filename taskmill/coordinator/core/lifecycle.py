@@ -133,7 +133,7 @@ class Lifecycle(Outcomes, Pauses, ColdTails, Preemption, Settings, Dispatch):
                 inserted = [o[1] for o in out if o[0] == "i"] + [o[1] for o in out if o[0] == "s"]
                 domain = items[0].domain if items and all(it.domain == items[0].domain for it in items) else None
                 self.fx.events.append(("BatchSubmitted", domain, None, len(items), sorted(inserted)))
-        self.fx.batch.next_id = self.next_id
+        self.fx.set_next_id(self.next_id)
         self.fx.touch(now)
         return out
 
@@ -156,7 +156,7 @@ class Lifecycle(Outcomes, Pauses, ColdTails, Preemption, Settings, Dispatch):
         if e.status in (_PENDING, _PAUSED) and not e.cancelled:
             if priority < e.priority:
                 e.priority = priority
-                self.fx.batch.priorities[e.id] = priority
+                self.fx.upgrade(e.id, priority)
                 if e.queued:
                     self.ready.push(e)  # re-key the heap item
                 self._maybe_preempt(e, now)  # upgraded to a preemptor?
@@ -167,7 +167,7 @@ class Lifecycle(Outcomes, Pauses, ColdTails, Preemption, Settings, Dispatch):
             # a recurring task is not requeued: its schedule brings it back (no pile-up)
             e.requeue = True
             e.requeue_priority = min(priority, e.priority)
-            self.fx.batch.requeue_marks[e.id] = e.requeue_priority
+            self.fx.mark_requeue(e.id, e.requeue_priority)
             return ("q", e.id)
         return ("d", e.id)
 
@@ -220,7 +220,7 @@ class Lifecycle(Outcomes, Pauses, ColdTails, Preemption, Settings, Dispatch):
         if self.payload_bytes < PAYLOAD_CACHE_BYTES:
             e.payload = payload
             self.payload_bytes += len(payload)
-        self.fx.batch.inserts.append((
+        self.fx.insert((
             tid, task_type, domain, key, label, priority, e.status, payload, tags, group, created,
             None if shown is None else utc(shown), None, 0, max_retries, retry, None, timeout, cpus, memory,
             io_read, io_write, io_rx, io_tx, False, None, parent_id,
@@ -324,7 +324,7 @@ class Lifecycle(Outcomes, Pauses, ColdTails, Preemption, Settings, Dispatch):
                     self._resolve_parent(e, now, wall)
             elif status in (_PENDING, _PAUSED) and e.blockers:  # stored edges say it must wait
                 self._move(e, _BLOCKED)
-                self.fx.batch.update(e.id, status=_BLOCKED, pause_reasons=[])
+                self.fx.update(e.id, status=_BLOCKED, pause_reasons=[])
             elif status in (_PENDING, _PAUSED):
                 self._settle(e, now)
         self.ready.load(ready)

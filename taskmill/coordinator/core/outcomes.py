@@ -68,7 +68,7 @@ class Outcomes(Relations, Schedules):
                 x.memo = result
                 if self._active_children(e.id):
                     self._move(e, _WAITING)
-                    self.fx.batch.update(e.id, status=_WAITING, memo=result)
+                    self.fx.update(e.id, status=_WAITING, memo=result)
                     self.fx.touch(now)
                     if self.fx.listening:
                         self._emit_about("Waiting", e, e.id, len(self.children.get(e.id, ())))
@@ -89,7 +89,7 @@ class Outcomes(Relations, Schedules):
             self._prerequisite_done(e, now, wall, stays=True)
             prio = e.requeue_priority if e.requeue_priority is not None else e.priority
             e.priority, e.requeue, e.requeue_priority, e.retry_count = prio, False, None, 0
-            self.fx.batch.requeued_runs[e.id] = prio
+            self.fx.requeue_run(e.id, prio)
             self._settle(e, now)
         else:
             if self.fx.listening and schedule is not None:  # its schedule's last run
@@ -126,7 +126,7 @@ class Outcomes(Relations, Schedules):
         delay = min(float(delay), MAX_DELAY_SECONDS)
         due_wall = wall + delay if delay > 0 else None
         text = clean_text(error)
-        self.fx.batch.retries[e.id] = (e.retry_count, due_wall, text)
+        self.fx.retry(e.id, (e.retry_count, due_wall, text))
         if due_wall is not None or x is not None:  # the stored run_after, for records
             e.extra().run_after_wall = due_wall
         self.fx.touch(now)
@@ -168,11 +168,11 @@ class Outcomes(Relations, Schedules):
             started, finished, duration_ms, io = e.started_at, wall, None, (0, 0, 0, 0)
             if e.started_mono is not None and started is not None:
                 duration_ms = (now - e.started_mono) * 1000.0
-        self.fx.batch.forget_running(e.id)
+        self.fx.forget_running(e.id)
         row = FinishedRow(e.id, status.value, result, None if error is None else clean_text(error), e.retry_count,
                           started, finished, duration_ms, io[0], io[1], io[2], io[3], keep_active=keep,
                           priority=e.priority)
-        self.fx.batch.finished.append(row)
+        self.fx.finish(row)
         self.fx.touch(now)
         if self.fx.listening:
             self.wall_now = wall
@@ -184,7 +184,7 @@ class Outcomes(Relations, Schedules):
             self._rows_since_prune += 1
             if self._rows_since_prune >= self.retention_every:  # F26: pruned in the same commit
                 self._rows_since_prune = 0
-                self.fx.batch.prune = self.retention
+                self.fx.set_prune(self.retention)
         if not keep:
             self._remove(e)
             self.fx.finished.append(e.id)

@@ -74,9 +74,9 @@ class Pauses(TaskTable):
         if due is None and e.id in self.preemptors:
             self._preempt_for(e, now)
         if was == _RUNNING:  # a run that did not finish leaves no start time behind
-            self.fx.batch.update(e.id, status=_PENDING, pause_reasons=[], started_at=None)
+            self.fx.update(e.id, status=_PENDING, pause_reasons=[], started_at=None)
         elif was not in ("", _PENDING):
-            self.fx.batch.update(e.id, status=_PENDING, pause_reasons=[])
+            self.fx.update(e.id, status=_PENDING, pause_reasons=[])
 
     def _hold(self, e: Entry, bits: int, now: float) -> None:
         """``e`` (not running) becomes paused with ``bits``; a delay it had is kept for later."""
@@ -91,9 +91,9 @@ class Pauses(TaskTable):
         e.paused = bits
         self._move(e, _PAUSED)
         if was_running:
-            self.fx.batch.update(e.id, status=_PAUSED, pause_reasons=reason_names(bits), started_at=None)
+            self.fx.update(e.id, status=_PAUSED, pause_reasons=reason_names(bits), started_at=None)
         elif changed:
-            self.fx.batch.update(e.id, status=_PAUSED, pause_reasons=reason_names(bits))
+            self.fx.update(e.id, status=_PAUSED, pause_reasons=reason_names(bits))
 
     # ------------------------------------------------------------------ scopes
 
@@ -120,7 +120,7 @@ class Pauses(TaskTable):
             if resume_at is not None:
                 self.group_timers[scope] = self.timers.add(now + max(resume_at - wall, 0.0), "resume_group", scope)
         paused_at = wall if kind != "group" else self.paused_groups[scope][0]
-        self.fx.batch.scopes[(kind, scope)] = (paused_at, resume_at)
+        self.fx.set_scope((kind, scope), (paused_at, resume_at))
         self.fx.touch(now)
         held = stopped = 0
         for e in list(self.tasks.values()):
@@ -158,7 +158,7 @@ class Pauses(TaskTable):
                 return 0
             self.counters["group_resumes"] += 1
             self.timers.cancel(self.group_timers.pop(scope, None))
-        self.fx.batch.scopes[(kind, scope)] = None
+        self.fx.set_scope((kind, scope), None)
         self.fx.touch(now)
         moved = 0
         for e in list(self.tasks.values()):

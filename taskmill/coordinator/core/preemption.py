@@ -81,7 +81,7 @@ class Preemption(TaskTable):
         self.gate.give(r)
         self.suspended[r.id] = r
         self._move(r, _PAUSED)
-        self.fx.batch.update(r.id, status=_PAUSED, pause_reasons=reason_names(r.paused))
+        self.fx.update(r.id, status=_PAUSED, pause_reasons=reason_names(r.paused))
         self.fx.suspends.append(r)
 
     def _release_preempted(self, now: float) -> None:
@@ -118,7 +118,7 @@ class Preemption(TaskTable):
             self.gate.take(e, now, tokens=False)
             self.running[tid] = e
             self._move(e, _RUNNING)
-            self.fx.batch.update(tid, status=_RUNNING, pause_reasons=[])
+            self.fx.update(tid, status=_RUNNING, pause_reasons=[])
             out.append(e)
         self.let_go = waiting
         if out:

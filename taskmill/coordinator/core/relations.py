@@ -53,7 +53,7 @@ class Relations(TaskTable):
         self.prereqs[e.id] = set(prereqs)
         for p in prereqs:
             self.dependents.setdefault(p, set()).add(e.id)
-            self.fx.batch.deps.append((e.id, p))
+            self.fx.add_dep((e.id, p))
         e.blockers = len(prereqs)
 
     def _adopt(self, child: Entry) -> None:
@@ -80,7 +80,7 @@ class Relations(TaskTable):
         """``e`` completed (a run of it): its dependents lose that edge and may start."""
         waiting = self.dependents.pop(e.id, None)
         if stays and waiting:
-            self.fx.batch.deps_released.add(e.id)
+            self.fx.release_deps(e.id)
         for d in sorted(waiting or ()):
             dep = self.tasks.get(d)
             pre = self.prereqs.get(d)
@@ -123,7 +123,7 @@ class Relations(TaskTable):
             if pre is not None:
                 pre.discard(old.id)
                 pre.add(new.id)
-        self.fx.batch.dep_moves.append((old.id, new.id))
+        self.fx.move_deps((old.id, new.id))
 
     def _unblock(self, e: Entry, now: float) -> None:
         if e.status == _BLOCKED:
@@ -176,7 +176,7 @@ class Relations(TaskTable):
             return
         if parent.task_type in self.finalizers:
             x.phase = "finalize"
-            self.fx.batch.update(parent.id, phase="finalize")
+            self.fx.update(parent.id, phase="finalize")
             self._settle(parent, now)  # pending (or paused) until a worker runs its finalize
             return
         self._leave(parent, HistoryStatus.COMPLETED, now, wall, result=x.memo)

@@ -50,7 +50,7 @@ class Schedules(TaskTable):
         x = e.x
         if x is not None and x.ttl_seconds is not None and x.ttl_from == "first_attempt" and x.expires_at is None:
             self._expire_at(e, wall + x.ttl_seconds, now, wall)
-            self.fx.batch.update(e.id, expires_at=x.expires_at)
+            self.fx.update(e.id, expires_at=x.expires_at)
 
     def _expired(self, e: Entry, now: float) -> bool:
         return e.expires is not None and e.expires <= now and e.status in _EXPIRABLE
@@ -123,7 +123,7 @@ class Schedules(TaskTable):
         e.run_after = now + (due - wall)
         e.x.run_after_wall = due
         e.retry_count = 0
-        self.fx.batch.update(e.id, run_after=due, retry_count=0, recurring_execution_count=s.count, last_error=None,
+        self.fx.update(e.id, run_after=due, retry_count=0, recurring_execution_count=s.count, last_error=None,
                           started_at=None)
         s.held = s.paused  # a paused schedule enqueues no new occurrence until it is resumed
         self._settle(e, now)
@@ -141,7 +141,7 @@ class Schedules(TaskTable):
         if s.paused == paused:
             return True
         s.paused = paused
-        self.fx.batch.update(e.id, recurring_paused=paused)
+        self.fx.update(e.id, recurring_paused=paused)
         self.fx.touch(now)
         if not paused and s.held:
             s.held = False

@@ -96,7 +96,7 @@ class TaskTable:
         if fx.trace is not None:
             fx.moved(e.id, old, status)
         if old == _RUNNING:
-            fx.batch.forget_running(e.id)
+            fx.forget_running(e.id)
         dc = self.domain_counts.get(e.domain)
         if dc is None:
             dc = self.domain_counts[e.domain] = {s.value: 0 for s in TaskStatus}
