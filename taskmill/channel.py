@@ -13,6 +13,7 @@ only lets go of it). Imports only leaves.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
 import time
@@ -250,12 +251,14 @@ class Channel:
 
     def _converse(self, conn: Connection, msg: Any, limit: float | None, deadline: float | None,
                   is_wait: bool) -> Any:
-        conn.send(msg)
+        protocol.send(conn, msg)
+        ready = select.poll()  # (conn.poll builds a selector per call; select.select stops at fd 1024)
+        ready.register(conn.fileno(), select.POLLIN)
         while True:
             step = LIVENESS_INTERVAL
             if deadline is not None:
                 step = min(step, max(deadline - time.monotonic(), 0.0))
-            if conn.poll(step):
+            if ready.poll(step * 1000.0):  # readable, or hung up: recv says which
                 return conn.recv()
             if not self.alive():
                 raise EOFError("the coordinator process is gone")

@@ -299,10 +299,11 @@ class Coordinator:
         lc = self.lc
         if replies.reads_next:
             replies.commit()  # the loop reads the store next
-        elif (replies.changes_wait or self._batch_due(now)) and not self.writer.busy:
-            replies.commit(background=True)  # on the writer; what waits is journaled first when it can be
-        elif replies.changes_wait and replies.journals:
-            replies.journal_changes()  # the writer is busy: answered from the journal, applied later
+        else:
+            if replies.changes_wait and replies.journals:
+                replies.journal_changes()  # answered from the journal; DuckDB gets it with the next batch
+            if (replies.changes_wait or self._batch_due(now)) and not self.writer.busy:
+                replies.commit(background=True)  # on the writer (what waits: answered once applied)
         if lc.fx.events and not lc.fx.dirty:  # events with no write behind them (progress reports)
             replies.release_after(lc.fx.take_events())
         replies.answer()
@@ -407,7 +408,7 @@ class Coordinator:
 
     def _reply(self, conn: Connection, msg: Any) -> None:
         try:
-            conn.send(msg)
+            protocol.send(conn, msg)
         except (OSError, ValueError):
             self._drop_client(conn)
         except Exception as e:  # noqa: BLE001 - a reply that cannot be pickled: say so instead

@@ -45,7 +45,7 @@ To = Connection | Callable[[Any], None]  # a client, or a task's executor (its `
 #: submissions) is answered once the writer has applied it: writing it twice costs more than waiting.
 JOURNAL_MAX_OPS = 2000
 #: The journal is emptied once it is this large and everything in it is in the store.
-JOURNAL_RESET_BYTES = 8 << 20
+JOURNAL_RESET_BYTES = 3 << 20
 
 
 class Replies:

@@ -31,18 +31,39 @@ def test_no_journal_for_a_store_in_memory(tmp_path: Path) -> None:
     assert journal_path(str(tmp_path / "s.duckdb")) == str(tmp_path / "s.duckdb.journal")
 
 
+def tear(path: str, at: int, data: bytes) -> None:
+    """What a kill in the middle of a write leaves: ``data`` at ``at``, nothing after it."""
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(data)
+
+
 def test_records_come_back_in_order_and_a_torn_tail_is_left_out(tmp_path: Path) -> None:
     j = Journal(str(tmp_path / "j"))
     for seq in (1, 2, 3):
         j.append(seq, batch_with(seq))
-    whole = os.path.getsize(j.path)
-    with open(j.path, "ab") as f:  # a record cut off by a kill: header and half a body
-        f.write(b"\x40\x00\x00\x00\x00\x00\x00\x00\x04\x00\x00\x00\x00\x00\x00\x00" + b"x" * 10)
+    whole = j.size
+    tear(j.path, whole, b"\x40\x00\x00\x00\x00\x00\x00\x00\x04\x00\x00\x00\x00\x00\x00\x00" + b"x" * 10)
     got = [(seq, b.scopes) for seq, b in j.records()]
     assert got == [(n, {("group", f"g{n}"): (float(n), None)}) for n in (1, 2, 3)]
-    assert j.size == whole
-    j.close(remove=True)
+    j.close(remove=False)
+    again = Journal(j.path)  # reopened after the kill: the next record goes after the whole ones
+    assert again.size == whole
+    again.append(4, batch_with(4))
+    assert [seq for seq, _ in again.records()] == [1, 2, 3, 4]
+    again.close(remove=True)
     assert not os.path.exists(j.path)
+
+
+def test_after_a_reset_older_records_behind_the_new_ones_are_not_read(tmp_path: Path) -> None:
+    j = Journal(str(tmp_path / "j"))
+    for seq in (1, 2, 3):
+        j.append(seq, batch_with(seq))
+    j.reset()
+    assert list(j.records()) == [] and j.size == 0
+    j.append(4, batch_with(4))  # as long as record 1: record 2 follows it on the disk, and is older
+    assert [seq for seq, _ in j.records()] == [4]
+    j.close(remove=True)
 
 
 def test_a_damaged_record_ends_the_records(tmp_path: Path) -> None:
@@ -50,7 +71,7 @@ def test_a_damaged_record_ends_the_records(tmp_path: Path) -> None:
     for seq in (1, 2, 3):
         j.append(seq, batch_with(seq))
     data = bytearray(Path(j.path).read_bytes())
-    first = len(data) // 3
+    first = j.size // 3
     data[first + 20] ^= 0xFF  # a flipped byte in the second record's body
     Path(j.path).write_bytes(bytes(data))
     assert [seq for seq, _ in j.records()] == [1]
@@ -66,7 +87,7 @@ def test_replay_applies_what_the_store_lacks_once_and_empties_the_journal(tmp_pa
         j.append(seq, batch_with(seq))
     assert replay(j, store.apply_all, store.journal_seq) == 2
     assert scopes(store) == {"g1", "g2", "g3"} and store.journal_seq == 3
-    assert j.size == 0 and os.path.getsize(j.path) == 0
+    assert j.size == 0 and list(j.records()) == []
     assert replay(j, store.apply_all, store.journal_seq) == 0  # a second replay finds nothing
     j.close(remove=True)
     store.close()
@@ -104,15 +125,14 @@ def test_a_rolled_back_replay_leaves_the_store_and_the_journal_as_they_were(tmp_
 
 @settings(max_examples=25, deadline=None)
 @given(cut=st.integers(min_value=0, max_value=400))
-def test_whatever_length_survives_a_kill_only_whole_records_are_read(tmp_path_factory: pytest.TempPathFactory,
-                                                                    cut: int) -> None:
+def test_a_kill_at_any_byte_leaves_only_whole_records_to_read(tmp_path_factory: pytest.TempPathFactory,
+                                                              cut: int) -> None:
     j = Journal(str(tmp_path_factory.mktemp("j") / "j"))
     ends = []
     for seq in range(1, 6):
         j.append(seq, batch_with(seq))
         ends.append(j.size)
-    data = Path(j.path).read_bytes()
-    keep = max(0, len(data) - cut)
-    Path(j.path).write_bytes(data[:keep])
+    keep = max(0, j.size - cut)
+    tear(j.path, keep, bytes(j.size - keep))  # the last bytes never reached the disk
     assert [seq for seq, _ in j.records()] == [i + 1 for i, end in enumerate(ends) if end <= keep]
     j.close(remove=True)
