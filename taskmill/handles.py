@@ -96,12 +96,12 @@ class DomainHandle(GroupControls):
         keywords_only(args, "submit()")
         item = resolve(self._submission(task, payload), self._session.defaults)
         try:
-            wire = self._session.proc().request(protocol.Submit([tuple(item)]))
+            wire = self._session.submit_one(tuple(item))
         except InvalidSubmission as e:  # the coordinator numbers items; one submission has no number
             text = str(e)
             raise InvalidSubmission(text[len("item 0: "):] if text.startswith("item 0: ") else text,
                                     index=e.index) from None
-        return outcomes_from_wire(wire)[0]
+        return outcomes_from_wire([wire])[0]
 
     def submit_batch(self, submissions: Iterable[Submission | TaskType[Any, Any] | TaskOptions[Any, Any]]
                      ) -> BatchOutcome:

@@ -155,6 +155,9 @@ class SubmitItem(NamedTuple):
 class Submit:
     items: list[tuple[Any, ...]]  # SubmitItem fields, as plain tuples
     batch: bool = False  # a submit_batch (told to subscribers as BatchSubmitted)
+    #: Single submissions of several threads (``taskmill.singles``): each item is checked and applied
+    #: on its own; the reply has one outcome or ``ErrorReply`` per item.
+    each: bool = False
 
 
 @dataclass(**_MSG)

@@ -17,6 +17,7 @@ from taskmill.config import EVENT_BUFFER, MAX_EVENT_BUFFER
 from taskmill.domain import Defaults
 from taskmill.errors import ConfigError, SchedulerClosed
 from taskmill.records import TaskProgress
+from taskmill.singles import Singles
 from taskmill.stream import EventStream
 from taskmill.validation import as_int
 
@@ -34,6 +35,7 @@ class Session:
         self.registered: frozenset[str] = frozenset()  # qualified task types known to the coordinator
         self.process: Channel | None = None
         self.closed = False  # close() was called: calls say "closed", not "not started"
+        self.singles = Singles()  # single submissions of concurrent threads go together
 
     def proc(self) -> Channel:
         """The running coordinator; ``SchedulerClosed`` when there is none."""
@@ -51,6 +53,12 @@ class Session:
     def call(self, name: str, *args: Any) -> Any:
         """A call by name (``routes.ROUTES``), its arguments already plain and checked."""
         return self.proc().call(name, *args)
+
+    def submit_one(self, item: tuple[Any, ...]) -> Any:
+        """One resolved submission, sent with those of other threads submitting at the same time;
+        its outcome in the wire form."""
+        proc = self.proc()
+        return self.singles.submit(item, lambda items: proc.request(protocol.Submit(items, each=True)))
 
     def request(self, msg: Any) -> Any:
         """One protocol request (a submission, a wait)."""

@@ -64,7 +64,7 @@ from taskmill.coordinator.routes import QUIET, Kind, route
 from taskmill.coordinator.runs import Runs
 from taskmill.coordinator.wire import check_items, decode_request
 from taskmill.coordinator.writer import Writer
-from taskmill.errors import SchedulerBroken, SchedulerClosed
+from taskmill.errors import InvalidSubmission, SchedulerBroken, SchedulerClosed
 from taskmill.shm import SharedState
 from taskmill.store import Queries, Store
 from taskmill.store.journal import Journal, journal_path, replay
@@ -423,6 +423,9 @@ class Coordinator:
             raise SchedulerClosed("the scheduler is shutting down")
         if isinstance(req, protocol.Submit):
             self.runs.take_back()  # (a duplicate may supersede or upgrade a queued run)
+            if req.each is True:
+                self.replies.acks.append((conn, protocol.Reply(self._apply_each(req.items))))
+                return
             outcomes = self._apply_submissions(check_items(req.items), batch=req.batch is True)
             self.replies.acks.append((conn, protocol.Reply(outcomes)))
         elif isinstance(req, protocol.Call):
@@ -493,6 +496,18 @@ class Coordinator:
             self.fanout.publish_progress(domain, snapshots.byte_progress(self.lc, self.tracker, self.backend.live,
                                                                          now, domain))
         self._progress_tick = self.timers.add(now + self.config.progress_interval, "call", self._tick_progress)
+
+    def _apply_each(self, items: Any) -> list[Any]:
+        """Single submissions sent together: each one checked and applied as if it came alone."""
+        if type(items) is not list:
+            raise InvalidSubmission("a submission batch must be a list")
+        out: list[Any] = []
+        for t in items:
+            try:
+                out.append(self._apply_submissions(check_items([t]))[0])
+            except Exception as e:  # noqa: BLE001 - this item's error, to its caller only
+                out.append(protocol.ErrorReply.of(e))
+        return out
 
     def _apply_submissions(self, items: list[protocol.SubmitItem], batch: bool = False) -> list[tuple]:
         """Submit checked items; what the store must answer first (outcomes of prerequisites that

@@ -832,3 +832,35 @@ def test_failed_start_is_quiet_and_clean(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["refused"] * 3
     assert "leaked" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_a_bad_single_submission_among_other_threads_fails_alone(store_path: str) -> None:
+    """Single submissions of threads that call together travel in one request (``taskmill.singles``);
+    each is still checked on its own: a bad one raises in its own thread only."""
+    with sched(store_path, start_paused=True) as s:
+        h = s.domain(alpha)
+        got: dict[tuple[int, int], Any] = {}
+
+        def submitter(t: int) -> None:
+            for i in range(50):
+                try:
+                    if t == 0 and i % 5 == 0:  # a prerequisite that never existed
+                        got[(t, i)] = h.submit(echo.options(depends_on=[10_000_000 + i]), x=[t, i])
+                    else:
+                        got[(t, i)] = h.submit(echo, x=[t, i])
+                except Exception as e:  # noqa: BLE001 - what the test checks
+                    got[(t, i)] = e
+
+        threads = [threading.Thread(target=submitter, args=(t,)) for t in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(DEADLINE)
+        bad = {k for k, v in got.items() if isinstance(v, Exception)}
+        assert bad == {(0, i) for i in range(0, 50, 5)}
+        for t, i in bad:
+            assert isinstance(got[(t, i)], tm.InvalidSubmission)
+            assert str(got[(t, i)]).startswith(f"depends_on: task {10_000_000 + i} does not exist"), got[(t, i)]
+        ids = {v.task_id for v in got.values() if isinstance(v, tm.Inserted)}
+        assert len(ids) == 200 - len(bad)
+        assert s.store.paused_count() + s.store.pending_count() == len(ids)
