@@ -41,13 +41,11 @@ log = structlog.get_logger("taskmill.coordinator")
 
 To = Connection | Callable[[Any], None]  # a client, or a task's executor (its ``answer``)
 
-#: Largest commit (in changes) that goes through the journal; a larger one is answered once the
-#: writer has applied it. (W3's batches of 10,000: 30k/s answered after DuckDB, 38k/s journaled,
-#: DuckDB's commit overlapping the next batch.)
-JOURNAL_MAX_OPS = 20_000
-#: Once the journal is this large the next commit is made on the loop with everything, and the
-#: journal starts over (its file stays this size until the scheduler stops).
-JOURNAL_RESET_BYTES = 32 << 20
+#: Largest commit (in changes) that goes through the journal; a larger one (a big batch of
+#: submissions) is answered once the writer has applied it: writing it twice costs more than waiting.
+JOURNAL_MAX_OPS = 2000
+#: The journal is emptied once it is this large and everything in it is in the store.
+JOURNAL_RESET_BYTES = 3 << 20
 
 
 class Replies:
