@@ -335,8 +335,8 @@ class Store(Queries):
         self.apply_all([batch], journal_seq)
 
     def apply_all(self, batches: Sequence[WriteBatch], journal_seq: int | None = None) -> None:
-        """Apply batches one after the other in one transaction (one fsync): how the writer catches
-        up with several journaled iterations at once. ``journal_seq`` as in ``apply``."""
+        """Apply batches one after the other in one transaction (one fsync): how a start applies the
+        journal's records the store lacks (``journal.replay``). ``journal_seq`` as in ``apply``."""
         seq, edges = self._next_seq, self._edges
         with self.transaction() as con:
             for batch in batches:
