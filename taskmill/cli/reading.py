@@ -19,7 +19,7 @@ from taskmill.connect import Connected, served_state
 from taskmill.errors import TaskmillError
 from taskmill.results import decode_json
 from taskmill.store.journal import journal_path, pending
-from taskmill.store.queries import select
+from taskmill.store.queries import journal_seq, select
 from taskmill.validation import sql_params
 
 __all__ = ["CliError", "Reading", "open_reading"]
@@ -94,8 +94,7 @@ def _unmerged(store: str, con: duckdb.DuckDBPyConnection) -> int:
     if path is None or not os.path.exists(path) or os.path.getsize(path) == 0:
         return 0
     try:
-        row = con.execute("SELECT max(value::BIGINT) FROM meta WHERE key = 'journal_seq'").fetchone()
+        applied = journal_seq(con)
     except duckdb.Error:  # not a taskmill store: the command says so
         return 0
-    applied = int(row[0] or 0) if row else 0
     return len(pending(path, applied))

@@ -1,11 +1,12 @@
 """Commits and answers: what the loop owes its clients and the tasks that submit, and when.
 
 A change (a submission, a cancel, a task's spawn) is answered only once the
-commit holding it is durable. Every commit has a number. A small one is
-appended to the journal (``taskmill.store.journal``: one ``fdatasync``) and is
-durable at once; a large one is durable once the writer thread has applied it
-to DuckDB; the writer applies journaled ones later, several in one
-transaction. Answers and events wait in ``saving``/``unreleased``, stamped with
+commit holding it is durable. Every commit has a number. Waiting changes, when
+few enough, are appended to the journal as one record (``taskmill.store.journal``:
+one ``fdatasync``) and are durable at once; the writer thread applies them to
+DuckDB later with the write-behind batch, which then carries that record's
+number. Any other commit is durable once the writer (or the loop) has applied
+it. Answers and events wait in ``saving``/``unreleased``, stamped with
 their commit, until it and every commit before it are durable, so nothing is
 answered out of order, and the loop keeps dispatching meanwhile. The loop
 commits itself (after joining the writer) only when it reads the store next: a
@@ -219,21 +220,12 @@ class Replies:
         """Answer the changes that are durable, and release their events (in commit order)."""
         through = self.durable_through()
         if self.saving:
-            n = 0
-            for stamp, _, _ in self.saving:
-                if stamp > through:
-                    break
-                n += 1
-            if n:
-                saved, self.saving = self.saving[:n], self.saving[n:]
-                for _, to, reply in saved:
-                    self.answer_to(to, reply)
+            n = _durable(self.saving, through)
+            saved, self.saving = self.saving[:n], self.saving[n:]
+            for _, to, reply in saved:
+                self.answer_to(to, reply)
         if self.unreleased:
-            n = 0
-            for stamp, _ in self.unreleased:
-                if stamp > through:
-                    break
-                n += 1
+            n = _durable(self.unreleased, through)
             if n:
                 ready, self.unreleased = self.unreleased[:n], self.unreleased[n:]
                 self.release([e for _, events in ready for e in events])
@@ -312,3 +304,13 @@ class Replies:
             for conn in lst:
                 self.reply(conn, broken)
         self.waiters.clear()
+
+
+def _durable(stamped: list[Any], through: int) -> int:
+    """How many leading entries (stamped with their commit, in commit order) are durable."""
+    n = 0
+    for entry in stamped:
+        if entry[0] > through:
+            break
+        n += 1
+    return n

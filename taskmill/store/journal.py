@@ -2,11 +2,11 @@
 
 A DuckDB commit costs about a millisecond or more here, an append plus an
 ``fdatasync`` of a few hundred bytes about a tenth of that. So the coordinator
-makes a small commit (a submission, a cancel) durable by appending its
-``WriteBatch`` here, answers, and lets the writer thread apply it to DuckDB
-later, several at once. Every commit has a sequence number; the store records,
-in the transaction that applies a batch, the number of the last one it holds
-(``Store.journal_seq``). At start-up ``replay`` applies the records the store
+makes the changes a step owes answers for (a submission, a cancel) durable by
+appending them here as one ``WriteBatch``, answers, and lets the writer thread
+apply them to DuckDB later, with the write-behind batch that holds them too.
+Every commit has a sequence number; the store records, in the transaction that
+applies a batch, the number of the last record it holds (``Store.journal_seq``). At start-up ``replay`` applies the records the store
 does not hold yet, in order, and empties the file. The store stays the one
 source of truth for queries: the loop lets the writer catch up before any
 query reads it.
@@ -41,7 +41,7 @@ ALLOCATE = 4 << 20
 
 def journal_path(store_path: str) -> str | None:
     """The journal of a store file; None for an in-memory store (nothing to make durable)."""
-    if store_path == ":memory:" or store_path.startswith(":memory:"):
+    if store_path.startswith(":memory:"):
         return None
     return store_path + ".journal"
 

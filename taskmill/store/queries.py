@@ -39,6 +39,7 @@ __all__ = [
     "TASK_INSERT_COLUMNS",
     "Queries",
     "copy_history",
+    "journal_seq",
     "select",
 ]
 
@@ -529,6 +530,12 @@ def copy_history(con: duckdb.DuckDBPyConnection, path: str, since: datetime | No
                           "(FORMAT parquet)").fetchone()
     except duckdb.Error as e:
         raise StoreError(f"the history cannot be exported to {path}: {e}") from e
+    return int(row[0]) if row else 0
+
+
+def journal_seq(con: duckdb.DuckDBPyConnection) -> int:
+    """The last commit journal record the store holds (``journal.py``; 0: none)."""
+    row = con.execute("SELECT coalesce(max(value::BIGINT), 0) FROM meta WHERE key = 'journal_seq'").fetchone()
     return int(row[0]) if row else 0
 
 

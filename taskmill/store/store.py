@@ -20,7 +20,7 @@ import duckdb
 
 from taskmill.batch import UPDATE_COLUMNS, FinishedRow, Recovered, WriteBatch
 from taskmill.errors import NotATaskmillStore, SchemaTooNew, StoreError, StoreLocked
-from taskmill.store.queries import HISTORY_COLUMNS, Queries, select
+from taskmill.store.queries import HISTORY_COLUMNS, Queries, journal_seq, select
 
 __all__ = ["LATEST_SCHEMA", "PLAIN_COLUMNS", "RECOVER_COLUMNS", "Store"]
 
@@ -159,7 +159,7 @@ class Store(Queries):
         #: only after a commit that left none.
         self._edges = bool(self._scalar("SELECT count(*) FROM task_deps"))
         #: The last record of the submission journal (``journal.py``) this store holds.
-        self.journal_seq = int(self._scalar("SELECT coalesce(max(value::BIGINT), 0) FROM meta WHERE key = 'journal_seq'"))
+        self.journal_seq = journal_seq(self.con)
 
     def _lock_down(self, export_dir: str | None) -> None:
         """User SQL runs on this database: no file or network access beyond the store itself

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from taskmill.config import CoordinatorConfig
+from taskmill.store.queries import journal_seq
 
 from .harness import StubHarness, item, stub_coordinator
 
@@ -83,11 +84,11 @@ class LoopMachine(RuleBasedStateMachine):
             cur.execute("BEGIN TRANSACTION")
             stored = [r[0] for r in cur.execute(
                 "SELECT status FROM task_history WHERE id = ? ORDER BY seq", [task_id]).fetchall()]
-            row = cur.execute("SELECT coalesce(max(value::BIGINT), 0) FROM meta WHERE key = 'journal_seq'").fetchone()
+            applied = journal_seq(cur)
             cur.execute("COMMIT")
         finally:
             cur.close()
-        applied, through = int(row[0]), coord.replies.durable_through()
+        through = coord.replies.durable_through()
         assert coord.journal is not None
         for seq, batch in coord.journal.records():
             if applied < seq <= through:
