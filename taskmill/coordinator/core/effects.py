@@ -23,10 +23,11 @@ the writer is free (one DuckDB transaction, the lifecycle's own merging of a
 task's successive changes), while ``delta`` holds the changes of the last few
 steps, made durable by one journal record (``take_delta``) so waiting changes
 can be answered at once. A batch taken with ``take_writes`` includes the delta
-(which starts empty again): the journal's records and the batches stay in step. ``trace``, when a test sets
-it, records every status change (``moved``): the one function that changes a
-task's status (``TaskTable._move``) reports there, so a test can check that
-nothing changes a status another way. Plain code, no I/O.
+(which starts empty again): the journal's records and the batches stay in step.
+``trace``, when a test sets it, records every status change (``moved``): the
+one function that changes a task's status (``TaskTable._move``) reports there,
+so a test can check that nothing changes a status another way. Plain code, no
+I/O.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ __all__ = ["Effects"]
 class Effects:
     """What the decision core asks the shell to do (see the module docstring)."""
 
-    __slots__ = ("batch", "delta", "journaling", "ops", "dirty_since", "events", "listening", "finished", "signals", "hooks", "suspends",
-                 "quarantine", "trace")
+    __slots__ = ("batch", "delta", "journaling", "ops", "dirty_since", "events", "listening", "finished", "signals",
+                 "hooks", "suspends", "quarantine", "trace")
 
     def __init__(self) -> None:
         self.batch = WriteBatch()
